@@ -1,0 +1,225 @@
+"""The ``bench`` command line: ``list``, ``run`` and ``leaderboard``.
+
+A user's mistake is one line on stderr (``bench: error: ...``) and exit code 2; a failed run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from benchmark import config as configuration
+from benchmark import leaderboard, records
+from benchmark.errors import BenchError, UsageError
+from benchmark.plugins import Registry, plugin_manager
+from benchmark.runner import DEVICES, SELECTIONS, Run, RunConfig
+
+log = logging.getLogger("bench")
+
+DEFAULT_RESULTS_DIR = Path("leaderboards") / "results"
+RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size")
+"""Top-level keys a YAML config may hold besides per-task and per-estimator sections."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and a :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _plugin_args(argv: Sequence[str]) -> list[str]:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-p", action="append", default=[])
+    known, _ = pre.parse_known_args(list(argv))
+    return known.p
+
+
+def build_parser(pm: Any) -> Parser:
+    """The full parser, plugin options included."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                        help="load a plugin module by import path; -p no:NAME disables plugin NAME")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
+    parser = Parser(prog="bench", description="Benchmark influence-function estimators against leave-one-out "
+                    "re-training.", parents=[common])
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,leaderboard}")
+    sub.required = True
+
+    listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
+    listing.add_argument("--options", action="store_true", help="also show every config field and its default")
+
+    run = sub.add_parser("run", parents=[common], help="run estimators on a task and score them")
+    run.add_argument("--task", help="task name (see bench list)")
+    run.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
+                     help="comma-separated estimator names (default: all registered)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                     help="set a task or estimator option, e.g. lissa.scale=50 or iris.weight_decay=0")
+    run.add_argument("--config", type=Path, help="YAML file of run options and per-task/estimator sections")
+    run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default cpu)")
+    run.add_argument("--seed", type=int, help="seed of the split, initialisation and random selection (default 0)")
+    run.add_argument("--selection", "--selections", dest="selections", type=_split,
+                     help=f"which training points to score: {', '.join(SELECTIONS)} (default both)")
+    run.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
+    run.add_argument("--results-dir", type=Path,
+                     help=f"where result records go (default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR})")
+    run.add_argument("--gt-chunk-size", type=int, help="leave-one-out models re-trained at once (default 128)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-leaderboard", action="store_true", help="do not re-render the task's leaderboard")
+    pm.hook.bench_addoption.call_historic(kwargs={"parser": run})
+
+    board = sub.add_parser("leaderboard", parents=[common], help="render leaderboards from result records")
+    board.add_argument("--task", help="only this task (default: every task with records)")
+    board.add_argument("--results-dir", type=Path, help=f"default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR}")
+    board.add_argument("--output-dir", type=Path, help="where <task>.md goes (default: the results dir's parent)")
+    return parser
+
+
+def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
+    import os
+
+    value = args.results_dir or from_yaml or os.environ.get(records.RESULTS_ENV) or DEFAULT_RESULTS_DIR
+    return Path(value)
+
+
+def _command_list(args: argparse.Namespace, registry: Registry) -> int:
+    for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
+        print(f"{kind}:")
+        for name, entry in sorted(entries.items()):
+            summary = (entry.cls.__doc__ or "").strip().splitlines()[0] if entry.cls.__doc__ else ""
+            print(f"  {name:<14} [{entry.plugin}] {summary}")
+            if args.options:
+                for field in dataclasses.fields(entry.cls.Config):
+                    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+                    print(f"      {name}.{field.name} = {default!r}")
+    return 0
+
+
+def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
+    """Merge defaults, the YAML file, ``--set`` and explicit flags (in rising precedence)."""
+    data = configuration.load_yaml(args.config) if args.config else {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key in RUN_OPTIONS:
+            continue
+        if not isinstance(value, dict):
+            raise UsageError(f"{args.config}: section {key!r} must be a mapping of options, not {value!r}")
+        sections[key] = dict(value)
+    for namespace, values in configuration.parse_set(args.overrides).items():
+        sections.setdefault(namespace, {}).update(values)
+
+    def option(name: str, default: Any) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else data.get(name, default)
+
+    task = option("task", None)
+    if not task:
+        raise UsageError(f"no task given: use --task NAME (choices: {', '.join(sorted(registry.tasks))})")
+    estimators = option("estimators", None) or list(registry.estimators)
+    if isinstance(estimators, str):
+        estimators = _split(estimators)
+    selections = option("selections", None) or list(SELECTIONS)
+    if isinstance(selections, str):
+        selections = _split(selections)
+    for name in sections:
+        if name != task and name not in registry.estimators:
+            from benchmark.errors import UnknownNameError
+
+            raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])
+    seed = option("seed", 0)
+    chunk = option("gt_chunk_size", 128)
+    for name, value in (("seed", seed), ("gt_chunk_size", chunk)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
+            raise UsageError(f"bad {name}: {value!r} (expected {'a non-negative' if name == 'seed' else 'a positive'} "
+                             "integer)")
+    cache_dir = option("cache_dir", None)
+    return RunConfig(
+        task=task,
+        estimators=list(estimators),
+        task_options=sections.get(task, {}),
+        estimator_options={k: v for k, v in sections.items() if k != task},
+        seed=seed,
+        device=option("device", "cpu"),
+        selections=list(selections),
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        results_dir=_results_dir(args, data.get("results_dir")),
+        progress=not args.no_progress,
+        gt_chunk_size=chunk,
+        options=args,
+    )
+
+
+def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str | None) -> list[str]:
+    tasks = [task] if task else sorted(p.name for p in results_dir.glob("*") if p.is_dir())
+    texts = []
+    for name in tasks:
+        found = records.load(results_dir, name)
+        if not found:
+            raise UsageError(f"no result records for task {name!r} under {results_dir}")
+        defaults = None
+        if name in registry.tasks:
+            defaults = dataclasses.asdict(registry.tasks[name].cls.Config())
+        text = leaderboard.render(found, name, defaults)
+        leaderboard.write(text, output_dir, name)
+        texts.append(text)
+    return texts
+
+
+def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
+    config = run_config(args, registry)
+    written = Run(config, registry, pm).execute()
+    failed = [r for r in written if r["status"] != "ok"]
+    if not args.no_leaderboard:
+        print(_render(registry, config.results_dir, config.results_dir.parent, config.task)[0])
+    for record in failed:
+        log.warning("%s (%s): failed: %s", record["estimator"]["name"], record["selection"]["kind"], record["failure"])
+    return 0
+
+
+def _command_leaderboard(args: argparse.Namespace, registry: Registry) -> int:
+    results_dir = _results_dir(args)
+    if not results_dir.is_dir():
+        raise UsageError(f"no results directory {str(results_dir)!r}: run `bench run` first or pass --results-dir")
+    output_dir = args.output_dir or results_dir.parent
+    for text in _render(registry, results_dir, output_dir, args.task):
+        print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # torch's forward-mode AD scripts its decompositions on first use and warns about its own deprecated API
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    logging.basicConfig(format="bench: %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
+    try:
+        pm = plugin_manager(_plugin_args(argv))
+        registry = Registry(pm)
+        args = build_parser(pm).parse_args(argv)
+        if args.verbose:
+            logging.getLogger("bench").setLevel(logging.DEBUG)
+        if args.command == "list":
+            return _command_list(args, registry)
+        if args.command == "run":
+            return _command_run(args, registry, pm)
+        return _command_leaderboard(args, registry)
+    except BenchError as error:
+        print(f"bench: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted (finished ground-truth entries are cached; rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Every hook of the harness, in the order a run calls them.
+
+A plugin is a module (or an object) with functions marked ``@benchmark.hookimpl`` and named like the specs below.
+Built-in plugins, third-party plugins from the ``bench`` entry-point group and modules given with ``-p`` are all
+registered the same way (see :mod:`benchmark.plugins`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from benchmark import hookspec
+
+if TYPE_CHECKING:
+    import argparse
+
+    from benchmark.estimator import Estimator
+    from benchmark.runner import RunConfig
+    from benchmark.task import Task
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Initialisation: command line and configuration
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def bench_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add command-line options to ``bench run``.
+
+    Called once per plugin, before the command line is parsed (historic: a plugin registered later is called too).
+
+    Args:
+        parser: the ``bench run`` argument parser; add options with ``parser.add_argument``. Their values reach
+            :func:`bench_configure` as ``config.options``.
+    """
+
+
+@hookspec(historic=True)
+def bench_configure(config: RunConfig) -> None:
+    """Called once the run's configuration is resolved, before any work (historic).
+
+    Args:
+        config: the resolved run configuration; plugin options are in ``config.options``.
+    """
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Registration: what the harness can run
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def bench_estimators() -> list[type[Estimator]]:
+    """Return the estimator classes this plugin provides.
+
+    Called once when the registry is built; every plugin's list is collected. Each class needs a unique ``name``
+    (the short name for ``--estimator`` and ``--set NAME.FIELD=VALUE``); a clash is an error naming both plugins.
+
+    Returns:
+        Subclasses of :class:`benchmark.Estimator`.
+    """
+
+
+@hookspec
+def bench_tasks() -> list[type[Task]]:
+    """Return the task classes this plugin provides.
+
+    Called once when the registry is built; every plugin's list is collected. Names must be unique across plugins.
+
+    Returns:
+        Subclasses of :class:`benchmark.Task`.
+    """
+
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Reporting
+# -------------------------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def bench_report_result(record: dict[str, Any]) -> None:
+    """Called with each finished result record (one estimator on one selection), failed ones included.
+
+    The record is the JSON-ready dict written under ``leaderboards/results/`` (schema: :mod:`benchmark.records`);
+    a plugin may export it elsewhere. It must not modify it. Every implementation is called.
+    """
+
+
+@hookspec
+def bench_run_finished(records: list[dict[str, Any]]) -> None:
+    """Called once at the end of ``bench run`` with every record the run produced. Every implementation is called."""

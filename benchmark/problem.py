@@ -1,0 +1,175 @@
+"""The problem contract: what a task hands to estimators and to the ground truth.
+
+Every piece of curvature maths in the harness goes through :class:`Problem`, written with ``torch.func``
+(``functional_call``, ``grad``, ``jvp``, ``vmap``), on a flat parameter vector ``theta`` of length ``P``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vmap
+
+Model = Callable[[dict[str, Tensor], Tensor], Tensor]
+"""A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
+
+Loss = Callable[[Tensor, Tensor], Tensor]
+"""A per-example loss: ``loss(outputs, targets) -> Tensor[N]`` (no reduction)."""
+
+
+@dataclasses.dataclass
+class Problem:
+    """A trained model and the objective it was trained on.
+
+    The training objective, whose Hessian ``H`` every estimator inverts, is::
+
+        J(theta) = (1/n) sum_i loss(model(theta, x_i), y_i) + (weight_decay / 2) * ||theta||^2
+
+    so ``weight_decay`` has the meaning of ``torch.optim.SGD(weight_decay=...)`` and adds ``weight_decay * I`` to ``H``.
+    The model must treat examples independently (no batch statistics), so per-example gradients are well defined.
+
+    Attributes:
+        model: functional model ``(params, x) -> outputs``.
+        loss: per-example loss ``(outputs, targets) -> Tensor[N]``.
+        params: parameters at the optimum ``theta*``, by name.
+        x_train, y_train: the ``n`` training examples.
+        x_test, y_test: the test examples.
+        weight_decay: the L2 regulariser that is part of the training objective.
+    """
+
+    model: Model
+    loss: Loss
+    params: dict[str, Tensor]
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.params = {k: v.detach() for k, v in self.params.items()}
+        self._shapes = [(k, v.shape) for k, v in self.params.items()]
+        self.theta = self.flatten(self.params)
+
+    # -- sizes and the flat parameter vector ---------------------------------------------------------------------
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_params(self) -> int:
+        return self.theta.numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    def flatten(self, params: dict[str, Tensor]) -> Tensor:
+        """The parameter dict as one vector ``theta`` (in the order of :attr:`params`)."""
+        return torch.cat([params[k].reshape(-1) for k, _ in self._shapes])
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Inverse of :meth:`flatten`."""
+        out, start = {}, 0
+        for k, shape in self._shapes:
+            size = shape.numel()
+            out[k] = theta[start : start + size].view(shape)
+            start += size
+        return out
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
+        """A copy with floating-point tensors cast (targets keep their integer dtype)."""
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return dataclasses.replace(
+            self,
+            params={k: cast(v) for k, v in self.params.items()},
+            x_train=cast(self.x_train),
+            y_train=cast(self.y_train),
+            x_test=cast(self.x_test),
+            y_test=cast(self.y_test),
+        )
+
+    # -- losses and objective ---------------------------------------------------------------------------------------
+    def losses(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Per-example losses ``Tensor[N]`` of the model at ``theta`` on ``(x, y)``."""
+        return self.loss(self.model(self.unflatten(theta), x), y)
+
+    def objective(self, theta: Tensor, indices: Tensor | None = None) -> Tensor:
+        """The training objective ``J`` at ``theta``; over a minibatch of training ``indices`` if given."""
+        x, y = (self.x_train, self.y_train) if indices is None else (self.x_train[indices], self.y_train[indices])
+        return self.losses(theta, x, y).mean() + 0.5 * self.weight_decay * theta.dot(theta)
+
+    def test_losses(self, theta: Tensor | None = None) -> Tensor:
+        """Per-example test losses at ``theta`` (default: the optimum)."""
+        with torch.no_grad():
+            return self.losses(self.theta if theta is None else theta, self.x_test, self.y_test)
+
+    def gradient_norm(self) -> float:
+        """``||grad J(theta*)||``: zero at an exact optimum, so it measures how converged the training was."""
+        return float(torch.linalg.vector_norm(grad(self.objective)(self.theta)))
+
+    # -- gradients ---------------------------------------------------------------------------------------------------
+    def _example_loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return self.losses(theta, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    def _example_gradients(self, x: Tensor, y: Tensor) -> Tensor:
+        return vmap(grad(self._example_loss), in_dims=(None, 0, 0))(self.theta, x, y)
+
+    def test_gradients(self, indices: Tensor | list[int]) -> Tensor:
+        """Gradients of the per-example test losses (no regulariser), ``Tensor[m, P]``."""
+        indices = torch.as_tensor(indices, device=self.x_test.device)
+        return self._example_gradients(self.x_test[indices], self.y_test[indices])
+
+    def train_gradients(self, indices: Tensor | list[int]) -> Tensor:
+        """Gradients ``g_i`` of the per-example training losses (no regulariser), ``Tensor[m, P]``."""
+        indices = torch.as_tensor(indices, device=self.x_train.device)
+        return self._example_gradients(self.x_train[indices], self.y_train[indices])
+
+    def iter_train_gradients(self, chunk_size: int = 1024) -> Iterator[tuple[slice, Tensor]]:
+        """All training gradients in chunks of at most ``chunk_size`` rows, so ``n x P`` is never held at once."""
+        for start in range(0, self.n_train, chunk_size):
+            stop = min(start + chunk_size, self.n_train)
+            yield slice(start, stop), self._example_gradients(self.x_train[start:stop], self.y_train[start:stop])
+
+    def train_gradient_products(self, vectors: Tensor, chunk_size: int = 1024) -> Tensor:
+        """``G_train @ vectors.T``: the dot product of every training gradient with each row of ``vectors``.
+
+        Args:
+            vectors: ``Tensor[m, P]``.
+
+        Returns:
+            ``Tensor[m, n]``.
+        """
+        out = vectors.new_empty(len(vectors), self.n_train)
+        for rows, grads in self.iter_train_gradients(chunk_size):
+            out[:, rows] = vectors @ grads.T
+        return out
+
+    # -- curvature ---------------------------------------------------------------------------------------------------
+    def hvp(self, vectors: Tensor, indices: Tensor | None = None) -> Tensor:
+        """Hessian-vector products ``H v`` of the objective (forward-over-reverse), one per row of ``vectors``.
+
+        Args:
+            vectors: ``Tensor[m, P]``.
+            indices: a minibatch of training indices for a stochastic Hessian; the full set if ``None``.
+
+        Returns:
+            ``Tensor[m, P]``.
+        """
+        gradient = grad(partial(self.objective, indices=indices))
+        return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+
+    def hessian(self) -> Tensor:
+        """The dense Hessian ``Tensor[P, P]`` of the objective at the optimum, in the problem's dtype."""
+        return torch.func.hessian(self.objective)(self.theta)

@@ -1,0 +1,324 @@
+"""One ``bench run``: build the task's problem, run every estimator, compute the shared ground truth, score, record.
+
+The influence of every training point on the test point is computed by each estimator (timed: preparation and
+query separately); the leave-one-out ground truth is computed once for the union of the points any selection needs,
+from the shared cache; a failing estimator becomes a failed record with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+
+from benchmark import config as configuration
+from benchmark import records
+from benchmark.cache import Cache
+from benchmark.curvature import DenseHessian, top_eigenvalue
+from benchmark.errors import BenchError, EstimatorFailed, UnknownNameError, UsageError
+from benchmark.estimator import Estimator
+from benchmark.groundtruth import GroundTruth
+from benchmark.plugins import Registry
+from benchmark.problem import Problem
+from benchmark.scoring import correlations
+from benchmark.task import BuildContext, Task
+
+log = logging.getLogger("bench")
+
+SELECTIONS = {
+    "top": "top-k by |estimated influence|, each estimator its own (the paper's protocol)",
+    "random": "k training points drawn uniformly with the run's seed, the same for every estimator",
+}
+DEVICES = ("cpu", "cuda", "auto")
+CONVERGENCE_TOL = 1e-4
+"""An optimum whose objective gradient norm exceeds this is reported as not converged."""
+DENSE_LIMIT = 5_000
+"""Problems with at most this many parameters get a dense float64 Hessian as the iHVP reference."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A resolved ``bench run``.
+
+    Attributes:
+        task: task name.
+        estimators: estimator names, in order.
+        task_options: the task's config fields that differ from its defaults.
+        estimator_options: per estimator name, its hyperparameters that differ from the defaults.
+        seed: seeds the data split, the initialisation and the random selection.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        selections: which training points are scored (keys of :data:`SELECTIONS`).
+        cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
+        results_dir: where result records are written.
+        progress: show progress bars.
+        gt_chunk_size: leave-one-out models re-trained at once.
+        options: values of options added by plugins (``bench_addoption``).
+    """
+
+    task: str
+    estimators: list[str]
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    estimator_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    selections: list[str] = dataclasses.field(default_factory=lambda: list(SELECTIONS))
+    cache_dir: Path | None = None
+    results_dir: Path = Path("leaderboards/results")
+    progress: bool = True
+    gt_chunk_size: int = 128
+    options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
+
+
+def resolve_device(name: str) -> str:
+    """``cpu`` or ``cuda`` for ``name``; :class:`UsageError` for an unknown name or a missing GPU."""
+    if name not in DEVICES:
+        raise UnknownNameError("device", name, DEVICES)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' requested but torch sees no CUDA device; use --device cpu or auto")
+    return name
+
+
+def select_test_point(problem: Problem, rule: str | int) -> tuple[int, float]:
+    """The test index chosen by ``rule`` (``max-loss``, ``pNN`` or an index) and its loss at the optimum."""
+    losses = problem.test_losses()
+    n = len(losses)
+    if isinstance(rule, int):
+        if not 0 <= rule < n:
+            raise UsageError(f"test point {rule} out of range (the test set has {n} points)")
+        index = rule
+    elif rule == "max-loss":
+        index = int(losses.argmax())
+    elif isinstance(rule, str) and rule.startswith("p") and rule[1:].replace(".", "", 1).isdigit():
+        quantile = float(rule[1:]) / 100
+        if not 0 <= quantile <= 1:
+            raise UsageError(f"test point percentile {rule!r} is outside p0..p100")
+        target = torch.quantile(losses, quantile)
+        index = int((losses - target).abs().argmin())
+    else:
+        raise UsageError(f"bad test point {rule!r}: expected max-loss, pNN (a loss percentile) or a test index")
+    return index, float(losses[index])
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What one estimator produced on the problem."""
+
+    estimator: Estimator
+    plugin: str
+    hyperparameters: dict[str, Any]
+    failure: str | None = None
+    scores: np.ndarray | None = None
+    param_norms: dict[int, float] = dataclasses.field(default_factory=dict)
+    param_failure: str | None = None
+    residual: float | None = None
+    timings: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"prepare_s": None, "query_s": None})
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, EstimatorFailed):
+        return error.reason
+    log.debug("estimator error:\n%s", "".join(traceback.format_exception(error)))
+    return f"{type(error).__name__}: {error}"
+
+
+class Run:
+    """A ``bench run`` in progress (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, registry: Registry, pm: pluggy.PluginManager):
+        self.config, self.registry, self.pm = config, registry, pm
+        self.device = resolve_device(config.device)
+        task_cls = registry.task(config.task)
+        self.task: Task = task_cls(configuration.build(task_cls.Config, config.task_options, config.task))
+        unknown = set(config.estimator_options) - set(config.estimators)
+        for name in config.estimators:
+            registry.estimator(name)
+        for name in sorted(unknown):
+            if name in registry.estimators:
+                raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
+            raise UnknownNameError("task or estimator", name, [config.task, *registry.estimators])
+        self.estimators = []
+        for name in config.estimators:
+            cls = registry.estimator(name)
+            hyper = configuration.build(cls.Config, config.estimator_options.get(name), name)
+            self.estimators.append(Evaluation(cls(hyper, progress=config.progress), registry.estimators[name].plugin,
+                                              dataclasses.asdict(hyper)))
+        for selection in config.selections:
+            if selection not in SELECTIONS:
+                raise UnknownNameError("selection", selection, SELECTIONS)
+        self.cache = Cache(config.cache_dir)
+
+    def execute(self) -> list[dict[str, Any]]:
+        """Run everything; returns the records written."""
+        config = self.config
+        self.pm.hook.bench_configure.call_historic(kwargs={"config": config})
+        torch.manual_seed(config.seed)
+        log.info("building task %s (seed %d, %s)", config.task, config.seed, self.device)
+        problem = self.task.build(BuildContext(self.device, config.seed, self.cache, config.progress))
+        if not bool(torch.isfinite(problem.theta).all()):
+            raise BenchError(f"training the {config.task} optimum diverged (non-finite parameters); lower its lr")
+        protocol = self.task.protocol()
+        test_index, test_loss = select_test_point(problem, protocol.test_point)
+        k = min(protocol.eval_size, problem.n_train)
+        dense = DenseHessian(problem) if problem.n_params <= DENSE_LIMIT else None
+        problem_diagnostics = self._problem_diagnostics(problem, dense)
+        test_gradient = problem.test_gradients([test_index])
+
+        for evaluation in self.estimators:
+            self._evaluate(evaluation, problem, test_index, test_gradient, dense)
+
+        random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
+        chosen: dict[tuple[str, str], list[int]] = {}
+        for evaluation in self.estimators:
+            if evaluation.failure is None:
+                for selection in config.selections:
+                    chosen[evaluation.estimator.name, selection] = (
+                        np.argsort(-np.abs(evaluation.scores), kind="stable")[:k].tolist()
+                        if selection == "top" else random_set
+                    )
+        for evaluation in self.estimators:
+            if evaluation.failure is None:
+                self._parameter_change(evaluation, chosen, problem)
+
+        ground_truth = GroundTruth(problem, protocol.retrain, self.cache, self.task.problem_key(config.seed),
+                                   test_index, config.gt_chunk_size, config.progress)
+        needed = sorted({i for indices in chosen.values() for i in indices})
+        log.info("ground truth: %d leave-one-out models needed", len(needed))
+        effects = ground_truth.effects(needed) if needed else {}
+        reference = ground_truth.reference()
+        gt_summary = {
+            "protocol": "leave-one-out re-training from the optimum",
+            "recipe": dataclasses.asdict(protocol.retrain),
+            "reference": "the optimum re-trained with the same recipe and minibatches on the full data",
+            "reference_test_loss": reference.test_loss,
+            "reference_drift": reference.drift,
+            "points": len(needed),
+            "cached": ground_truth.stats.cached,
+            "computed": ground_truth.stats.computed,
+            "corrupt_recomputed": ground_truth.stats.corrupt,
+            "seconds": ground_truth.stats.seconds,
+            "cache_key": ground_truth.key,
+        }
+
+        common = {
+            "schema": records.SCHEMA_VERSION,
+            "run_id": records.new_run_id(),
+            "date": records.now(),
+            **records.environment(self.device),
+            "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
+            "seed": config.seed,
+            "test_point": {"rule": protocol.test_point, "index": test_index, "loss": test_loss},
+            "ground_truth": gt_summary,
+        }
+        out = []
+        for evaluation in self.estimators:
+            for selection in config.selections:
+                record = self._record(common, evaluation, selection, chosen.get((evaluation.estimator.name, selection)),
+                                      effects, k, problem_diagnostics)
+                records.write(record, config.results_dir)
+                self.pm.hook.bench_report_result(record=record)
+                out.append(record)
+        self.pm.hook.bench_run_finished(records=out)
+        return out
+
+    # -- steps -------------------------------------------------------------------------------------------------------
+    def _problem_diagnostics(self, problem: Problem, dense: DenseHessian | None) -> dict[str, Any]:
+        gradient_norm = problem.gradient_norm()
+        diagnostics: dict[str, Any] = {
+            "n_train": problem.n_train,
+            "n_params": problem.n_params,
+            "weight_decay": problem.weight_decay,
+            "gradient_norm": gradient_norm,
+            "convergence_tol": CONVERGENCE_TOL,
+            "converged": gradient_norm <= CONVERGENCE_TOL,
+        }
+        if dense is not None:
+            diagnostics["top_eigenvalue"] = float(dense.eigenvalues[-1])
+            diagnostics["bottom_eigenvalue"] = float(dense.eigenvalues[0])
+        else:
+            diagnostics["top_eigenvalue"] = top_eigenvalue(problem)
+        if not diagnostics["converged"]:
+            log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
+        return diagnostics
+
+    def _evaluate(self, evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor,
+                  dense: DenseHessian | None) -> None:
+        estimator = evaluation.estimator
+        try:
+            start = time.perf_counter()
+            estimator.prepare(problem)
+            evaluation.timings["prepare_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            scores = estimator.influence([test_index])[0]
+            evaluation.timings["query_s"] = time.perf_counter() - start
+            evaluation.diagnostics = dict(estimator.diagnostics)
+            if not bool(torch.isfinite(scores).all()):
+                raise EstimatorFailed("influence scores are not finite")
+            evaluation.scores = scores.detach().cpu().double().numpy()
+            if dense is not None:
+                exact = dense.solve(test_gradient, estimator.damping)
+                solution = estimator.ihvp(test_gradient).to(exact)
+                evaluation.residual = float(torch.linalg.vector_norm(solution - exact) / torch.linalg.vector_norm(exact))
+        except Exception as error:
+            evaluation.failure = _failure(error)
+            log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
+            return
+        log.info("estimator %s: prepare %.2f s, query %.2f s", estimator.name, evaluation.timings["prepare_s"],
+                 evaluation.timings["query_s"])
+
+    def _parameter_change(self, evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]],
+                          problem: Problem) -> None:
+        indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
+        try:
+            changes = evaluation.estimator.parameter_change(indices)
+            norms = torch.linalg.vector_norm(changes, dim=1).tolist()
+            evaluation.param_norms = dict(zip(indices, norms))
+        except Exception as error:
+            evaluation.param_failure = _failure(error)
+
+    def _record(self, common: dict[str, Any], evaluation: Evaluation, selection: str, indices: list[int] | None,
+                effects: dict[int, Any], k: int, problem_diagnostics: dict[str, Any]) -> dict[str, Any]:
+        name = evaluation.estimator.name
+        record = {
+            **common,
+            "estimator": {"name": name, "plugin": evaluation.plugin, "hyperparameters": evaluation.hyperparameters},
+            "selection": {"kind": selection, "size": k, "description": SELECTIONS[selection]},
+            "status": "failed" if evaluation.failure else "ok",
+            "failure": evaluation.failure,
+            "timings": evaluation.timings,
+            "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics},
+            "paper": self.task.paper_reference(name, selection),
+            "metrics": None,
+            "points": None,
+        }
+        if evaluation.failure is not None or indices is None:
+            return record
+        estimated = [float(evaluation.scores[i]) for i in indices]
+        retrained = [effects[i].loss_change for i in indices]
+        metrics = correlations(estimated, retrained)
+        points: dict[str, Any] = {"train_indices": indices, "estimated": estimated, "retrained": retrained,
+                                  "retrained_param_norm": [effects[i].param_change_norm for i in indices]}
+        if evaluation.param_failure is None:
+            points["estimated_param_norm"] = [evaluation.param_norms[i] for i in indices]
+            norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])
+        else:
+            undefined = {"value": None, "undefined": f"parameter change failed: {evaluation.param_failure}"}
+            norm_metrics = {"pearson": undefined, "spearman": undefined}
+        record["metrics"] = {
+            **metrics,
+            "param_norm_pearson": norm_metrics["pearson"],
+            "param_norm_spearman": norm_metrics["spearman"],
+            "ihvp_relative_residual": evaluation.residual,
+        }
+        record["points"] = points
+        return record

@@ -1,0 +1,93 @@
+"""The task contract: a task builds a trained :class:`~benchmark.problem.Problem` and states its protocol."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from benchmark.cache import Cache
+    from benchmark.problem import Problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A gradient-descent recipe, used both to train an optimum and to re-train leave-one-out models from it.
+
+    Attributes:
+        steps: number of parameter updates.
+        lr: learning rate.
+        batch_size: minibatch size; ``None`` for full-batch gradient descent.
+        momentum: heavy-ball momentum, as in ``torch.optim.SGD``.
+        seed: seed of the minibatch order; leave-one-out models share it (common random numbers).
+    """
+
+    steps: int
+    lr: float
+    batch_size: int | None = None
+    momentum: float = 0.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How a task is evaluated.
+
+    Attributes:
+        test_point: which test point: ``"max-loss"``, ``"pNN"`` (the NN-th percentile of test losses) or an index.
+        eval_size: how many training points each selection scores (the paper's top-k).
+        retrain: the leave-one-out re-training recipe, started from the optimum.
+    """
+
+    test_point: str | int
+    eval_size: int
+    retrain: Recipe
+
+
+@dataclasses.dataclass
+class BuildContext:
+    """What the harness gives a task to build its problem."""
+
+    device: str
+    seed: int
+    cache: Cache
+    progress: bool = True
+
+
+class Task(abc.ABC):
+    """Base class of every task.
+
+    Subclasses set :attr:`name`, :attr:`version` (bumped whenever the protocol or the data change, since cached
+    optima and ground truth are keyed on it) and :attr:`Config` (a dataclass with defaults; ``--set NAME.FIELD=V``).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    Config: ClassVar[type]
+    protocol_fields: ClassVar[tuple[str, ...]] = ()
+    """Config fields that change only the evaluation, not the trained problem (left out of :meth:`problem_key`)."""
+
+    def __init__(self, config: Any | None = None):
+        self.config = self.Config() if config is None else config
+
+    @abc.abstractmethod
+    def build(self, context: BuildContext) -> Problem:
+        """Load the data and return the problem at its trained optimum (training it, or loading it from the cache)."""
+
+    @abc.abstractmethod
+    def protocol(self) -> Protocol:
+        """The evaluation protocol for this configuration."""
+
+    def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
+        """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration, as recorded in results."""
+        return dataclasses.asdict(self.config)
+
+    def problem_key(self, seed: int) -> dict[str, Any]:
+        """Everything that determines the trained problem: the key of its cached optimum and ground truth."""
+        config = {k: v for k, v in self.describe().items() if k not in self.protocol_fields}
+        return {"task": self.name, "version": self.version, "seed": seed, "config": config}

@@ -1,0 +1,64 @@
+"""``exact``: the dense Hessian of the training objective, inverted through its eigendecomposition, in float64."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from benchmark import Estimator, EstimatorFailed, Problem, hookimpl
+from benchmark.config import non_negative, positive
+from benchmark.curvature import DenseHessian
+
+
+@dataclasses.dataclass
+class ExactConfig:
+    """Hyperparameters of :class:`Exact`.
+
+    Attributes:
+        damping: ``lambda`` in ``(H + lambda I)^-1``.
+        max_params: refuse problems with more parameters (the Hessian takes ``8 P^2`` bytes).
+    """
+
+    damping: float = 0.001
+    max_params: int = 20_000
+
+    def __post_init__(self) -> None:
+        non_negative(damping=self.damping)
+        positive(max_params=self.max_params)
+
+
+class Exact(Estimator):
+    """Exact iHVP: ``H = V diag(e) V^T`` computed densely with ``torch.func.hessian`` in float64.
+
+    Cost: ``O(P^2)`` memory, ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition to prepare; each
+    iHVP is then two matrix products. Fails when ``H + damping I`` is singular. Diagnostics: the top and bottom
+    eigenvalues of ``H`` (without damping), so an indefinite Hessian is visible.
+    """
+
+    name = "exact"
+    Config = ExactConfig
+
+    def prepare(self, problem: Problem) -> None:
+        super().prepare(problem)
+        if problem.n_params > self.config.max_params:
+            raise EstimatorFailed(
+                f"{problem.n_params} parameters exceed exact.max_params={self.config.max_params} "
+                f"(a dense Hessian would take {8 * problem.n_params**2 / 2**30:.1f} GiB)"
+            )
+        self._hessian = DenseHessian(problem)
+        eigenvalues = self._hessian.eigenvalues
+        self.diagnostics = {"top_eigenvalue": float(eigenvalues[-1]), "bottom_eigenvalue": float(eigenvalues[0])}
+        shifted = (eigenvalues + self.config.damping).abs()
+        if float(shifted.min()) <= 1e-12 * max(1.0, float(shifted.max())):
+            raise EstimatorFailed(
+                f"H + damping I is singular (smallest |eigenvalue| {float(shifted.min()):.3g}); raise exact.damping"
+            )
+
+    def ihvp(self, vectors: Tensor) -> Tensor:
+        return self._hessian.solve(vectors, self.config.damping).to(vectors.dtype)
+
+
+@hookimpl
+def bench_estimators() -> list[type[Estimator]]:
+    return [Exact]
