@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import os
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,6 +71,8 @@ def plugin_manager(plugin_args: Iterable[str] = ()) -> pluggy.PluginManager:
             if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
                 continue
             pm.register(_import(ep.name, ep.load), name=ep.name)
+    if any(not arg.startswith("no:") for arg in plugin_args) and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # -p module.path resolves from the working directory, as under `python -m`
     for arg in plugin_args:
         if arg.startswith("no:") or pm.is_blocked(arg) or pm.has_plugin(arg):
             continue

@@ -61,6 +61,7 @@ class RunConfig:
         progress: show progress bars.
         gt_chunk_size: leave-one-out models re-trained at once.
         options: values of options added by plugins (``bench_addoption``).
+        pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
     """
 
     task: str
@@ -75,6 +76,7 @@ class RunConfig:
     progress: bool = True
     gt_chunk_size: int = 128
     options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
+    pluginmanager: pluggy.PluginManager | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -161,6 +163,7 @@ class Run:
     def execute(self) -> list[dict[str, Any]]:
         """Run everything; returns the records written."""
         config = self.config
+        config.pluginmanager = self.pm
         self.pm.hook.bench_configure.call_historic(kwargs={"config": config})
         torch.manual_seed(config.seed)
         log.info("building task %s (seed %d, %s)", config.task, config.seed, self.device)
