@@ -77,7 +77,11 @@ class Estimator(abc.ABC):
             ``Tensor[m, n]``: row ``j``, column ``i`` is ``(1/n) g_test_j^T H^-1 g_i``.
         """
         problem = self._require_problem()
-        solutions = self.ihvp(problem.test_gradients(test_indices))
+        return self.influence_from_solutions(self.ihvp(problem.test_gradients(test_indices)))
+
+    def influence_from_solutions(self, solutions: Tensor) -> Tensor:
+        """``(1/n) G_train s`` for each row ``s`` of ``solutions`` (``Tensor[m, P]`` of ``H^-1 g_test``): ``Tensor[m, n]``."""
+        problem = self._require_problem()
         return problem.train_gradient_products(solutions) / problem.n_train
 
     def parameter_change(self, train_indices: Tensor | list[int]) -> Tensor:

@@ -105,7 +105,7 @@ class Registry:
     @staticmethod
     def _collect(hook: pluggy.HookCaller, base: type, kind: str) -> dict[str, Registered]:
         found: dict[str, Registered] = {}
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # in registration order
             for cls in impl.function() or []:
                 if not (isinstance(cls, type) and issubclass(cls, base)):
                     raise PluginError(f'plugin "{impl.plugin_name}" returned {cls!r}, not a {base.__name__} subclass')
