@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from benchmark import config as configuration
 from benchmark import leaderboard, records
-from benchmark.errors import BenchError, UsageError
+from benchmark.errors import BenchError, UnknownNameError, UsageError
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.runner import DEVICES, SELECTIONS, Run, RunConfig
 
@@ -118,41 +118,50 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     for namespace, values in configuration.parse_set(args.overrides).items():
         sections.setdefault(namespace, {}).update(values)
 
-    def option(name: str, default: Any) -> Any:
+    def option(name: str, default: Any, valid: Any, expected: str) -> Any:
         value = getattr(args, name)
-        return value if value is not None else data.get(name, default)
+        value = value if value is not None else data.get(name, default)
+        if isinstance(value, str) and expected.startswith("names"):
+            value = _split(value)
+        if value is not None and not valid(value):
+            raise UsageError(f"bad {name}: {value!r} (expected {expected})")
+        return value
 
-    task = option("task", None)
+    def names(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+    def integer(minimum: int) -> Any:
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    def text(value: Any) -> bool:
+        return isinstance(value, str) and bool(value)
+
+    def directory(value: Any) -> bool:
+        return isinstance(value, Path) or text(value)
+
+    task = option("task", None, text, "a task name")
     if not task:
         raise UsageError(f"no task given: use --task NAME (choices: {', '.join(sorted(registry.tasks))})")
-    estimators = option("estimators", None) or list(registry.estimators)
-    if isinstance(estimators, str):
-        estimators = _split(estimators)
-    selections = option("selections", None) or list(SELECTIONS)
-    if isinstance(selections, str):
-        selections = _split(selections)
+    estimators = option("estimators", None, names, "names, comma-separated or a list") or list(registry.estimators)
+    selections = option("selections", None, names, "names, comma-separated or a list") or list(SELECTIONS)
     for name in sections:
         if name != task and name not in registry.estimators:
-            from benchmark.errors import UnknownNameError
-
             raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])
-    seed = option("seed", 0)
-    chunk = option("gt_chunk_size", 128)
-    for name, value in (("seed", seed), ("gt_chunk_size", chunk)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "seed" else 1):
-            raise UsageError(f"bad {name}: {value!r} (expected {'a non-negative' if name == 'seed' else 'a positive'} "
-                             "integer)")
-    cache_dir = option("cache_dir", None)
+    seed = option("seed", 0, integer(0), "a non-negative integer")
+    chunk = option("gt_chunk_size", 128, integer(1), "a positive integer")
+    device = option("device", "cpu", text, f"one of {', '.join(DEVICES)}")
+    cache_dir = option("cache_dir", None, directory, "a directory")
+    results_dir = option("results_dir", None, directory, "a directory")
     return RunConfig(
         task=task,
         estimators=list(estimators),
         task_options=sections.get(task, {}),
         estimator_options={k: v for k, v in sections.items() if k != task},
         seed=seed,
-        device=option("device", "cpu"),
+        device=device,
         selections=list(selections),
         cache_dir=Path(cache_dir) if cache_dir else None,
-        results_dir=_results_dir(args, data.get("results_dir")),
+        results_dir=_results_dir(args, results_dir),
         progress=not args.no_progress,
         gt_chunk_size=chunk,
         options=args,

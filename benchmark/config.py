@@ -14,6 +14,7 @@ mapping per task or estimator name with its fields::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,22 @@ import yaml
 from benchmark.errors import UnknownNameError, UsageError
 
 
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading ``1e-3`` as a float as YAML 1.2 does (PyYAML's YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 exponent floats; constructs plain data only, never objects."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config with the safe loader; malformed files raise :class:`UsageError` naming file and line."""
     path = Path(path)
@@ -32,7 +49,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -55,7 +72,7 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not namespace or not field:
             raise UsageError(f"bad --set {item!r}: expected NAME.FIELD=VALUE, e.g. lissa.scale=50")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         out.setdefault(namespace, {})[field] = value

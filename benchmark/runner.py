@@ -90,24 +90,37 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def parse_test_point(rule: str | int) -> tuple[str, float]:
+    """Check a test-point rule: ``("max-loss", 0)``, ``("percentile", q)`` with ``q`` in [0, 1], or ``("index", i)``."""
+    if isinstance(rule, int) and not isinstance(rule, bool):
+        if rule < 0:
+            raise UsageError(f"bad test point {rule}: a test index must be >= 0")
+        return "index", rule
+    if rule == "max-loss":
+        return "max-loss", 0.0
+    if isinstance(rule, str) and rule.startswith("p"):
+        try:
+            quantile = float(rule[1:]) / 100
+        except ValueError:
+            quantile = -1.0
+        if 0 <= quantile <= 1:
+            return "percentile", quantile
+    raise UsageError(f"bad test point {rule!r}: expected max-loss, p0..p100 (a loss percentile) or a test index")
+
+
 def select_test_point(problem: Problem, rule: str | int) -> tuple[int, float]:
-    """The test index chosen by ``rule`` (``max-loss``, ``pNN`` or an index) and its loss at the optimum."""
+    """The test index chosen by ``rule`` (see :func:`parse_test_point`) and its loss at the optimum."""
+    kind, value = parse_test_point(rule)
     losses = problem.test_losses()
-    n = len(losses)
-    if isinstance(rule, int):
-        if not 0 <= rule < n:
-            raise UsageError(f"test point {rule} out of range (the test set has {n} points)")
-        index = rule
-    elif rule == "max-loss":
+    if kind == "index":
+        if value >= len(losses):
+            raise UsageError(f"test point {value} out of range (the test set has {len(losses)} points)")
+        index = int(value)
+    elif kind == "max-loss":
         index = int(losses.argmax())
-    elif isinstance(rule, str) and rule.startswith("p") and rule[1:].replace(".", "", 1).isdigit():
-        quantile = float(rule[1:]) / 100
-        if not 0 <= quantile <= 1:
-            raise UsageError(f"test point percentile {rule!r} is outside p0..p100")
-        target = torch.quantile(losses, quantile)
-        index = int((losses - target).abs().argmin())
     else:
-        raise UsageError(f"bad test point {rule!r}: expected max-loss, pNN (a loss percentile) or a test index")
+        target = torch.quantile(losses, value)
+        index = int((losses - target).abs().argmin())
     return index, float(losses[index])
 
 
@@ -158,6 +171,7 @@ class Run:
         for selection in config.selections:
             if selection not in SELECTIONS:
                 raise UnknownNameError("selection", selection, SELECTIONS)
+        parse_test_point(self.task.protocol().test_point)
         self.cache = Cache(config.cache_dir)
 
     def execute(self) -> list[dict[str, Any]]:

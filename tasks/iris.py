@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 from benchmark import Problem, Recipe, Task, hookimpl
 from benchmark.config import non_negative, positive
+from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Protocol
 from benchmark.training import train
 
@@ -78,11 +79,6 @@ def mlp(depth: int, width: int, activation: str, inputs: int = 4, classes: int =
         layers += [nn.Linear(inputs if i == 0 else width, width), ACTIVATIONS[activation]()]
     layers.append(nn.Linear(width if depth else inputs, classes))
     return nn.Sequential(*layers)
-
-
-def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-example cross-entropy."""
-    return nn.functional.cross_entropy(outputs, targets, reduction="none")
 
 
 class Iris(Task):
