@@ -84,17 +84,24 @@ class Cache:
         """
         if not path.exists():
             return None
-        try:
-            entry = json.loads(path.read_text())
-            ok = isinstance(entry, dict) and entry.get("sha256") == digest([entry.get("key"), entry.get("payload")])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            ok = False
-        if not ok:
+        entry = self.verified_entry(path)
+        if entry is None:
             log.warning("corrupt cache entry %s: recomputing it", path)
             return None
         if entry["key"] != json.loads(canonical(key)):
             raise CacheError(f"cache entry {path} was written for another request; refusing to reuse it")
         return entry["payload"]
+
+    @staticmethod
+    def verified_entry(path: Path) -> dict[str, Any] | None:
+        """The whole entry (``key``, ``payload``) at ``path`` if it passes its checksum, else ``None``."""
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(entry, dict) or entry.get("sha256") != digest([entry.get("key"), entry.get("payload")]):
+            return None
+        return entry
 
     # -- tensors -----------------------------------------------------------------------------------------------------
     def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -14,16 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pandas as pd
+import torch
+
 from benchmark import config as configuration
-from benchmark import leaderboard, records
+from benchmark import groundtruth, leaderboard, records
+from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError
 from benchmark.plugins import Registry, plugin_manager
+from benchmark.executors import EXECUTORS
 from benchmark.runner import DEVICES, SELECTIONS, Run, RunConfig
 
 log = logging.getLogger("bench")
 
 DEFAULT_RESULTS_DIR = Path("leaderboards") / "results"
-RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size")
+RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size",
+               "gt_seeds", "executor", "workers", "ray_address")
 """Top-level keys a YAML config may hold besides per-task and per-estimator sections."""
 
 
@@ -53,30 +59,43 @@ def build_parser(pm: Any) -> Parser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
     parser = Parser(prog="bench", description="Benchmark influence-function estimators against leave-one-out "
                     "re-training.", parents=[common])
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,leaderboard}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,gt,leaderboard}")
     sub.required = True
 
     listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
     listing.add_argument("--options", action="store_true", help="also show every config field and its default")
 
-    run = sub.add_parser("run", parents=[common], help="run estimators on a task and score them")
-    run.add_argument("--task", help="task name (see bench list)")
+    problem = argparse.ArgumentParser(add_help=False)  # what determines a problem and its ground truth
+    problem.add_argument("--task", help="task name (see bench list)")
+    problem.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
+                         help="set a task or estimator option, e.g. lissa.scale=50 or iris.weight_decay=0")
+    problem.add_argument("--config", type=Path, help="YAML file of run options and per-task/estimator sections")
+    problem.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default cpu)")
+    problem.add_argument("--seed", type=int, help="seed of the split, initialisation and random selection (default 0)")
+    problem.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
+    problem.add_argument("--gt-chunk-size", type=int,
+                         help="leave-one-out models re-trained at once (default: the fastest that fits, timed)")
+    problem.add_argument("--gt-seeds", type=int, help="ground-truth repeats with different re-training seeds "
+                         "(default 1; 2+ give the noise ceiling and bootstrap intervals)")
+    problem.add_argument("--executor", help=f"where re-training runs: {', '.join(EXECUTORS)} (default local)")
+    problem.add_argument("--workers", type=int, help="processes of --executor process (default: CPU count)")
+    problem.add_argument("--ray-address", help="Ray cluster of --executor ray (default $RAY_ADDRESS, else local)")
+    problem.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", parents=[common, problem], help="run estimators on a task and score them")
     run.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
                      help="comma-separated estimator names (default: all registered)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
-                     help="set a task or estimator option, e.g. lissa.scale=50 or iris.weight_decay=0")
-    run.add_argument("--config", type=Path, help="YAML file of run options and per-task/estimator sections")
-    run.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default cpu)")
-    run.add_argument("--seed", type=int, help="seed of the split, initialisation and random selection (default 0)")
     run.add_argument("--selection", "--selections", dest="selections", type=_split,
                      help=f"which training points to score: {', '.join(SELECTIONS)} (default both)")
-    run.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
     run.add_argument("--results-dir", type=Path,
                      help=f"where result records go (default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR})")
-    run.add_argument("--gt-chunk-size", type=int, help="leave-one-out models re-trained at once (default 128)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-leaderboard", action="store_true", help="do not re-render the task's leaderboard")
     pm.hook.bench_addoption.call_historic(kwargs={"parser": run})
+
+    gt = sub.add_parser("gt", parents=[common, problem], help="compute or top up ground truth, or summarise the cache")
+    gt.add_argument("--points", default="all", help="training points: all (default), random (the run's random "
+                    "selection) or a number N (the first N of the random order)")
+    gt.add_argument("--status", action="store_true", help="summarise what the cache holds and exit")
 
     board = sub.add_parser("leaderboard", parents=[common], help="render leaderboards from result records")
     board.add_argument("--task", help="only this task (default: every task with records)")
@@ -88,7 +107,7 @@ def build_parser(pm: Any) -> Parser:
 def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
     import os
 
-    value = args.results_dir or from_yaml or os.environ.get(records.RESULTS_ENV) or DEFAULT_RESULTS_DIR
+    value = getattr(args, "results_dir", None) or from_yaml or os.environ.get(records.RESULTS_ENV) or DEFAULT_RESULTS_DIR
     return Path(value)
 
 
@@ -119,7 +138,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         sections.setdefault(namespace, {}).update(values)
 
     def option(name: str, default: Any, valid: Any, expected: str) -> Any:
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         value = value if value is not None else data.get(name, default)
         if isinstance(value, str) and expected.startswith("names"):
             value = _split(value)
@@ -142,21 +161,26 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     task = option("task", None, text, "a task name")
     if not task:
         raise UsageError(f"no task given: use --task NAME (choices: {', '.join(sorted(registry.tasks))})")
+    scoring = args.command == "run"  # `bench gt` runs no estimator
     estimators = option("estimators", None, names, "names, comma-separated or a list") or list(registry.estimators)
     selections = option("selections", None, names, "names, comma-separated or a list") or list(SELECTIONS)
     for name in sections:
         if name != task and name not in registry.estimators:
             raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])
     seed = option("seed", 0, integer(0), "a non-negative integer")
-    chunk = option("gt_chunk_size", 128, integer(1), "a positive integer")
+    chunk = option("gt_chunk_size", None, integer(1), "a positive integer")
     device = option("device", "cpu", text, f"one of {', '.join(DEVICES)}")
     cache_dir = option("cache_dir", None, directory, "a directory")
     results_dir = option("results_dir", None, directory, "a directory")
+    gt_seeds = option("gt_seeds", 1, integer(1), "a positive integer")
+    executor = option("executor", "local", text, f"one of {', '.join(EXECUTORS)}")
+    workers = option("workers", None, integer(1), "a positive integer")
+    ray_address = option("ray_address", None, text, "a Ray address")
     return RunConfig(
         task=task,
-        estimators=list(estimators),
+        estimators=list(estimators) if scoring else [],
         task_options=sections.get(task, {}),
-        estimator_options={k: v for k, v in sections.items() if k != task},
+        estimator_options={k: v for k, v in sections.items() if k != task} if scoring else {},
         seed=seed,
         device=device,
         selections=list(selections),
@@ -164,6 +188,11 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         results_dir=_results_dir(args, results_dir),
         progress=not args.no_progress,
         gt_chunk_size=chunk,
+        gt_seeds=gt_seeds,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
+        plugins=list(args.plugins),
         options=args,
     )
 
@@ -195,6 +224,38 @@ def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     return 0
 
 
+def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
+    if args.status:
+        cache = Cache(args.cache_dir)
+        rows = groundtruth.cache_status(cache)
+        if not rows:
+            print(f"no ground truth under {cache.root / 'loo'}")
+            return 0
+        print(f"ground truth under {cache.root / 'loo'}:")
+        print(pd.DataFrame(rows).to_markdown(index=False))
+        return 0
+    config = run_config(args, registry)
+    run = Run(config, registry, pm)
+    problem, protocol, test_index, _ = run.build_problem()
+    order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    if args.points == "all":
+        points = list(range(problem.n_train))
+    elif args.points == "random":
+        points = order[: min(protocol.eval_size, problem.n_train)]
+    elif args.points.isdigit() and int(args.points) > 0:
+        points = order[: int(args.points)]
+    else:
+        raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
+    executor = run.executor()
+    for ground_truth in run.ground_truths(problem, protocol, test_index):
+        ground_truth.effects(points, executor)
+        stats = ground_truth.stats
+        print(f"seed {ground_truth.recipe.seed}: {len(points)} points for test point {test_index}: {stats.cached} "
+              f"cached, {stats.computed} computed, {stats.corrupt} corrupt recomputed, {stats.seconds:.1f} s "
+              f"({ground_truth.directory})")
+    return 0
+
+
 def _command_leaderboard(args: argparse.Namespace, registry: Registry) -> int:
     results_dir = _results_dir(args)
     if not results_dir.is_dir():
@@ -221,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_list(args, registry)
         if args.command == "run":
             return _command_run(args, registry, pm)
+        if args.command == "gt":
+            return _command_gt(args, registry, pm)
         return _command_leaderboard(args, registry)
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)

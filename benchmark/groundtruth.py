@@ -7,18 +7,22 @@ sequence, on the full data, so that the optimiser's own drift is not counted as 
     loss_change_i = loss_test(theta_-i) - loss_test(theta_ref)
 
 Each removed point is one cache entry, written atomically as soon as its chunk of models finishes: an interrupted run
-loses only the chunk in flight, a rerun computes only what is missing, and every estimator shares the entries.
+loses only the chunk in flight, a rerun computes only what is missing, and every estimator shares the entries. Each
+entry is claimed with an OS file lock before it is computed, so processes sharing a cache directory never compute
+the same entry twice; a killed process's locks are released by the OS, so its entries are taken over, not lost.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -59,12 +63,41 @@ class LooEffect:
 
 @dataclasses.dataclass
 class GroundTruthStats:
-    """How much of a request came from the cache."""
+    """How much of a request came from the cache (``cached`` includes entries other processes computed meanwhile)."""
 
     cached: int = 0
     computed: int = 0
     corrupt: int = 0
     seconds: float = 0.0
+    chunk_size: int | None = None
+
+
+MEMORY_FRACTION = 0.25
+"""Share of the free memory (host, or GPU on CUDA) that one chunk of stacked models may plan to use."""
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: ``cudaMemGetInfo`` on CUDA, ``MemAvailable`` of ``/proc/meminfo`` on the host."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def memory_per_model(problem: Problem, batch_size: int | None) -> int:
+    """A planning estimate of the bytes one stacked model needs: parameters, gradient, momentum and a copy, plus its
+    activations (the output size per example times the minibatch, times 8 for the hidden layers and their grads)."""
+    itemsize = problem.theta.element_size()
+    batch = batch_size or problem.n_train
+    with torch.no_grad():
+        outputs = problem.model(problem.params, problem.x_train[:1]).numel()
+    return itemsize * (4 * problem.n_params + 8 * outputs * batch + problem.x_train[:1].numel() * batch)
 
 
 class GroundTruth:
@@ -72,13 +105,13 @@ class GroundTruth:
 
     Args:
         problem: the problem at its optimum.
-        recipe: the re-training recipe.
+        recipe: the re-training recipe (its ``seed`` fixes the minibatch order shared by every model).
         cache: where entries live.
         key: everything else that determines the problem (task, version, config, seed); the test point, the recipe
             and :data:`RECIPE_VERSION` are added here.
         test_index: the test point whose loss is measured.
-        chunk_size: how many models to re-train at once.
-        progress: show a progress bar.
+        chunk_size: how many models to re-train at once; ``None`` picks it (:meth:`choose_chunk_size`).
+        progress: show progress bars.
     """
 
     def __init__(
@@ -88,70 +121,174 @@ class GroundTruth:
         cache: Cache,
         key: dict[str, Any],
         test_index: int,
-        chunk_size: int = 128,
+        chunk_size: int | None = None,
         progress: bool = False,
     ):
         self.problem, self.recipe, self.cache = problem, recipe, cache
         self.test_index = int(test_index)
-        self.chunk_size = max(1, int(chunk_size))
+        self.chunk_size = None if chunk_size is None else max(1, int(chunk_size))
         self.progress = progress
+        recipe_key = dataclasses.asdict(recipe)
+        if recipe.batch_size is None or recipe.batch_size >= problem.n_train:
+            recipe_key["seed"] = None  # full-batch re-training never uses the minibatch seed: all seeds share entries
         self.key = {
             **key,
             "test_index": self.test_index,
-            "recipe": dataclasses.asdict(recipe),
+            "recipe": recipe_key,
             "recipe_version": RECIPE_VERSION,
             "dtype": str(problem.dtype),
         }
         self.directory = cache.root / "loo" / digest(self.key)
         self.stats = GroundTruthStats()
+        self._reference: Reference | None = None
+        self._corrupt: set[int] = set()
 
     # -- public ------------------------------------------------------------------------------------------------------
     def reference(self) -> Reference:
         """The full-data reference, from the cache or re-trained now."""
+        if self._reference is not None:
+            return self._reference
 
         def retrain() -> dict[str, Tensor]:
             weights = torch.ones(1, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
             return {"theta": self._retrain(weights, "re-training reference")[0]}
 
-        theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain)["theta"]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.directory / ".reference.lock"):
+            theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain)["theta"]
         theta = theta.to(device=self.problem.device, dtype=self.problem.dtype)
         losses = self._test_losses(torch.stack([theta, self.problem.theta]))
-        return Reference(float(losses[0]), float(losses[1]), theta)
+        self._reference = Reference(float(losses[0]), float(losses[1]), theta)
+        return self._reference
 
-    def effects(self, removed: Sequence[int]) -> dict[int, LooEffect]:
-        """Leave-one-out effects of removing each point in ``removed`` (cached ones are loaded, not recomputed)."""
+    def missing(self, removed: Sequence[int]) -> list[int]:
+        """The points of ``removed`` without a valid cache entry (sorted, without repeats)."""
+        return [i for i in sorted({int(i) for i in removed}) if self._load(i) is None]
+
+    def effects(
+        self, removed: Sequence[int], executor: Callable[[GroundTruth, list[int]], int] | None = None
+    ) -> dict[int, LooEffect]:
+        """Leave-one-out effects of removing each point in ``removed``; only points without a cache entry are computed.
+
+        Args:
+            removed: training indices.
+            executor: ``executor(ground_truth, missing) -> number computed`` computes the missing points into the
+                cache, e.g. on other processes or machines (:mod:`benchmark.executors`); in this process
+                (:meth:`compute`) if ``None``.
+        """
         start = time.perf_counter()
-        reference = self.reference()
-        found: dict[int, LooEffect] = {}
-        missing: list[int] = []
-        for i in sorted({int(i) for i in removed}):
+        wanted = sorted({int(i) for i in removed})
+        missing = self.missing(wanted)
+        self.stats.cached += len(wanted) - len(missing)
+        if missing:
+            self.reference()
+            if executor is None:
+                bar = tqdm(total=len(wanted), initial=len(wanted) - len(missing), desc="leave-one-out", unit="model",
+                           disable=not self.progress, mininterval=0.5)
+                bar.set_postfix_str(f"{len(wanted) - len(missing)} cached")
+                computed = self.compute(missing, on_chunk=bar.update)
+                bar.close()
+            else:
+                computed = executor(self, missing)
+            self.stats.computed += computed
+            self.stats.cached += len(missing) - computed  # finished meanwhile by another process
+        found = {}
+        for i in wanted:
             effect = self._load(i)
             if effect is None:
-                missing.append(i)
+                raise RuntimeError(f"leave-one-out entry {i} is missing after computing it ({self.directory})")
+            found[i] = effect
+        self.stats.seconds += time.perf_counter() - start
+        return {int(i): found[int(i)] for i in removed}
+
+    def compute(self, indices: Sequence[int], on_chunk: Callable[[int], None] | None = None) -> int:
+        """Compute and store the entries of ``indices`` that no one else has, in chunks; returns how many it computed.
+
+        Each entry is claimed with a file lock first. Entries locked by another process are waited for afterwards,
+        and computed here if that process died without writing them.
+        """
+        reference = self.reference()
+        held: list[tuple[int, FileLock]] = []
+        waiting: list[tuple[int, FileLock]] = []
+        for i in sorted({int(i) for i in indices}):
+            lock = FileLock(self.directory / f".{i}.lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                waiting.append((i, lock))
             else:
-                found[i] = effect
-        self.stats.cached += len(found)
-        bar = tqdm(total=len(missing), desc="leave-one-out", unit="model", disable=not self.progress or not missing)
-        for begin in range(0, len(missing), self.chunk_size):
-            chunk = missing[begin : begin + self.chunk_size]
+                held.append((i, lock))
+        computed = 0
+        try:
+            mine = [i for i, _ in held if self._load(i) is None]
+            computed += self._compute_chunks(mine, reference, on_chunk)
+        finally:
+            for _, lock in held:
+                lock.release()
+        for i, lock in waiting:
+            with lock:
+                if self._load(i) is None:
+                    computed += self._compute_chunks([i], reference, on_chunk)
+                elif on_chunk is not None:
+                    on_chunk(1)
+        return computed
+
+    def choose_chunk_size(self, n_models: int) -> int:
+        """How many models to stack: the fastest per model among powers of two that fit in memory, timed on a few
+        steps (stacking never pays less than one at a time, since 1 is a candidate)."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        per_model = memory_per_model(self.problem, self.recipe.batch_size)
+        cap = max(1, min(n_models, int(MEMORY_FRACTION * free_memory(self.problem.device)) // per_model))
+        candidates = sorted({min(cap, 2**k) for k in range(0, 12)})
+        probe_steps = 3
+        if cap == 1 or self.recipe.steps < 10 * probe_steps:
+            self.chunk_size = cap
+            return cap
+        probe = dataclasses.replace(self.recipe, steps=probe_steps)
+        best, best_time = 1, float("inf")
+        for k in candidates:
+            weights = torch.ones(k, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
+            start = self.problem.theta.unsqueeze(0).expand(k, -1)
+            descend(self.problem, start, weights, dataclasses.replace(probe, steps=1))  # warm-up
+            self._synchronize()
+            begin = time.perf_counter()
+            descend(self.problem, start, weights, probe)
+            self._synchronize()
+            per_model_time = (time.perf_counter() - begin) / k
+            if per_model_time < best_time:
+                best, best_time = k, per_model_time
+        log.info("leave-one-out chunk size %d (of %s, timed %d steps each)", best, candidates, probe_steps)
+        self.chunk_size = best
+        return best
+
+    # -- re-training -------------------------------------------------------------------------------------------------
+    def _compute_chunks(self, indices: list[int], reference: Reference,
+                        on_chunk: Callable[[int], None] | None) -> int:
+        if not indices:
+            return 0
+        chunk_size = self.choose_chunk_size(len(indices))
+        self.stats.chunk_size = chunk_size
+        for begin in range(0, len(indices), chunk_size):
+            chunk = indices[begin : begin + chunk_size]
             weights = torch.ones(len(chunk), self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
             weights[torch.arange(len(chunk)), torch.tensor(chunk)] = 0.0
             thetas = self._retrain(weights, f"re-training {len(chunk)} models")
             losses = self._test_losses(thetas)
             norms = torch.linalg.vector_norm(thetas - reference.theta.to(thetas), dim=1)
             for i, loss, norm in zip(chunk, losses.tolist(), norms.tolist()):
-                found[i] = LooEffect(i, loss - reference.test_loss, loss, norm)
-                self._store(found[i])
-            self.stats.computed += len(chunk)
-            bar.update(len(chunk))
-        bar.close()
-        self.stats.seconds += time.perf_counter() - start
-        return {i: found[i] for i in removed}
+                self._store(LooEffect(i, loss - reference.test_loss, loss, norm))
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+        return len(indices)
 
-    # -- re-training -------------------------------------------------------------------------------------------------
     def _retrain(self, weights: Tensor, description: str) -> Tensor:
         start = self.problem.theta.unsqueeze(0).expand(len(weights), -1)
         return descend(self.problem, start, weights, self.recipe, self.progress, description)
+
+    def _synchronize(self) -> None:
+        if self.problem.device.type == "cuda":
+            torch.cuda.synchronize(self.problem.device)
 
     def _test_losses(self, thetas: Tensor) -> Tensor:
         x = self.problem.x_test[self.test_index : self.test_index + 1]
@@ -167,7 +304,8 @@ class GroundTruth:
         payload = self.cache.read_json(self.directory / f"{i}.json", self._entry_key(i))
         if payload is None:
             if (self.directory / f"{i}.json").exists():
-                self.stats.corrupt += 1
+                self._corrupt.add(i)
+                self.stats.corrupt = len(self._corrupt)
             return None
         return LooEffect(removed=i, **payload)
 
@@ -175,3 +313,28 @@ class GroundTruth:
         payload = dataclasses.asdict(effect)
         del payload["removed"]
         self.cache.write_json(self.directory / f"{effect.removed}.json", self._entry_key(effect.removed), payload)
+
+
+def cache_status(cache: Cache) -> list[dict[str, Any]]:
+    """One summary row per ground truth in ``cache``: what it is for, how many entries it holds, how many are corrupt."""
+    rows = []
+    for directory in sorted(p for p in (cache.root / "loo").glob("*") if p.is_dir()):
+        entries = [p for p in directory.glob("*.json") if p.stem.isdigit()]
+        verified = [cache.verified_entry(p) for p in entries]
+        keys = [entry["key"] for entry in verified if entry is not None]
+        if not keys:
+            rows.append({"directory": directory.name[:12], "task": "?", "entries": 0, "corrupt": len(entries)})
+            continue
+        key = keys[0]
+        rows.append({
+            "directory": directory.name[:12],
+            "task": f"{key['task']} v{key['version']}",
+            "config": ", ".join(f"{k}={v}" for k, v in key["config"].items()),
+            "seed": key["seed"],
+            "test point": key["test_index"],
+            "re-training": f"{key['recipe']['steps']} steps, seed {key['recipe']['seed']}",
+            "entries": len(keys),
+            "corrupt": len(entries) - len(keys),
+            "reference": (cache.root / "loo-reference" / f"{digest({**key, 'removed': 'reference'})}.pt").exists(),
+        })
+    return rows

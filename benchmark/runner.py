@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian, top_eigenvalue
 from benchmark.errors import BenchError, EstimatorFailed, UnknownNameError, UsageError
 from benchmark.estimator import Estimator
-from benchmark.groundtruth import GroundTruth
+from benchmark.executors import EXECUTORS, WorkerSpec, make_executor
+from benchmark.groundtruth import GroundTruth, LooEffect
 from benchmark.plugins import Registry
 from benchmark.problem import Problem
-from benchmark.scoring import correlations
-from benchmark.task import BuildContext, Task
+from benchmark.scoring import bootstrap_interval, correlations, repeat_ceiling
+from benchmark.task import BuildContext, Protocol, Task
 
 log = logging.getLogger("bench")
 
@@ -59,7 +61,12 @@ class RunConfig:
         cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
         results_dir: where result records are written.
         progress: show progress bars.
-        gt_chunk_size: leave-one-out models re-trained at once.
+        gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
+        gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).
+        executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
+        workers: processes of the ``process`` executor (default: the CPU count).
+        ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
+        plugins: the ``-p`` arguments, passed on to remote workers.
         options: values of options added by plugins (``bench_addoption``).
         pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
     """
@@ -74,7 +81,12 @@ class RunConfig:
     cache_dir: Path | None = None
     results_dir: Path = Path("leaderboards/results")
     progress: bool = True
-    gt_chunk_size: int = 128
+    gt_chunk_size: int | None = None
+    gt_seeds: int = 1
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+    plugins: list[str] = dataclasses.field(default_factory=list)
     options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
     pluginmanager: pluggy.PluginManager | None = None
 
@@ -172,10 +184,12 @@ class Run:
             if selection not in SELECTIONS:
                 raise UnknownNameError("selection", selection, SELECTIONS)
         parse_test_point(self.task.protocol().test_point)
+        if config.executor not in EXECUTORS:
+            raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
 
-    def execute(self) -> list[dict[str, Any]]:
-        """Run everything; returns the records written."""
+    def build_problem(self) -> tuple[Problem, Protocol, int, float]:
+        """Build the task's problem at its optimum; returns it, the protocol, the test index and its loss."""
         config = self.config
         config.pluginmanager = self.pm
         self.pm.hook.bench_configure.call_historic(kwargs={"config": config})
@@ -186,6 +200,33 @@ class Run:
             raise BenchError(f"training the {config.task} optimum diverged (non-finite parameters); lower its lr")
         protocol = self.task.protocol()
         test_index, test_loss = select_test_point(problem, protocol.test_point)
+        return problem, protocol, test_index, test_loss
+
+    def ground_truths(self, problem: Problem, protocol: Protocol, test_index: int) -> list[GroundTruth]:
+        """One ground truth per re-training seed (``gt_seeds``); seed ``s`` shifts the minibatch seed by ``s``."""
+        return [
+            GroundTruth(problem, dataclasses.replace(protocol.retrain, seed=protocol.retrain.seed + s), self.cache,
+                        self.task.problem_key(self.config.seed), test_index, self.config.gt_chunk_size,
+                        self.config.progress)
+            for s in range(self.config.gt_seeds)
+        ]
+
+    def executor(self) -> Callable[[GroundTruth, list[int]], int] | None:
+        """The configured executor (``None``: in this process)."""
+        config = self.config
+
+        def spec_for(ground_truth: GroundTruth) -> WorkerSpec:
+            return WorkerSpec(plugins=list(config.plugins), task=config.task, task_options=dict(config.task_options),
+                              seed=config.seed, device=self.device, cache_dir=str(self.cache.root),
+                              test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe),
+                              chunk_size=config.gt_chunk_size)
+
+        return make_executor(config.executor, spec_for, config.workers, config.ray_address)
+
+    def execute(self) -> list[dict[str, Any]]:
+        """Run everything; returns the records written."""
+        config = self.config
+        problem, protocol, test_index, test_loss = self.build_problem()
         k = min(protocol.eval_size, problem.n_train)
         dense = DenseHessian(problem) if problem.n_params <= DENSE_LIMIT else None
         problem_diagnostics = self._problem_diagnostics(problem, dense)
@@ -207,25 +248,12 @@ class Run:
             if evaluation.failure is None:
                 self._parameter_change(evaluation, chosen, problem)
 
-        ground_truth = GroundTruth(problem, protocol.retrain, self.cache, self.task.problem_key(config.seed),
-                                   test_index, config.gt_chunk_size, config.progress)
+        ground_truths = self.ground_truths(problem, protocol, test_index)
         needed = sorted({i for indices in chosen.values() for i in indices})
-        log.info("ground truth: %d leave-one-out models needed", len(needed))
-        effects = ground_truth.effects(needed) if needed else {}
-        reference = ground_truth.reference()
-        gt_summary = {
-            "protocol": "leave-one-out re-training from the optimum",
-            "recipe": dataclasses.asdict(protocol.retrain),
-            "reference": "the optimum re-trained with the same recipe and minibatches on the full data",
-            "reference_test_loss": reference.test_loss,
-            "reference_drift": reference.drift,
-            "points": len(needed),
-            "cached": ground_truth.stats.cached,
-            "computed": ground_truth.stats.computed,
-            "corrupt_recomputed": ground_truth.stats.corrupt,
-            "seconds": ground_truth.stats.seconds,
-            "cache_key": ground_truth.key,
-        }
+        log.info("ground truth: %d leave-one-out models needed, %d seed(s)", len(needed), len(ground_truths))
+        executor = self.executor()
+        effects = [ground_truth.effects(needed, executor) if needed else {} for ground_truth in ground_truths]
+        gt_summary = self._ground_truth_summary(ground_truths, effects, protocol, needed)
 
         common = {
             "schema": records.SCHEMA_VERSION,
@@ -247,6 +275,32 @@ class Run:
                 out.append(record)
         self.pm.hook.bench_run_finished(records=out)
         return out
+
+    def _ground_truth_summary(self, ground_truths: list[GroundTruth], effects: list[dict[int, LooEffect]],
+                              protocol: Protocol, needed: list[int]) -> dict[str, Any]:
+        references = [ground_truth.reference() for ground_truth in ground_truths]
+        drifts = [reference.drift for reference in references]
+        magnitudes = [abs(e.loss_change) for per_seed in effects for e in per_seed.values()]
+        median_effect = float(np.median(magnitudes)) if magnitudes else None
+        return {
+            "protocol": "leave-one-out re-training from the optimum",
+            "recipe": dataclasses.asdict(protocol.retrain),
+            "seeds": len(ground_truths),
+            "reference": "the optimum re-trained with the same recipe and minibatches on the full data",
+            "reference_test_loss": references[0].test_loss,
+            "reference_drift": float(np.mean(drifts)),
+            "reference_drift_per_seed": drifts,
+            "median_abs_effect": median_effect,
+            "drift_to_effect": abs(float(np.mean(drifts))) / median_effect if median_effect else None,
+            "points": len(needed),
+            "cached": sum(g.stats.cached for g in ground_truths),
+            "computed": sum(g.stats.computed for g in ground_truths),
+            "corrupt_recomputed": sum(g.stats.corrupt for g in ground_truths),
+            "seconds": sum(g.stats.seconds for g in ground_truths),
+            "chunk_size": ground_truths[0].stats.chunk_size,
+            "executor": self.config.executor,
+            "cache_key": ground_truths[0].key,
+        }
 
     # -- steps -------------------------------------------------------------------------------------------------------
     def _problem_diagnostics(self, problem: Problem, dense: DenseHessian | None) -> dict[str, Any]:
@@ -311,7 +365,7 @@ class Run:
             evaluation.param_failure = _failure(error)
 
     def _record(self, common: dict[str, Any], evaluation: Evaluation, selection: str, indices: list[int] | None,
-                effects: dict[int, Any], k: int, problem_diagnostics: dict[str, Any]) -> dict[str, Any]:
+                effects: list[dict[int, LooEffect]], k: int, problem_diagnostics: dict[str, Any]) -> dict[str, Any]:
         name = evaluation.estimator.name
         record = {
             **common,
@@ -328,10 +382,15 @@ class Run:
         if evaluation.failure is not None or indices is None:
             return record
         estimated = [float(evaluation.scores[i]) for i in indices]
-        retrained = [effects[i].loss_change for i in indices]
+        per_seed = np.array([[seed_effects[i].loss_change for i in indices] for seed_effects in effects])
+        norms_per_seed = np.array([[seed_effects[i].param_change_norm for i in indices] for seed_effects in effects])
+        retrained = per_seed.mean(axis=0).tolist()
         metrics = correlations(estimated, retrained)
+        for method, entry in metrics.items():
+            entry["interval"] = bootstrap_interval(method, estimated, per_seed) if entry["value"] is not None else None
         points: dict[str, Any] = {"train_indices": indices, "estimated": estimated, "retrained": retrained,
-                                  "retrained_param_norm": [effects[i].param_change_norm for i in indices]}
+                                  "retrained_per_seed": per_seed.tolist(),
+                                  "retrained_param_norm": norms_per_seed.mean(axis=0).tolist()}
         if evaluation.param_failure is None:
             points["estimated_param_norm"] = [evaluation.param_norms[i] for i in indices]
             norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])
@@ -340,6 +399,7 @@ class Run:
             norm_metrics = {"pearson": undefined, "spearman": undefined}
         record["metrics"] = {
             **metrics,
+            "ceiling": {method: repeat_ceiling(method, per_seed) for method in metrics},
             "param_norm_pearson": norm_metrics["pearson"],
             "param_norm_spearman": norm_metrics["spearman"],
             "ihvp_relative_residual": evaluation.residual,

@@ -43,3 +43,69 @@ def correlation(method: str, estimated: Sequence[float], retrained: Sequence[flo
 def correlations(estimated: Sequence[float], retrained: Sequence[float]) -> dict[str, dict[str, Any]]:
     """Both correlations, by method name."""
     return {method: correlation(method, estimated, retrained) for method in METHODS}
+
+
+def _rowwise(method: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Correlation of each row of ``x`` with the same row of ``y`` (NaN where a row is constant)."""
+    if method == "spearman":
+        x, y = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+
+
+def bootstrap_interval(
+    method: str, estimated: Sequence[float], retrained: np.ndarray, resamples: int = 2000, level: float = 0.95,
+    seed: int = 0,
+) -> list[float] | None:
+    """Percentile bootstrap interval of the correlation between ``estimated`` and the seed-mean of ``retrained``.
+
+    Resamples points and ground-truth seeds, both with replacement.
+
+    Args:
+        estimated: ``k`` estimates.
+        retrained: ``Tensor[S, k]``, the re-trained values of ``S`` ground-truth seeds.
+
+    Returns:
+        ``[low, high]``, or ``None`` when fewer than 3 points or most resamples are degenerate.
+    """
+    x = np.asarray(estimated, dtype=np.float64)
+    y = np.atleast_2d(np.asarray(retrained, dtype=np.float64))
+    seeds, k = y.shape
+    if k < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    points = rng.integers(0, k, size=(resamples, k))
+    chosen = rng.integers(0, seeds, size=(resamples, seeds))
+    y_mean = y[chosen[:, :, None], points[:, None, :]].mean(axis=1)
+    values = _rowwise(method, x[points], y_mean)
+    values = values[np.isfinite(values)]
+    if len(values) < resamples / 2:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def repeat_ceiling(method: str, retrained: np.ndarray) -> dict[str, Any]:
+    """The noise ceiling of a ground truth averaged over ``S`` re-training seeds.
+
+    ``agreement`` is the mean correlation between pairs of single-seed repeats (``r``). The mean of ``S`` repeats
+    has reliability ``rho = S r / (1 + (S - 1) r)`` (Spearman-Brown), and a noise-free estimator is expected to reach
+    a correlation of ``sqrt(rho)`` with it: that is the ``value`` reported, the ceiling of any estimator's score.
+
+    Args:
+        retrained: ``Tensor[S, k]``.
+    """
+    y = np.atleast_2d(np.asarray(retrained, dtype=np.float64))
+    seeds = len(y)
+    if seeds < 2:
+        return {"value": None, "undefined": "one ground-truth seed (use --gt-seeds 2 or more)"}
+    pairs = [correlation(method, y[a], y[b]) for a in range(seeds) for b in range(a + 1, seeds)]
+    values = [p["value"] for p in pairs if p["value"] is not None]
+    if not values:
+        return {"value": None, "undefined": pairs[0]["undefined"]}
+    agreement = float(np.mean(values))
+    r = min(max(agreement, 0.0), 1.0)
+    reliability = seeds * r / (1 + (seeds - 1) * r) if r > 0 else 0.0
+    return {"value": float(np.sqrt(reliability)), "agreement": agreement, "seeds": seeds, "n": y.shape[1]}
