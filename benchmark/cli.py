@@ -29,7 +29,7 @@ log = logging.getLogger("bench")
 
 DEFAULT_RESULTS_DIR = Path("leaderboards") / "results"
 RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size",
-               "gt_seeds", "executor", "workers", "ray_address")
+               "gt_seeds", "executor", "workers", "ray_address", "threads")
 """Top-level keys a YAML config may hold besides per-task and per-estimator sections."""
 
 
@@ -80,6 +80,7 @@ def build_parser(pm: Any) -> Parser:
     problem.add_argument("--executor", help=f"where re-training runs: {', '.join(EXECUTORS)} (default local)")
     problem.add_argument("--workers", type=int, help="processes of --executor process (default: CPU count)")
     problem.add_argument("--ray-address", help="Ray cluster of --executor ray (default $RAY_ADDRESS, else local)")
+    problem.add_argument("--threads", type=int, help="torch threads on a CPU (default: the task's choice, else torch's)")
     problem.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", parents=[common, problem], help="run estimators on a task and score them")
@@ -176,6 +177,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     executor = option("executor", "local", text, f"one of {', '.join(EXECUTORS)}")
     workers = option("workers", None, integer(1), "a positive integer")
     ray_address = option("ray_address", None, text, "a Ray address")
+    threads = option("threads", None, integer(1), "a positive integer")
     return RunConfig(
         task=task,
         estimators=list(estimators) if scoring else [],
@@ -193,6 +195,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         workers=workers,
         ray_address=ray_address,
         plugins=list(args.plugins),
+        threads=threads,
         options=args,
     )
 

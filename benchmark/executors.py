@@ -36,6 +36,7 @@ class WorkerSpec:
     test_index: int
     recipe: dict[str, Any]
     chunk_size: int | None
+    threads: int | None = None
 
 
 def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
@@ -46,9 +47,14 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     from benchmark.plugins import Registry, plugin_manager
     from benchmark.task import BuildContext, Recipe
 
+    import torch
+
     registry = Registry(plugin_manager(spec.plugins))
     task_cls = registry.task(spec.task)
     task = task_cls(configuration.build(task_cls.Config, spec.task_options, spec.task))
+    threads = spec.threads or (task.cpu_threads if spec.device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     cache = Cache(spec.cache_dir)
     problem = task.build(BuildContext(spec.device, spec.seed, cache, progress=False))
     ground_truth = GroundTruth(problem, Recipe(**spec.recipe), cache, task.problem_key(spec.seed), spec.test_index,

@@ -21,6 +21,13 @@ def _correlation(entry: Mapping[str, Any] | None) -> str:
         return "-"
     if entry.get("value") is None:
         return f"undefined ({entry.get('undefined', 'no value')})"
+    interval = entry.get("interval")
+    return f"{entry['value']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def _ceiling(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "-"
     return f"{entry['value']:.3f}"
 
 
@@ -75,6 +82,7 @@ def _table(group: list[dict[str, Any]]) -> pd.DataFrame:
             "selection": f"{record['selection']['kind']} {record['selection']['size']}",
             "Pearson": _correlation(metrics.get("pearson")),
             "Spearman": _correlation(metrics.get("spearman")),
+            "Spearman ceiling": _ceiling((metrics.get("ceiling") or {}).get("spearman")),
             "paper Spearman": _number(paper.get("spearman"), 3) if paper.get("spearman") is not None else "-",
             "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
             "iHVP residual": _number(metrics.get("ihvp_relative_residual"), scientific=True),
@@ -125,10 +133,13 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
             f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
             f"{first['test_point']['loss']:.4g})",
             f"- Ground truth: {gt['protocol']}, {recipe['steps']} steps, lr {recipe['lr']}, batch "
-            f"{recipe['batch_size'] or 'full'}; against {gt['reference']} (drift of the test loss "
-            f"{gt['reference_drift']:.2e}); {gt['points']} points",
+            f"{recipe['batch_size'] or 'full'}, {gt.get('seeds', 1)} seed(s); against {gt['reference']} (drift of "
+            f"the test loss {gt['reference_drift']:.2e}"
+            + (f", {gt['drift_to_effect']:.2g} x the median |leave-one-out effect|"
+               if gt.get("drift_to_effect") is not None else "")
+            + f"); {gt['points']} points",
             "",
-            _table(group).to_markdown(index=False),
+            _table(group).to_markdown(index=False, disable_numparse=True),
             "",
         ]
     lines += [
@@ -136,7 +147,9 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
         "`random k` = the same k random training points for every estimator; *paper Spearman* = the paper's figure "
         "for this setting, where the paper has one; *‖Δθ‖ Spearman* = "
         "predicted against re-trained parameter-change norms; *iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the "
-        "test gradient against a dense float64 solve at the estimator's damping.",
+        "test gradient against a dense float64 solve at the estimator's damping; *[a, b]* = 95% bootstrap interval "
+        "over points and ground-truth seeds; *Spearman ceiling* = the score a noise-free estimator is expected to reach "
+        "given how well independent ground-truth seeds agree (needs `--gt-seeds 2` or more).",
         "",
     ]
     return "\n".join(lines)

@@ -67,6 +67,7 @@ class RunConfig:
         workers: processes of the ``process`` executor (default: the CPU count).
         ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
         plugins: the ``-p`` arguments, passed on to remote workers.
+        threads: torch intra-op threads on a CPU (``None``: the task's ``cpu_threads``, else torch's default).
         options: values of options added by plugins (``bench_addoption``).
         pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
     """
@@ -87,6 +88,7 @@ class RunConfig:
     workers: int | None = None
     ray_address: str | None = None
     plugins: list[str] = dataclasses.field(default_factory=list)
+    threads: int | None = None
     options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
     pluginmanager: pluggy.PluginManager | None = None
 
@@ -194,6 +196,9 @@ class Run:
         config.pluginmanager = self.pm
         self.pm.hook.bench_configure.call_historic(kwargs={"config": config})
         torch.manual_seed(config.seed)
+        threads = config.threads or (self.task.cpu_threads if self.device == "cpu" else None)
+        if threads:
+            torch.set_num_threads(threads)
         log.info("building task %s (seed %d, %s)", config.task, config.seed, self.device)
         problem = self.task.build(BuildContext(self.device, config.seed, self.cache, config.progress))
         if not bool(torch.isfinite(problem.theta).all()):
@@ -219,7 +224,7 @@ class Run:
             return WorkerSpec(plugins=list(config.plugins), task=config.task, task_options=dict(config.task_options),
                               seed=config.seed, device=self.device, cache_dir=str(self.cache.root),
                               test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe),
-                              chunk_size=config.gt_chunk_size)
+                              chunk_size=config.gt_chunk_size, threads=config.threads)
 
         return make_executor(config.executor, spec_for, config.workers, config.ray_address)
 
@@ -262,6 +267,7 @@ class Run:
             **records.environment(self.device),
             "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
             "seed": config.seed,
+            "threads": torch.get_num_threads(),
             "test_point": {"rule": protocol.test_point, "index": test_index, "loss": test_loss},
             "ground_truth": gt_summary,
         }

@@ -67,6 +67,8 @@ class Task(abc.ABC):
     Config: ClassVar[type]
     protocol_fields: ClassVar[tuple[str, ...]] = ()
     """Config fields that change only the evaluation, not the trained problem (left out of :meth:`problem_key`)."""
+    cpu_threads: ClassVar[int | None] = None
+    """Torch intra-op threads to use on a CPU (``None``: torch's default); ``bench run --threads`` overrides it."""
 
     def __init__(self, config: Any | None = None):
         self.config = self.Config() if config is None else config
