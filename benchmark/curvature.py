@@ -9,14 +9,22 @@ from benchmark.problem import Problem
 
 
 class DenseHessian:
-    """``H = V diag(e) V^T`` of a problem's objective, computed densely in float64 with ``torch.func.hessian``.
+    """``H = V diag(e) V^T`` of a problem's objective, computed densely in float64.
 
-    Memory ``8 P^2`` bytes; time ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition.
+    Memory ``8 P^2`` bytes; time ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition. Use
+    :meth:`of` to share one decomposition between the harness and the estimators of a run.
     """
 
     def __init__(self, problem: Problem):
         hessian = problem.to(torch.float64).hessian()
         self.eigenvalues, self.eigenvectors = torch.linalg.eigh((hessian + hessian.T) / 2)
+
+    @classmethod
+    def of(cls, problem: Problem) -> DenseHessian:
+        """The decomposition of ``problem``, computed on first use and kept on the problem object."""
+        if "_dense_hessian" not in problem.__dict__:
+            problem.__dict__["_dense_hessian"] = cls(problem)
+        return problem.__dict__["_dense_hessian"]
 
     def solve(self, vectors: Tensor, damping: float) -> Tensor:
         """``(H + damping I)^-1 v`` for each row ``v`` of ``vectors``, in float64."""

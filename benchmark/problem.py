@@ -170,6 +170,11 @@ class Problem:
         gradient = grad(partial(self.objective, indices=indices))
         return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
 
-    def hessian(self) -> Tensor:
-        """The dense Hessian ``Tensor[P, P]`` of the objective at the optimum, in the problem's dtype."""
-        return torch.func.hessian(self.objective)(self.theta)
+    def hessian(self, chunk_size: int = 64) -> Tensor:
+        """The dense Hessian ``Tensor[P, P]`` of the objective at the optimum, in the problem's dtype.
+
+        Built from Hessian-vector products with ``chunk_size`` basis vectors at a time, so memory stays at
+        ``P^2`` plus one chunk of products.
+        """
+        eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
+        return torch.cat([self.hvp(eye[i : i + chunk_size]) for i in range(0, self.n_params, chunk_size)])

@@ -233,7 +233,7 @@ class Run:
         config = self.config
         problem, protocol, test_index, test_loss = self.build_problem()
         k = min(protocol.eval_size, problem.n_train)
-        dense = DenseHessian(problem) if problem.n_params <= DENSE_LIMIT else None
+        dense = DenseHessian.of(problem) if problem.n_params <= DENSE_LIMIT else None
         problem_diagnostics = self._problem_diagnostics(problem, dense)
         test_gradient = problem.test_gradients([test_index])
 

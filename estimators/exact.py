@@ -46,7 +46,7 @@ class Exact(Estimator):
                 f"{problem.n_params} parameters exceed exact.max_params={self.config.max_params} "
                 f"(a dense Hessian would take {8 * problem.n_params**2 / 2**30:.1f} GiB)"
             )
-        self._hessian = DenseHessian(problem)
+        self._hessian = DenseHessian.of(problem)
         eigenvalues = self._hessian.eigenvalues
         self.diagnostics = {"top_eigenvalue": float(eigenvalues[-1]), "bottom_eigenvalue": float(eigenvalues[0])}
         shifted = (eigenvalues + self.config.damping).abs()
