@@ -15,6 +15,7 @@ fault for anything missing or malformed.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -74,7 +75,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-# -- MNIST -----------------------------------------------------------------------------------------------------------
+# -- MNIST -------------------------------------------------------------------------------------------------------------
 def _mnist_paths(raw: Path) -> tuple[dict[str, Path], list[str]]:
     found, missing = {}, []
     for names in MNIST_FILES.values():
@@ -100,7 +101,7 @@ def _read_idx(path: Path, magic: int, dims: int) -> tuple[tuple[int, ...], bytes
     found, *shape = struct.unpack_from(f">{1 + dims}I", raw)
     if found != magic:
         raise DataError(f"{path}: magic number {found}, expected {magic} (not an IDX file of this kind)")
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes, expected {expected} for shape {tuple(shape)} (truncated or padded)")
     return tuple(shape), raw, header
@@ -158,7 +159,7 @@ def load_mnist(root: str | Path | None = None, download: bool = False) -> tuple[
     return (*train, *test)
 
 
-# -- CIFAR-10 --------------------------------------------------------------------------------------------------------
+# -- CIFAR-10 ----------------------------------------------------------------------------------------------------------
 def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as Python 3 pickles bytes at protocol 2, restricted to that use (str -> latin-1 bytes)."""
     if not isinstance(text, str) or encoding.replace("_", "-").lower() not in ("latin1", "latin-1"):
@@ -309,7 +310,7 @@ def load_cifar10(root: str | Path | None = None, download: bool = False) -> tupl
     return x_train, y_train, x_test, y_test
 
 
-# -- subsets ---------------------------------------------------------------------------------------------------------
+# -- subsets -----------------------------------------------------------------------------------------------------------
 def subset_indices(y: Tensor, size: int, seed: int, *, stratify: bool = False) -> Tensor:
     """``size`` distinct indices into ``y``, drawn with ``seed``, in increasing order.
 

@@ -51,15 +51,15 @@ def _too_small(name: str, image_size: int, need: str) -> UsageError:
 class SmallCNN(nn.Module):
     """Koh & Liang's (2017) small all-convolutional network, the paper's small CNN for small MNIST (section 5.2).
 
-    Their ``All_CNN_C`` with ``hidden_units = 8`` and ``conv_patch_size = 3``: six convolutions with bias, 'valid'
+    Their ``All_CNN_C`` with ``hidden_units = 8`` and ``conv_patch_size = 3``: six convolutions (the paper's depth 6) with bias, 'valid'
     padding and tanh (as in their code), a spatial mean, and a 10 -> ``num_classes`` linear layer::
 
         conv3x3(C->8) conv3x3/2(8->8) conv3x3(8->8) conv3x3/2(8->8) conv3x3(8->8) conv1x1(8->10) mean(H,W) linear(10)
 
     Spatial sizes: 28 -> 26 -> 12 -> 10 -> 4 -> 2 -> 2 (MNIST), 32 -> 30 -> 14 -> 12 -> 5 -> 3 -> 3 (CIFAR-10).
     Parameters: **2,616** on 28x28x1 (the paper's "about 2,600"), 2,760 on 32x32x3. No normalisation.
-    Differences from Koh & Liang: PyTorch's default initialisation (theirs: truncated normal of std
-    ``2/sqrt(fan_in)`` for the convolutions, zero biases); tanh kept rather than ReLU because their model is smooth.
+    The activation is tanh, as in Koh & Liang's code (the other models use ReLU). The one difference from theirs is
+    the initialisation: PyTorch's default (theirs: truncated normal of std ``2/sqrt(fan_in)``, zero biases).
     """
 
     def __init__(self, in_channels: int, image_size: int, num_classes: int = 10, hidden: int = 8):
