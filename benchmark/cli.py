@@ -237,6 +237,8 @@ def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         print(f"ground truth under {cache.root / 'loo'}:")
         print(pd.DataFrame(rows).to_markdown(index=False))
         return 0
+    if not (args.points in ("all", "random") or (args.points.isdigit() and int(args.points) > 0)):
+        raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
     config = run_config(args, registry)
     run = Run(config, registry, pm)
     problem, protocol, test_index, _ = run.build_problem()
@@ -245,10 +247,8 @@ def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         points = list(range(problem.n_train))
     elif args.points == "random":
         points = order[: min(protocol.eval_size, problem.n_train)]
-    elif args.points.isdigit() and int(args.points) > 0:
-        points = order[: int(args.points)]
     else:
-        raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
+        points = order[: int(args.points)]
     executor = run.executor()
     for ground_truth in run.ground_truths(problem, protocol, test_index):
         ground_truth.effects(points, executor)

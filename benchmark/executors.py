@@ -9,6 +9,7 @@ ground truth, and a worker killed mid-shard loses only the models in flight.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import math
 import multiprocessing
@@ -18,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.errors import UnknownNameError, UsageError
+from benchmark.errors import BenchError, UnknownNameError, UsageError
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -91,9 +92,13 @@ class ProcessPool:
                        for shard in shards(missing, self.workers, self.shard_size)}
             with tqdm(total=len(missing), desc="leave-one-out (processes)", unit="model",
                       disable=not ground_truth.progress) as bar:
-                for future in concurrent.futures.as_completed(futures):
-                    computed += future.result()
-                    bar.update(futures[future])
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        computed += future.result()
+                        bar.update(futures[future])
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise BenchError("a ground-truth worker process died; the entries it finished are cached, "
+                                     "so rerunning the same command completes only the missing ones") from None
         return computed
 
 

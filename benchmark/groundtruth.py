@@ -225,12 +225,20 @@ class GroundTruth:
         finally:
             for _, lock in held:
                 lock.release()
-        for i, lock in waiting:
-            with lock:
+        # Locks are taken in index order by every process, so waiting on another process's entries cannot deadlock.
+        taken_over: list[int] = []
+        try:
+            for i, lock in waiting:
+                lock.acquire()
                 if self._load(i) is None:
-                    computed += self._compute_chunks([i], reference, on_chunk)
+                    taken_over.append(i)  # its owner died before writing it
                 elif on_chunk is not None:
                     on_chunk(1)
+            computed += self._compute_chunks(taken_over, reference, on_chunk)
+        finally:
+            for _, lock in waiting:
+                if lock.is_locked:
+                    lock.release()
         return computed
 
     def choose_chunk_size(self, n_models: int) -> int:
