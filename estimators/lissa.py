@@ -22,7 +22,9 @@ class LissaConfig:
 
     Attributes:
         damping: ``lambda`` in ``(H + lambda I)^-1``.
-        scale: ``gamma``; must exceed the largest eigenvalue of every minibatch Hessian, else the recursion diverges.
+        scale: ``gamma``; the recursion contracts only while ``gamma`` exceeds half the largest eigenvalue of the
+            minibatch Hessians (plus damping), and diverges otherwise; above the largest eigenvalue every step is a
+            contraction.
         depth: ``J``, recursion steps per repeat.
         repeats: ``R``, independent recursions averaged.
         batch_size: training examples per stochastic Hessian.
@@ -79,7 +81,8 @@ class Lissa(Estimator):
                     if not norm < limit:  # also catches NaN
                         raise EstimatorFailed(
                             f"LiSSA diverged at step {step} of repeat {repeat + 1} (estimate norm {norm:.3g}): "
-                            f"lissa.scale={c.scale:g} is below the top minibatch Hessian eigenvalue; raise it"
+                            f"lissa.scale={c.scale:g} is too small for the minibatch Hessians' top eigenvalues; "
+                            "raise it"
                         )
                 bar.update()
             norms = torch.linalg.vector_norm(estimate, dim=1).clamp_min(1e-300)

@@ -274,6 +274,17 @@ def test_cg_on_a_hessian_that_is_not_positive_definite_fails_loudly(weight_decay
         cg.ihvp(problem.test_gradients([0, 1, 2]))
 
 
+def test_cg_stopped_by_max_iter_reports_that_it_did_not_converge(small_mlp):
+    """An iteration cap is not a failure, but it must show in the diagnostics (the leaderboard marks the run)."""
+    cg = ConjugateGradient(CGConfig(max_iter=3))
+    cg.prepare(small_mlp.problem)
+    solution = cg.ihvp(small_mlp.problem.test_gradients([0, 1]))
+    assert bool(torch.isfinite(solution).all())
+    assert cg.diagnostics["iterations"] == 3
+    assert cg.diagnostics["converged"] is False
+    assert cg.diagnostics["relative_residual"] > 1e-3  # 28 iterations reach 1e-10 on this problem
+
+
 def test_exact_refuses_more_parameters_than_max_params():
     problem = conformance.logistic_regression_problem()
     with pytest.raises(EstimatorFailed, match="max_params"):
