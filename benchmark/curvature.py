@@ -19,6 +19,11 @@ class DenseHessian:
         hessian = problem.to(torch.float64).hessian()
         self.eigenvalues, self.eigenvectors = torch.linalg.eigh((hessian + hessian.T) / 2)
 
+    @staticmethod
+    def shared(problem: Problem) -> DenseHessian | None:
+        """The decomposition of ``problem`` if :meth:`of` computed it already, else ``None``."""
+        return problem.__dict__.get("_dense_hessian")
+
     @classmethod
     def of(cls, problem: Problem) -> DenseHessian:
         """The decomposition of ``problem``, computed on first use and kept on the problem object."""

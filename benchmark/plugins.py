@@ -28,6 +28,7 @@ AUTOLOAD_ENV = "BENCH_DISABLE_PLUGIN_AUTOLOAD"
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "iris": "tasks.iris",
+    "vision": "tasks.vision",
     "exact": "estimators.exact",
     "cg": "estimators.cg",
     "lissa": "estimators.lissa",

@@ -42,8 +42,9 @@ SELECTIONS = {
 DEVICES = ("cpu", "cuda", "auto")
 CONVERGENCE_TOL = 1e-4
 """An optimum whose objective gradient norm exceeds this is reported as not converged."""
-DENSE_LIMIT = 5_000
-"""Problems with at most this many parameters get a dense float64 Hessian as the iHVP reference."""
+DENSE_LIMIT = 1_000
+"""Problems with at most this many parameters get a dense float64 Hessian as the iHVP reference; larger ones get it
+only when the ``exact`` estimator of the same run computed it anyway (it is shared through the problem)."""
 
 
 @dataclasses.dataclass
@@ -149,6 +150,7 @@ class Evaluation:
     scores: np.ndarray | None = None
     param_norms: dict[int, float] = dataclasses.field(default_factory=dict)
     param_failure: str | None = None
+    solution: torch.Tensor | None = None
     residual: float | None = None
     timings: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"prepare_s": None, "query_s": None})
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -169,10 +171,7 @@ class Run:
         self.device = resolve_device(config.device)
         task_cls = registry.task(config.task)
         self.task: Task = task_cls(configuration.build(task_cls.Config, config.task_options, config.task))
-        unknown = set(config.estimator_options) - set(config.estimators)
-        for name in config.estimators:
-            registry.estimator(name)
-        for name in sorted(unknown):
+        for name in sorted(set(config.estimator_options) - set(config.estimators)):
             if name in registry.estimators:
                 raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
             raise UnknownNameError("task or estimator", name, [config.task, *registry.estimators])
@@ -233,12 +232,19 @@ class Run:
         config = self.config
         problem, protocol, test_index, test_loss = self.build_problem()
         k = min(protocol.eval_size, problem.n_train)
-        dense = DenseHessian.of(problem) if problem.n_params <= DENSE_LIMIT else None
-        problem_diagnostics = self._problem_diagnostics(problem, dense)
         test_gradient = problem.test_gradients([test_index])
-
         for evaluation in self.estimators:
-            self._evaluate(evaluation, problem, test_index, test_gradient, dense)
+            self._evaluate(evaluation, problem, test_index, test_gradient)
+        dense = DenseHessian.shared(problem)
+        if dense is None and problem.n_params <= DENSE_LIMIT:
+            dense = DenseHessian.of(problem)
+        if dense is not None:
+            for evaluation in self.estimators:
+                if evaluation.solution is not None:
+                    exact = dense.solve(test_gradient, evaluation.estimator.damping)
+                    error = torch.linalg.vector_norm(evaluation.solution.to(exact) - exact)
+                    evaluation.residual = float(error / torch.linalg.vector_norm(exact))
+        problem_diagnostics = self._problem_diagnostics(problem, dense)
 
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
         chosen: dict[tuple[str, str], list[int]] = {}
@@ -328,8 +334,7 @@ class Run:
             log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
         return diagnostics
 
-    def _evaluate(self, evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor,
-                  dense: DenseHessian | None) -> None:
+    def _evaluate(self, evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor) -> None:
         estimator = evaluation.estimator
         try:
             start = time.perf_counter()
@@ -339,20 +344,16 @@ class Run:
             start = time.perf_counter()
             if overrides_influence:
                 scores = estimator.influence([test_index])[0]
-            else:  # the same computation as Estimator.influence, keeping the iHVP for the residual below
-                solution = estimator.ihvp(test_gradient)
-                scores = estimator.influence_from_solutions(solution)[0]
+            else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
+                evaluation.solution = estimator.ihvp(test_gradient)
+                scores = estimator.influence_from_solutions(evaluation.solution)[0]
             evaluation.timings["query_s"] = time.perf_counter() - start
             evaluation.diagnostics = dict(estimator.diagnostics)
             if not bool(torch.isfinite(scores).all()):
                 raise EstimatorFailed("influence scores are not finite")
             evaluation.scores = scores.detach().cpu().double().numpy()
-            if dense is not None:
-                exact = dense.solve(test_gradient, estimator.damping)
-                if overrides_influence:
-                    solution = estimator.ihvp(test_gradient)
-                solution = solution.to(exact)
-                evaluation.residual = float(torch.linalg.vector_norm(solution - exact) / torch.linalg.vector_norm(exact))
+            if overrides_influence:  # untimed: only for the residual
+                evaluation.solution = estimator.ihvp(test_gradient)
         except Exception as error:
             evaluation.failure = _failure(error)
             log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)

@@ -1,0 +1,217 @@
+"""``mnist`` and ``cifar``: the paper's sections 5.2 and 5.3 (Table 1) on real MNIST and CIFAR-10.
+
+Presets size a run: ``smoke`` (generated images in memory, seconds, for tests), ``cpu`` (real data, reduced sizes
+and steps for a 2-core CPU) and ``paper`` (the full training sets, for a GPU). A field left at ``None`` takes the
+preset's value; every record holds the preset and the fully resolved config. Test point A is ``max-loss``, B is
+``p50``; the top 40 training points by |estimated influence| are re-trained for 6% of the training steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from benchmark import Problem, Recipe, Task, hookimpl
+from benchmark.config import non_negative, positive
+from benchmark.losses import cross_entropy
+from benchmark.task import BuildContext, Protocol
+from benchmark.training import train
+from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
+from tasks.models import MODELS, build_model
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"train_size": 128, "test_size": 32, "train_steps": 60, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
+    "cpu": {"train_size": 5500, "test_size": 1000, "train_steps": 3000, "batch_size": 128, "lr": 0.05,
+            "momentum": 0.9},
+    "paper": {"train_size": None, "test_size": None, "train_steps": 30000, "batch_size": 128, "lr": 0.05,
+              "momentum": 0.9},
+}
+"""Values of the fields a config leaves at ``None``; ``None`` here means the whole set."""
+
+TABLE1: dict[tuple[str, str, str, bool], tuple[float, float]] = {
+    (dataset, model, point, wd): (pearson, spearman)
+    for dataset, rows in {
+        "mnist": {
+            "small-cnn": (0.95, 0.87, 0.92, 0.82, 0.41, 0.35),
+            "lenet": (0.83, 0.51, 0.28, 0.29, 0.18, 0.12),
+            "vgg13": (0.34, 0.44, 0.29, 0.18, 0.38, 0.31),
+            "vgg14": (0.32, 0.26, 0.28, 0.22, 0.21, 0.11),
+            "resnet18": (0.49, 0.26, 0.39, 0.35, 0.14, 0.11),
+            "resnet50": (0.24, 0.22, 0.29, 0.19, 0.08, 0.13),
+        },
+        "cifar": {
+            "lenet": (0.81, 0.69, 0.45, 0.46, 0.19, 0.09),
+            "vgg13": (0.67, 0.63, 0.66, 0.63, 0.79, 0.73),
+            "vgg14": (0.61, 0.59, 0.49, 0.41, 0.75, 0.64),
+            "resnet18": (0.64, 0.42, 0.25, 0.26, 0.72, 0.69),
+            "resnet50": (0.46, 0.36, 0.24, 0.09, 0.32, 0.14),
+        },
+    }.items()
+    for model, values in rows.items()
+    for (point, wd), (pearson, spearman) in zip(
+        (("max-loss", True), ("p50", True), ("max-loss", False)), zip(values[::2], values[1::2])
+    )
+}
+"""The paper's Table 1: (task, model, test point, with weight decay) -> (Pearson, Spearman)."""
+
+
+@dataclasses.dataclass
+class VisionConfig:
+    """Configuration of the MNIST and CIFAR-10 tasks.
+
+    Attributes:
+        preset: ``smoke``, ``cpu`` or ``paper`` (see :data:`PRESETS`).
+        model: one of :data:`tasks.models.MODELS`.
+        weight_decay: L2 regulariser of the objective (paper: 0.001, or 0 for "without weight decay").
+        train_size, test_size: random subsets of the sets (``None`` in a preset: all of it).
+        train_steps, batch_size, lr, momentum: SGD to the optimum.
+        retrain_fraction: leave-one-out re-training steps as a share of ``train_steps`` (paper: 6%).
+        test_point: ``max-loss`` (the paper's A), ``p50`` (B), another ``pNN`` or an index.
+        eval_size: training points per selection (paper: the top 40).
+        data_dir: where the data sets are (default ``$BENCH_DATA_DIR``, else ``~/.cache/bench/data``).
+        download: let torchvision download missing data where the network allows.
+    """
+
+    preset: str = dataclasses.field(default="cpu", metadata={"choices": tuple(PRESETS)})
+    model: str = dataclasses.field(default="small-cnn", metadata={"choices": MODELS})
+    weight_decay: float = 0.001
+    train_size: int | None = None
+    test_size: int | None = None
+    train_steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    retrain_fraction: float = 0.06
+    test_point: str | int = "max-loss"
+    eval_size: int = 40
+    data_dir: str | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        non_negative(weight_decay=self.weight_decay)
+        positive(retrain_fraction=self.retrain_fraction, eval_size=self.eval_size)
+        for name in ("train_size", "test_size", "train_steps", "batch_size", "lr"):
+            value = getattr(self, name)
+            if value is not None:
+                positive(**{name: value})
+        if self.momentum is not None:
+            non_negative(momentum=self.momentum)
+
+
+def synthetic_images(n: int, channels: int, size: int, seed: int, classes: int = 10) -> tuple[Tensor, Tensor]:
+    """Generated, learnable images: a fixed random template per class plus noise (the ``smoke`` preset's data)."""
+    generator = torch.Generator().manual_seed(seed)
+    templates = torch.randn(classes, channels, size, size, generator=generator)
+    labels = torch.randint(classes, (n,), generator=generator)
+    images = templates[labels] + 0.5 * torch.randn(n, channels, size, size, generator=generator)
+    return images, labels
+
+
+class VisionTask(Task):
+    """Shared code of :class:`Mnist` and :class:`Cifar`."""
+
+    Config = VisionConfig
+    protocol_fields = ("retrain_fraction", "test_point", "eval_size", "data_dir", "download")
+    channels: ClassVar[int]
+    image_size: ClassVar[int]
+
+    def __init__(self, config: VisionConfig | None = None):
+        config = config or VisionConfig()
+        preset = PRESETS[config.preset]
+        super().__init__(dataclasses.replace(
+            config, **{k: v for k, v in preset.items() if getattr(config, k) is None}
+        ))
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The full training and test sets (images normalised, ``[N, C, H, W]``)."""
+        raise NotImplementedError
+
+    def _data(self, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        c = self.config
+        if c.preset == "smoke":
+            x, y = synthetic_images(c.train_size + c.test_size, self.channels, self.image_size, seed)
+            return x[: c.train_size], y[: c.train_size], x[c.train_size :], y[c.train_size :]
+        x_train, y_train, x_test, y_test = self.load()
+        if c.train_size is not None and c.train_size < len(x_train):
+            x_train, y_train = subset(x_train, y_train, c.train_size, seed)
+        if c.test_size is not None and c.test_size < len(x_test):
+            x_test, y_test = subset(x_test, y_test, c.test_size, seed)
+        return x_train, y_train, x_test, y_test
+
+    def build(self, context: BuildContext) -> Problem:
+        c = self.config
+        x_train, y_train, x_test, y_test = self._data(context.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            module = build_model(c.model, self.channels, self.image_size)
+
+        def model(p: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(module, p, (x,))
+
+        params = {k: v.detach() for k, v in module.named_parameters()}
+        problem = Problem(model, cross_entropy, params, x_train, y_train, x_test, y_test, c.weight_decay)
+        problem = problem.to(device=context.device)
+        recipe = Recipe(steps=c.train_steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum, seed=context.seed)
+        optimum = context.cache.tensors(
+            "optima", self.problem_key(context.seed), lambda: {"theta": train(problem, recipe, context.progress)}
+        )["theta"]
+        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+
+    def protocol(self) -> Protocol:
+        c = self.config
+        steps = max(1, round(c.retrain_fraction * c.train_steps))
+        return Protocol(
+            test_point=c.test_point,
+            eval_size=c.eval_size,
+            retrain=Recipe(steps=steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum),
+        )
+
+    def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
+        c = self.config
+        key = (self.name, c.model, c.test_point, c.weight_decay > 0)
+        if selection != "top" or key not in TABLE1 or c.eval_size != 40 or c.retrain_fraction != 0.06:
+            return None
+        pearson, spearman = TABLE1[key]
+        return {"pearson": pearson, "spearman": spearman}
+
+
+class Mnist(VisionTask):
+    """MNIST (28x28x1): the six architectures of Table 1; the small CNN on small MNIST (section 5.2)."""
+
+    name = "mnist"
+    version = 1
+    channels, image_size = 1, 28
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return load_mnist(data_dir(self.config.data_dir), self.config.download)
+
+
+@dataclasses.dataclass
+class CifarConfig(VisionConfig):
+    """As :class:`VisionConfig`, LeNet by default (the paper did not evaluate the small CNN on CIFAR-10)."""
+
+    model: str = dataclasses.field(default="lenet", metadata={"choices": MODELS})
+
+
+class Cifar(VisionTask):
+    """CIFAR-10 (32x32x3): the architectures of Table 1 (the small CNN too, though the paper skipped it)."""
+
+    name = "cifar"
+    version = 1
+    Config = CifarConfig
+    channels, image_size = 3, 32
+
+    def __init__(self, config: CifarConfig | None = None):
+        super().__init__(config or CifarConfig())
+
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return load_cifar10(data_dir(self.config.data_dir), self.config.download)
+
+
+@hookimpl
+def bench_tasks() -> list[type[Task]]:
+    return [Mnist, Cifar]

@@ -1,0 +1,70 @@
+"""The ``mnist`` and ``cifar`` tasks end to end: the smoke preset, real loaders on generated files, missing data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tasks.vision import PRESETS, TABLE1, Cifar, CifarConfig, Mnist, VisionConfig
+from tests.test_datasets import make_mnist
+
+SMOKE = ("--estimator", "lissa,first-order", "--set", "lissa.depth=50", "--no-progress", "--no-leaderboard")
+
+
+@pytest.mark.parametrize("task", ["mnist", "cifar"])
+def test_smoke_preset_runs_end_to_end(bench, tmp_path, read_records, task):
+    results = tmp_path / "board" / "results"
+    result = bench("run", "--task", task, "--set", f"{task}.preset=smoke", "--set", f"{task}.model=small-cnn",
+                   *SMOKE, "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    assert result.code == 0, result.err
+    records = read_records(results, task)
+    assert {r["estimator"]["name"] for r in records} == {"lissa", "first-order"}
+    config = records[0]["task"]["config"]
+    assert config["preset"] == "smoke"
+    for field, value in PRESETS["smoke"].items():
+        assert config[field] == value  # the record holds the resolved preset values, not None
+    for record in records:
+        assert record["status"] == "ok", record["failure"]
+        assert record["ground_truth"]["points"] > 0
+
+
+def test_real_loader_on_generated_mnist_files(bench, tmp_path, read_records):
+    make_mnist(tmp_path / "data", n_train=40, n_test=10)
+    results = tmp_path / "board" / "results"
+    result = bench("run", "--task", "mnist", "--set", f"mnist.data_dir={tmp_path / 'data'}", "--set",
+                   "mnist.train_steps=20", "--set", "mnist.batch_size=8", "--set", "mnist.eval_size=5", *SMOKE,
+                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    assert result.code == 0, result.err
+    record = read_records(results, "mnist")[0]
+    assert record["diagnostics"]["problem"]["n_train"] == 40  # cpu preset's 5,500 capped by the 40 on disk
+    assert record["task"]["config"]["preset"] == "cpu"
+
+
+def test_missing_data_is_one_clear_line(bench, tmp_path):
+    result = bench("run", "--task", "cifar", "--set", f"cifar.data_dir={tmp_path / 'nowhere'}", *SMOKE,
+                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "board" / "results")
+    assert result.code == 1
+    assert len(result.err_lines) == 2, result.err  # the "building task" progress line, then the error
+    error = result.err_lines[-1]
+    assert error.startswith("bench: error:") and "nowhere" in error and "data_batch_1" in error
+    assert "get-real-data" in error
+
+
+def test_presets_fill_only_unset_fields():
+    task = Mnist(VisionConfig(preset="paper", train_steps=123))
+    assert task.config.train_steps == 123
+    assert task.config.train_size is None and task.config.batch_size == PRESETS["paper"]["batch_size"]
+    assert Cifar().config.model == "lenet" and isinstance(Cifar().config, CifarConfig)
+
+
+def test_paper_reference_is_table_1():
+    assert len(TABLE1) == 6 * 3 + 5 * 3
+    a_wd = Mnist(VisionConfig(model="lenet"))
+    assert a_wd.paper_reference("cg", "top") == {"pearson": 0.83, "spearman": 0.51}
+    b_wd = Cifar(CifarConfig(test_point="p50"))
+    assert b_wd.paper_reference("exact", "top") == {"pearson": 0.45, "spearman": 0.46}
+    a_no_wd = Mnist(VisionConfig(model="resnet50", weight_decay=0.0))
+    assert a_no_wd.paper_reference("lissa", "top") == {"pearson": 0.08, "spearman": 0.13}
+    assert a_wd.paper_reference("cg", "random") is None
+    assert Mnist(dataclasses.replace(VisionConfig(model="lenet"), eval_size=100)).paper_reference("cg", "top") is None
