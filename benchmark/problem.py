@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
@@ -49,6 +49,19 @@ class Problem:
     x_test: Tensor
     y_test: Tensor
     weight_decay: float = 0.0
+
+    @classmethod
+    def from_module(
+        cls, module: torch.nn.Module, loss: Loss, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+        weight_decay: float = 0.0,
+    ) -> Problem:
+        """The problem of an ``nn.Module`` at its current parameters, made functional with ``functional_call``."""
+
+        def model(params: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(module, params, (x,))
+
+        params = dict(module.named_parameters())
+        return cls(model, loss, params, x_train, y_train, x_test, y_test, weight_decay)
 
     def __post_init__(self) -> None:
         self.params = {k: v.detach() for k, v in self.params.items()}

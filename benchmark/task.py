@@ -81,6 +81,16 @@ class Task(abc.ABC):
     def protocol(self) -> Protocol:
         """The evaluation protocol for this configuration."""
 
+    def trained(self, problem: Problem, recipe: Recipe, context: BuildContext) -> Problem:
+        """``problem`` at its optimum: trained from its parameters with ``recipe``, or loaded from the cache (keyed by
+        :meth:`problem_key`)."""
+        from benchmark.training import train
+
+        optimum = context.cache.tensors(
+            "optima", self.problem_key(context.seed), lambda: {"theta": train(problem, recipe, context.progress)}
+        )["theta"]
+        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
         """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none."""
         return None

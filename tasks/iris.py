@@ -10,13 +10,11 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from benchmark import Problem, Recipe, Task, hookimpl
 from benchmark.config import non_negative, positive
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Protocol
-from benchmark.training import train
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -98,18 +96,8 @@ class Iris(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(context.seed)
             module = mlp(c.depth, c.width, c.activation).to(torch.float64)
-        params = {k: v.detach() for k, v in module.named_parameters()}
-
-        def model(p: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(module, p, (x,))
-
-        problem = Problem(model, cross_entropy, params, x_train, y_train, x_test, y_test, c.weight_decay)
-        problem = problem.to(device=context.device)
-        recipe = Recipe(steps=c.train_steps, lr=c.lr)
-        optimum = context.cache.tensors(
-            "optima", self.problem_key(context.seed), lambda: {"theta": train(problem, recipe, context.progress)}
-        )["theta"]
-        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+        problem = Problem.from_module(module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay)
+        return self.trained(problem.to(device=context.device), Recipe(steps=c.train_steps, lr=c.lr), context)
 
     def protocol(self) -> Protocol:
         c = self.config

@@ -13,13 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from benchmark import Problem, Recipe, Task, hookimpl
 from benchmark.config import non_negative, positive
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Protocol
-from benchmark.training import train
 from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
 from tasks.models import MODELS, build_model
 
@@ -149,17 +147,9 @@ class VisionTask(Task):
             torch.manual_seed(context.seed)
             module = build_model(c.model, self.channels, self.image_size)
 
-        def model(p: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(module, p, (x,))
-
-        params = {k: v.detach() for k, v in module.named_parameters()}
-        problem = Problem(model, cross_entropy, params, x_train, y_train, x_test, y_test, c.weight_decay)
-        problem = problem.to(device=context.device)
+        problem = Problem.from_module(module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay)
         recipe = Recipe(steps=c.train_steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum, seed=context.seed)
-        optimum = context.cache.tensors(
-            "optima", self.problem_key(context.seed), lambda: {"theta": train(problem, recipe, context.progress)}
-        )["theta"]
-        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+        return self.trained(problem.to(device=context.device), recipe, context)
 
     def protocol(self) -> Protocol:
         c = self.config

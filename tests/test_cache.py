@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import tasks.iris
+import benchmark.training
 from benchmark.cache import Cache, digest
 from benchmark.cli import main
 from benchmark.errors import CacheError
@@ -176,8 +176,8 @@ def test_corrupt_optimum_is_retrained_not_loaded(bench, cache_copy, tmp_path, mo
     blob.write_bytes(bytes(damaged))
 
     trainings, loaded = [], []
-    real_train, real_load = tasks.iris.train, torch.load
-    monkeypatch.setattr(tasks.iris, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    real_train, real_load = benchmark.training.train, torch.load
+    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
 
     def load(f, *args, **kwargs):
         data = f.getvalue() if isinstance(f, io.BytesIO) else Path(f).read_bytes()
@@ -195,8 +195,8 @@ def test_corrupt_optimum_is_retrained_not_loaded(bench, cache_copy, tmp_path, mo
 
 def test_intact_cache_loads_without_training(bench, cache_copy, tmp_path, monkeypatch):
     trainings, calls = [], []
-    real_train, real_load = tasks.iris.train, torch.load
-    monkeypatch.setattr(tasks.iris, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    real_train, real_load = benchmark.training.train, torch.load
+    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
 
     def load(*args, **kwargs):
         calls.append(kwargs)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import tasks.iris
+import benchmark.training
 from benchmark.leaderboard import BANNER
 
 ESTIMATORS = ("exact", "first-order")
@@ -134,8 +134,8 @@ def test_second_run_computes_no_ground_truth(bench, tiny, tmp_path, monkeypatch,
     assert cold["ground_truth"]["computed"] == 20 and cold["ground_truth"]["cached"] == 0
 
     trainings = []
-    real_train = tasks.iris.train
-    monkeypatch.setattr(tasks.iris, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    real_train = benchmark.training.train
+    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
     second = bench(*args, "--results-dir", tmp_path / "second")
     assert second.code == 0, second.err
     (warm,) = read_records(tmp_path / "second")

@@ -551,10 +551,10 @@ def test_gt_rejects_a_bad_points_value(bench, tiny, tmp_path, points):
 
 def test_gt_rejects_a_bad_points_value_before_training(bench, tmp_path, monkeypatch):
     """A typo in --points is reported before minutes of training, as a malformed test point is."""
-    import tasks.iris
+    import benchmark.training
 
     trainings = []
-    monkeypatch.setattr(tasks.iris, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first"))
+    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first"))
     result = bench("gt", "--task", "iris", "--no-progress", "--points", "al", "--cache-dir", tmp_path / "cache")
     assert result.code == 2
     assert result.err_lines == ["bench: error: bad --points 'al': expected all, random or a positive number"]
