@@ -64,6 +64,7 @@ def build_parser(pm: Any) -> Parser:
 
     listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
     listing.add_argument("--options", action="store_true", help="also show every config field and its default")
+    listing.add_argument("--models", action="store_true", help="also show each task's models and parameter counts")
 
     problem = argparse.ArgumentParser(add_help=False)  # what determines a problem and its ground truth
     problem.add_argument("--task", help="task name (see bench list)")
@@ -118,6 +119,9 @@ def _command_list(args: argparse.Namespace, registry: Registry) -> int:
         for name, entry in sorted(entries.items()):
             summary = (entry.cls.__doc__ or "").strip().splitlines()[0] if entry.cls.__doc__ else ""
             print(f"  {name:<14} [{entry.plugin}] {summary}")
+            if args.models and kind == "tasks":
+                for model, count in entry.cls.models().items():
+                    print(f"      {name} model {model:<10} {count:>12,} parameters")
             if args.options:
                 for field in dataclasses.fields(entry.cls.Config):
                     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()

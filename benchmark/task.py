@@ -91,6 +91,11 @@ class Task(abc.ABC):
         )["theta"]
         return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
 
+    @classmethod
+    def models(cls) -> dict[str, int]:
+        """The architectures this task can train, by name, with their parameter counts (``bench list --models``)."""
+        return {}
+
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
         """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none."""
         return None

@@ -29,7 +29,7 @@ class ExactConfig:
 
 
 class Exact(Estimator):
-    """Exact iHVP: ``H = V diag(e) V^T`` computed densely with ``torch.func.hessian`` in float64.
+    """Exact iHVP: ``H = V diag(e) V^T`` built densely from Hessian-vector products, in float64.
 
     Cost: ``O(P^2)`` memory, ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition to prepare; each
     iHVP is then two matrix products. Fails when ``H + damping I`` is singular. Diagnostics: the top and bottom

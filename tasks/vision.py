@@ -19,7 +19,7 @@ from benchmark.config import non_negative, positive
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Protocol
 from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
-from tasks.models import MODELS, build_model
+from tasks.models import MODELS, build_model, count_parameters
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {"train_size": 128, "test_size": 32, "train_steps": 60, "batch_size": 32, "lr": 0.05, "momentum": 0.9},
@@ -123,6 +123,10 @@ class VisionTask(Task):
         super().__init__(dataclasses.replace(
             config, **{k: v for k, v in preset.items() if getattr(config, k) is None}
         ))
+
+    @classmethod
+    def models(cls) -> dict[str, int]:
+        return {name: count_parameters(build_model(name, cls.channels, cls.image_size)) for name in MODELS}
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The full training and test sets (images normalised, ``[N, C, H, W]``)."""

@@ -68,3 +68,14 @@ def test_paper_reference_is_table_1():
     assert a_no_wd.paper_reference("lissa", "top") == {"pearson": 0.08, "spearman": 0.13}
     assert a_wd.paper_reference("cg", "random") is None
     assert Mnist(dataclasses.replace(VisionConfig(model="lenet"), eval_size=100)).paper_reference("cg", "top") is None
+
+
+def test_list_models_prints_parameter_counts(bench):
+    result = bench("list", "--models")
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert "      mnist model small-cnn         2,616 parameters" in lines
+    assert "      mnist model lenet            44,426 parameters" in lines
+    assert "      cifar model lenet            62,006 parameters" in lines
+    assert "      cifar model resnet50     23,520,842 parameters" in lines
+    assert not any(line.startswith("      iris model") for line in lines)
