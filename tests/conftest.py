@@ -7,6 +7,7 @@ test can write into the repository's ``leaderboards/`` or the user's ``~/.cache`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -119,3 +120,26 @@ def _read_records(results_dir: Path, task: str = "iris") -> list[dict]:
 def read_records() -> Callable[..., list[dict]]:
     """``read_records(results_dir, task="iris")``: every result record written there, parsed."""
     return _read_records
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch thread inside the block (for module-scoped fixtures, which run outside the autouse fixture)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_one_line_error(result: BenchResult, *fragments: str) -> str:
+    """``result`` failed with exactly one ``bench: error:`` line containing every fragment, and no traceback."""
+    assert result.code != 0
+    assert "Traceback" not in result.err
+    assert len(result.err_lines) == 1, result.err
+    line = result.err_lines[0]
+    assert line.startswith("bench: error:"), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line

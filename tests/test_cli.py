@@ -12,6 +12,7 @@ import torch
 
 import benchmark.training
 from benchmark.leaderboard import BANNER
+from tests.conftest import assert_one_line_error
 
 ESTIMATORS = ("exact", "first-order")
 
@@ -202,12 +203,7 @@ def test_bad_input_is_one_line_and_exit_2(bench, tmp_path, case):
         argv += ["--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "board" / "results"]
     result = bench(*argv)
     assert result.code == 2, (result.code, result.err)
-    assert "Traceback" not in result.err
-    assert len(result.err_lines) == 1, result.err
-    line = result.err_lines[0]
-    assert line.startswith("bench: error:"), line
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
+    assert_one_line_error(result, *fragments)
     assert not (tmp_path / "cache").exists()  # rejected before any work
     assert not (tmp_path / "board").exists()
 

@@ -7,10 +7,8 @@ thread (module fixtures run before the suite's autouse fixture that sets it for 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,18 +30,9 @@ from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder, FirstOrderConfig
 from estimators.lissa import Lissa, LissaConfig
 from tasks.iris import mlp
+from tests.conftest import one_thread
 
 BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder]
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def correlations(estimated: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> tuple[float, float]:

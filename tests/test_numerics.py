@@ -7,10 +7,8 @@ Every problem is built lazily by a fixture (nothing trains at import or collecti
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,16 +25,7 @@ from benchmark.testing import logistic_regression_problem
 from benchmark.training import descend, minibatches
 from estimators.exact import Exact, ExactConfig
 from tasks.iris import mlp
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from tests.conftest import one_thread
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ import pytest
 
 import benchmark.cli
 import benchmark.plugins
+from tests.conftest import assert_one_line_error
 from benchmark import hookimpl
 
 ESTIMATOR_SOURCE = '''
@@ -44,17 +45,6 @@ def listed(output: str) -> dict[str, str]:
             name, rest = line.split(None, 1)
             out[name] = rest[1 : rest.index("]")]
     return out
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.code != 0
-    assert "Traceback" not in result.err
-    assert len(result.err_lines) == 1, result.err
-    line = result.err_lines[0]
-    assert line.startswith("bench: error:"), line
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 # -- built-in plugins and -p -----------------------------------------------------------------------------------------
