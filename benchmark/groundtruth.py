@@ -178,7 +178,8 @@ class GroundTruth:
         """
         start = time.perf_counter()
         wanted = sorted({int(i) for i in removed})
-        missing = self.missing(wanted)
+        found = {i: effect for i in wanted if (effect := self._load(i)) is not None}
+        missing = [i for i in wanted if i not in found]
         self.stats.cached += len(wanted) - len(missing)
         if missing:
             self.reference()
@@ -192,8 +193,7 @@ class GroundTruth:
                 computed = executor(self, missing)
             self.stats.computed += computed
             self.stats.cached += len(missing) - computed  # finished meanwhile by another process
-        found = {}
-        for i in wanted:
+        for i in missing:  # only these are read again: the cached ones were loaded above
             effect = self._load(i)
             if effect is None:
                 raise RuntimeError(f"leave-one-out entry {i} is missing after computing it ({self.directory})")
