@@ -8,6 +8,7 @@ Every problem is built lazily by a fixture (nothing trains at import or collecti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -152,6 +153,17 @@ def test_hvp_rows_equal_dense_hessian_times_vectors(untrained, minibatch):
     assert products.shape == vectors.shape
     for product, vector in zip(products, vectors):
         assert relative_error(product, hessian @ vector) < 1e-12
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 6, 1024], ids=["one-graph", "chunk-1", "chunk-6", "chunk-big"])
+def test_full_data_hvp_is_the_same_in_one_graph_and_in_chunks(untrained, chunk_size):
+    """The kept reverse-over-reverse graph (one chunk) and the chunked forward-over-reverse sum give ``H v``; the kept
+    graph stays right on repeated calls with new vectors."""
+    hessian = torch.autograd.functional.hessian(untrained.objective, untrained.theta.clone())
+    problem = dataclasses.replace(untrained.problem, chunk_size=chunk_size)
+    for seed in (4, 5):
+        vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        torch.testing.assert_close(problem.hvp(vectors), vectors @ hessian, rtol=1e-12, atol=1e-14)
 
 
 def test_train_and_test_gradients_equal_per_example_autograd(untrained):
