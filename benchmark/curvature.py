@@ -38,14 +38,15 @@ class DenseHessian:
         return coefficients @ basis.T
 
 
-def top_eigenvalue(problem: Problem, iterations: int = 50, seed: int = 0) -> float:
-    """Largest-magnitude eigenvalue of ``H`` by power iteration on Hessian-vector products (signed)."""
+def top_eigenvalue(problem: Problem, iterations: int = 50, seed: int = 0, indices: Tensor | None = None) -> float:
+    """Largest-magnitude eigenvalue of ``H`` by power iteration on Hessian-vector products (signed); of the minibatch
+    Hessian on training ``indices`` if given."""
     generator = torch.Generator().manual_seed(seed)
     v = torch.randn(problem.n_params, generator=generator, dtype=problem.dtype).to(problem.device)
     v = v / torch.linalg.vector_norm(v)
     value = 0.0
     for _ in range(iterations):
-        hv = problem.hvp(v.unsqueeze(0))[0]
+        hv = problem.hvp(v.unsqueeze(0), indices)[0]
         value = float(v.dot(hv))
         norm = torch.linalg.vector_norm(hv)
         if norm == 0:

@@ -256,8 +256,12 @@ class Run:
                         if selection == "top" else random_set
                     )
         for evaluation in self.estimators:
-            if evaluation.failure is None:
+            if evaluation.failure is not None:
+                continue
+            if self.task.parameter_change:
                 self._parameter_change(evaluation, chosen, problem)
+            else:
+                evaluation.param_failure = f"not computed: task {self.task.name!r} turns the diagnostic off (cost)"
 
         ground_truths = self.ground_truths(problem, protocol, test_index)
         needed = sorted({i for indices in chosen.values() for i in indices})
@@ -402,7 +406,9 @@ class Run:
             points["estimated_param_norm"] = [evaluation.param_norms[i] for i in indices]
             norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])
         else:
-            undefined = {"value": None, "undefined": f"parameter change failed: {evaluation.param_failure}"}
+            reason = evaluation.param_failure
+            undefined = {"value": None,
+                         "undefined": reason if reason.startswith("not computed") else f"parameter change failed: {reason}"}
             norm_metrics = {"pearson": undefined, "spearman": undefined}
         record["metrics"] = {
             **metrics,

@@ -69,6 +69,9 @@ class Task(abc.ABC):
     """Config fields that change only the evaluation, not the trained problem (left out of :meth:`problem_key`)."""
     cpu_threads: ClassVar[int | None] = None
     """Torch intra-op threads to use on a CPU (``None``: torch's default); ``bench run --threads`` overrides it."""
+    parameter_change: ClassVar[bool] = True
+    """Whether runs score predicted against re-trained parameter-change norms (paper Figs. 1a,b and 2c). It costs one
+    iHVP per selected training point and estimator, affordable for small models only; large-model tasks set it off."""
 
     def __init__(self, config: Any | None = None):
         self.config = self.Config() if config is None else config

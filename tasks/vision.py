@@ -116,6 +116,7 @@ class VisionTask(Task):
     protocol_fields = ("retrain_fraction", "test_point", "eval_size", "data_dir", "download")
     channels: ClassVar[int]
     image_size: ClassVar[int]
+    parameter_change = False
 
     def __init__(self, config: VisionConfig | None = None):
         config = config or VisionConfig()
