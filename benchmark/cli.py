@@ -19,6 +19,8 @@ import torch
 
 from benchmark import config as configuration
 from benchmark import groundtruth, leaderboard, records
+from benchmark import report as report_command
+from benchmark import study as study_command
 from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError
 from benchmark.plugins import Registry, plugin_manager
@@ -59,7 +61,7 @@ def build_parser(pm: Any) -> Parser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
     parser = Parser(prog="bench", description="Benchmark influence-function estimators against leave-one-out "
                     "re-training.", parents=[common])
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,gt,leaderboard}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,gt,leaderboard,study,report}")
     sub.required = True
 
     listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
@@ -103,6 +105,12 @@ def build_parser(pm: Any) -> Parser:
     board.add_argument("--task", help="only this task (default: every task with records)")
     board.add_argument("--results-dir", type=Path, help=f"default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR}")
     board.add_argument("--output-dir", type=Path, help="where <task>.md goes (default: the results dir's parent)")
+
+    study = sub.add_parser("study", parents=[common], help="run a declared sweep (tasks/studies/NAME.yaml): CSV + figures")
+    study_command.add_arguments(study)
+    report = sub.add_parser("report", parents=[common], help="one HTML page of leaderboards, timings, study figures "
+                            "and claims; the claims table in leaderboards/README.md")
+    report_command.add_arguments(report)
     return parser
 
 
@@ -291,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_run(args, registry, pm)
         if args.command == "gt":
             return _command_gt(args, registry, pm)
+        if args.command == "study":
+            return study_command.command(args, registry, pm)
+        if args.command == "report":
+            return report_command.command(args)
         return _command_leaderboard(args, registry)
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)

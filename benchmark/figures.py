@@ -1,0 +1,134 @@
+"""Study figures: one PNG per panel, drawn with matplotlib's Agg backend from the study's CSV files.
+
+``line`` panels plot the mean of ``y`` against ``x`` for each series, with error bars of one standard deviation over
+the rows at that point (the seeds); ``scatter`` panels plot one dot per row (e.g. per scored training point), with
+the diagonal ``y = x``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from benchmark.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from benchmark.study import Panel, Study
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(columns: list[str], key: Any) -> str:
+    key = key if isinstance(key, tuple) else (key,)
+    return ", ".join(f"{c}={v}" for c, v in zip(columns, key))
+
+
+def _positions(study: Study, column: str, values: pd.Series) -> tuple[dict[Any, float], list[str] | None]:
+    """x positions: the values themselves when numeric, else their order in the sweep (or sorted)."""
+    if values.dtype.kind in "iuf":
+        return {v: float(v) for v in values.unique()}, None
+    declared = [str(v) for v in study.sweep.get(column, [])]
+    order = [v for v in declared if v in set(values.astype(str))]
+    order += sorted(set(values.astype(str)) - set(order))
+    return {v: float(i) for i, v in enumerate(order)}, order
+
+
+def _check_columns(study: Study, index: int, panel: Panel, frame: pd.DataFrame, table: Path) -> None:
+    wanted = {"x": [panel.x], "y": [panel.y], "series": panel.series, "facet": [panel.facet] if panel.facet else [],
+              "where": list(panel.where)}
+    for field, columns in wanted.items():
+        for column in columns:
+            if column not in frame.columns:
+                raise UsageError(f"{study.path}: field 'panels[{index}].{field}': no column {column!r} in {table} "
+                                 f"(columns: {', '.join(map(str, frame.columns))})")
+
+
+def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path: Path) -> Path:
+    """Draw panel ``index`` of ``study`` from ``frame`` (read from ``table``) into ``path``."""
+    from benchmark.claims import select
+
+    panel = study.panels[index]
+    _check_columns(study, index, panel, frame, table)
+    data = select(frame, panel.where)
+    data = data[data[panel.y].notna() & data[panel.x].notna()]
+    plt = _pyplot()
+    facets = sorted(data[panel.facet].unique(), key=str) if panel.facet and len(data) else [None]
+    figure, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 3.9), squeeze=False)
+    for ax, facet in zip(axes[0], facets):
+        part = data if facet is None else data[data[panel.facet] == facet]
+        positions, ticks = _positions(study, panel.x, data[panel.x])
+        groups = list(part.groupby(panel.series, sort=True)) if panel.series else [((), part)]
+        for key, group in groups:
+            label = _label(panel.series, key) or None
+            xs = group[panel.x].map(lambda v: positions[v if ticks is None else str(v)])
+            if panel.kind == "scatter":
+                ax.scatter(xs, group[panel.y], s=12, alpha=0.7, label=label)
+                continue
+            stats = group.assign(_x=xs).groupby("_x")[panel.y].agg(["mean", "std", "count"]).sort_index()
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", markersize=4,
+                        capsize=3, linewidth=1.4, label=label)
+        if panel.kind == "scatter" and len(part):
+            low = float(np.nanmin(part[[panel.x, panel.y]].to_numpy(dtype=float)))
+            high = float(np.nanmax(part[[panel.x, panel.y]].to_numpy(dtype=float)))
+            ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--", label="y = x")
+        if ticks is not None:
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
+        if panel.xscale == "symlog":
+            positive = [v for v in positions.values() if v > 0]
+            ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
+        else:
+            ax.set_xscale(panel.xscale)
+        ax.set_yscale(panel.yscale)
+        ax.set_xlabel(panel.x)
+        ax.set_ylabel(panel.y)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        if facet is not None:
+            ax.set_title(f"{panel.facet}={facet}", fontsize=10)
+        if not len(part):
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
+        elif ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title=", ".join(panel.series) if panel.series else None, title_fontsize=7)
+    seeds = data["seed"].nunique() if "seed" in data.columns else 0
+    note = f"error bars: ±1 s.d. over {seeds} seeds" if panel.kind == "line" else f"{len(data)} points, {seeds} seeds"
+    figure.suptitle(f"{panel.title}" + (f" ({panel.figure})" if panel.figure else ""), fontsize=11)
+    figure.text(0.99, 0.01, f"{study.name}: {note}", ha="right", va="bottom", fontsize=7, color="grey")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return path
+
+
+def panel_path(study: Study, panel: Panel, output_dir: Path) -> Path:
+    """Where a panel's PNG goes."""
+    return Path(output_dir) / f"{study.name}-{panel.name}.png"
+
+
+def plot_study(study: Study, output_dir: Path) -> list[Path]:
+    """Draw every panel of ``study`` from its CSV files under ``output_dir``; returns the PNG paths."""
+    from benchmark.study import read_table
+
+    tables: dict[str, Path] = {"rows": Path(output_dir) / f"{study.name}.csv",
+                               "points": Path(output_dir) / f"{study.name}-points.csv"}
+    frames: dict[str, pd.DataFrame] = {}
+    out = []
+    for index, panel in enumerate(study.panels):
+        table = tables[panel.table]
+        if panel.table not in frames:
+            if not table.exists():
+                raise UsageError(f"no results for study {study.name!r}: {table} is missing (run `bench study "
+                                 f"{study.name}` first)")
+            frames[panel.table] = read_table(table)
+        out.append(plot_panel(study, index, frames[panel.table], table, panel_path(study, panel, output_dir)))
+    return out
