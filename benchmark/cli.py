@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -209,6 +210,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         plugins=list(args.plugins),
         threads=threads,
         options=args,
+        command=shlex.join(["bench", *args.argv]) if getattr(args, "argv", None) else None,
     )
 
 
@@ -219,10 +221,11 @@ def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str |
         found = records.load(results_dir, name)
         if not found:
             raise UsageError(f"no result records for task {name!r} under {results_dir}")
-        defaults = None
+        defaults, reference_rows = None, []
         if name in registry.tasks:
             defaults = dataclasses.asdict(registry.tasks[name].cls.Config())
-        text = leaderboard.render(found, name, defaults)
+            reference_rows = registry.tasks[name].cls.reference_rows()
+        text = leaderboard.render(found, name, defaults, reference_rows)
         leaderboard.write(text, output_dir, name)
         texts.append(text)
     return texts
@@ -291,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pm = plugin_manager(_plugin_args(argv))
         registry = Registry(pm)
         args = build_parser(pm).parse_args(argv)
+        args.argv = argv
         if args.verbose:
             logging.getLogger("bench").setLevel(logging.DEBUG)
         if args.command == "list":

@@ -3,7 +3,8 @@
 Schema (version :data:`SCHEMA_VERSION`)::
 
     schema, run_id, date (ISO 8601, UTC), commit, dirty, versions {bench, torch, python}, device {type, name},
-    task {name, version, config}, seed, test_point {rule, index, loss},
+    task {name, version, config}, seed, command (the bench command line, or null), threads,
+    test_point {rule, index, loss},
     estimator {name, plugin, hyperparameters}, selection {kind, size, description},
     status ("ok" | "failed"), failure (reason or null),
     metrics {pearson, spearman, param_norm_pearson, param_norm_spearman: correlation records

@@ -71,6 +71,7 @@ class RunConfig:
         threads: torch intra-op threads on a CPU (``None``: the task's ``cpu_threads``, else torch's default).
         options: values of options added by plugins (``bench_addoption``).
         pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
+        command: the command line that made this run, recorded with its results (``None`` when run from Python).
     """
 
     task: str
@@ -92,6 +93,7 @@ class RunConfig:
     threads: int | None = None
     options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
     pluginmanager: pluggy.PluginManager | None = None
+    command: str | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -277,6 +279,7 @@ class Run:
             **records.environment(self.device),
             "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
             "seed": config.seed,
+            "command": config.command,
             "threads": torch.get_num_threads(),
             "test_point": {"rule": protocol.test_point, "index": test_index, "loss": test_loss},
             "ground_truth": gt_summary,

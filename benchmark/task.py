@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from benchmark.cache import Cache
     from benchmark.problem import Problem
 
@@ -43,6 +46,23 @@ class Protocol:
     test_point: str | int
     eval_size: int
     retrain: Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceRow:
+    """A setting for which the paper reports a figure, so a leaderboard can list it as run or not run.
+
+    Attributes:
+        label: how the paper names the setting, e.g. ``"lenet, test point A, with weight decay"``.
+        options: the task config values that make a run of this setting (other fields, e.g. the preset, may vary).
+        paper: the paper's figures, e.g. ``{"pearson": 0.83, "spearman": 0.51}``.
+        command: the command that runs it at the paper's size.
+    """
+
+    label: str
+    options: dict[str, Any]
+    paper: dict[str, float]
+    command: str
 
 
 @dataclasses.dataclass
@@ -84,20 +104,31 @@ class Task(abc.ABC):
     def protocol(self) -> Protocol:
         """The evaluation protocol for this configuration."""
 
-    def trained(self, problem: Problem, recipe: Recipe, context: BuildContext) -> Problem:
-        """``problem`` at its optimum: trained from its parameters with ``recipe``, or loaded from the cache (keyed by
-        :meth:`problem_key`)."""
+    def trained(self, problem: Problem, recipe: Recipe | Sequence[Recipe], context: BuildContext) -> Problem:
+        """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several recipes one after
+        the other, e.g. a learning-rate schedule in phases), or loaded from the cache (keyed by :meth:`problem_key`)."""
         from benchmark.training import train
 
-        optimum = context.cache.tensors(
-            "optima", self.problem_key(context.seed), lambda: {"theta": train(problem, recipe, context.progress)}
-        )["theta"]
+        phases = [recipe] if isinstance(recipe, Recipe) else list(recipe)
+
+        def train_phases() -> dict[str, Tensor]:
+            current = problem
+            for phase in phases:
+                current = dataclasses.replace(current, params=current.unflatten(train(current, phase, context.progress)))
+            return {"theta": current.theta}
+
+        optimum = context.cache.tensors("optima", self.problem_key(context.seed), train_phases)["theta"]
         return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
 
     @classmethod
     def models(cls) -> dict[str, int]:
         """The architectures this task can train, by name, with their parameter counts (``bench list --models``)."""
         return {}
+
+    @classmethod
+    def reference_rows(cls) -> list[ReferenceRow]:
+        """The paper's settings for this task (its leaderboard lists those without results as not run)."""
+        return []
 
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
         """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none."""

@@ -28,6 +28,22 @@ def test_smoke_preset_runs_end_to_end(bench, tmp_path, read_records, task):
         assert record["status"] == "ok", record["failure"]
         assert record["ground_truth"]["points"] > 0
 
+    # the leaderboard lists every other Table 1 setting of the task as not run, with its command, and fills in none
+    rendered = bench("leaderboard", "--task", task, "--results-dir", results, "--output-dir", tmp_path / "board")
+    assert rendered.code == 0, rendered.err
+    text = (tmp_path / "board" / f"{task}.md").read_text()
+    settings = [key for key in TABLE1 if key[0] == task]
+    not_run = text[text.index("## Paper settings not run here"):]
+    rows = [line for line in not_run.splitlines() if line.startswith("| ") and "bench run" in line]
+    ran = [key for key in settings if key[1:] == ("small-cnn", "max-loss", True)]  # what the smoke run matches
+    assert len(ran) == (1 if task == "mnist" else 0)  # the paper has no small CNN on CIFAR-10
+    assert len(rows) == len(settings) - len(ran)
+    assert not any(line.startswith("| small-cnn, test point A, with weight decay") for line in rows)
+    assert f"{len(rows)} of the paper's {len(settings)} settings" in not_run
+    vgg = next(line for line in rows if line.startswith("| vgg13, test point B, with weight decay"))
+    assert f"--set {task}.model=vgg13 --set {task}.test_point=p50 --set {task}.weight_decay=0.001" in vgg
+    assert f"--set {task}.preset=paper" in vgg and "--device cuda" in vgg
+
 
 def test_real_loader_on_generated_mnist_files(bench, tmp_path, read_records):
     make_mnist(tmp_path / "data", n_train=40, n_test=10)
