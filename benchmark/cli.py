@@ -26,7 +26,7 @@ from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.executors import EXECUTORS
-from benchmark.runner import DEVICES, SELECTIONS, Run, RunConfig
+from benchmark.runner import DEFAULT_SELECTIONS, DEVICES, Run, RunConfig
 
 log = logging.getLogger("bench")
 
@@ -91,7 +91,8 @@ def build_parser(pm: Any) -> Parser:
     run.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
                      help="comma-separated estimator names (default: all registered)")
     run.add_argument("--selection", "--selections", dest="selections", type=_split,
-                     help=f"which training points to score: {', '.join(SELECTIONS)} (default both)")
+                     help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
+                          "the estimated influence) (default top,random)")
     run.add_argument("--results-dir", type=Path,
                      help=f"where result records go (default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR})")
     run.add_argument("--no-leaderboard", action="store_true", help="do not re-render the task's leaderboard")
@@ -177,7 +178,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         raise UsageError(f"no task given: use --task NAME (choices: {', '.join(sorted(registry.tasks))})")
     scoring = args.command == "run"  # `bench gt` runs no estimator
     estimators = option("estimators", None, names, "names, comma-separated or a list") or list(registry.estimators)
-    selections = option("selections", None, names, "names, comma-separated or a list") or list(SELECTIONS)
+    selections = option("selections", None, names, "names, comma-separated or a list") or list(DEFAULT_SELECTIONS)
     for name in sections:
         if name != task and name not in registry.estimators:
             raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])

@@ -38,7 +38,10 @@ log = logging.getLogger("bench")
 SELECTIONS = {
     "top": "top-k by |estimated influence|, each estimator its own (the paper's protocol)",
     "random": "k training points drawn uniformly with the run's seed, the same for every estimator",
+    "pNN": "the k training points whose estimated influence is nearest its NN-th percentile, each estimator its own "
+           "(the paper's Fig. 3b uses p30)",
 }
+DEFAULT_SELECTIONS = ("top", "random")
 DEVICES = ("cpu", "cuda", "auto")
 CONVERGENCE_TOL = 1e-4
 """An optimum whose objective gradient norm exceeds this is reported as not converged."""
@@ -80,7 +83,7 @@ class RunConfig:
     estimator_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seed: int = 0
     device: str = "cpu"
-    selections: list[str] = dataclasses.field(default_factory=lambda: list(SELECTIONS))
+    selections: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SELECTIONS))
     cache_dir: Path | None = None
     results_dir: Path = Path("leaderboards/results")
     progress: bool = True
@@ -94,6 +97,25 @@ class RunConfig:
     options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
     pluginmanager: pluggy.PluginManager | None = None
     command: str | None = None
+
+
+def selection_description(selection: str) -> str:
+    """What ``selection`` scores (a key of :data:`SELECTIONS`, or ``pNN`` with ``NN`` in 0..100); one-line error else."""
+    if selection in SELECTIONS and selection != "pNN":
+        return SELECTIONS[selection]
+    if selection.startswith("p") and selection[1:].isdigit() and 0 <= int(selection[1:]) <= 100:
+        return SELECTIONS["pNN"].replace("NN-th", f"{int(selection[1:])}th")
+    raise UnknownNameError("selection", selection, ["top", "random", "p0..p100"])
+
+
+def select(selection: str, scores: np.ndarray, k: int, random_set: list[int]) -> list[int]:
+    """The training indices ``selection`` scores, given one estimator's influence ``scores`` (see :data:`SELECTIONS`)."""
+    if selection == "top":
+        return np.argsort(-np.abs(scores), kind="stable")[:k].tolist()
+    if selection == "random":
+        return random_set
+    target = np.percentile(scores, int(selection[1:]))
+    return np.argsort(np.abs(scores - target), kind="stable")[:k].tolist()
 
 
 def resolve_device(name: str) -> str:
@@ -184,8 +206,7 @@ class Run:
             self.estimators.append(Evaluation(cls(hyper, progress=config.progress), registry.estimators[name].plugin,
                                               dataclasses.asdict(hyper)))
         for selection in config.selections:
-            if selection not in SELECTIONS:
-                raise UnknownNameError("selection", selection, SELECTIONS)
+            selection_description(selection)
         parse_test_point(self.task.protocol().test_point)
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
@@ -253,10 +274,7 @@ class Run:
         for evaluation in self.estimators:
             if evaluation.failure is None:
                 for selection in config.selections:
-                    chosen[evaluation.estimator.name, selection] = (
-                        np.argsort(-np.abs(evaluation.scores), kind="stable")[:k].tolist()
-                        if selection == "top" else random_set
-                    )
+                    chosen[evaluation.estimator.name, selection] = select(selection, evaluation.scores, k, random_set)
         for evaluation in self.estimators:
             if evaluation.failure is not None:
                 continue
@@ -384,7 +402,7 @@ class Run:
         record = {
             **common,
             "estimator": {"name": name, "plugin": evaluation.plugin, "hyperparameters": evaluation.hyperparameters},
-            "selection": {"kind": selection, "size": k, "description": SELECTIONS[selection]},
+            "selection": {"kind": selection, "size": k, "description": selection_description(selection)},
             "status": "failed" if evaluation.failure else "ok",
             "failure": evaluation.failure,
             "timings": evaluation.timings,
