@@ -258,11 +258,19 @@ class GroundTruth:
         for k in candidates:
             weights = torch.ones(k, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
             start = self.problem.theta.unsqueeze(0).expand(k, -1)
-            descend(self.problem, start, weights, dataclasses.replace(probe, steps=1))  # warm-up
-            self._synchronize()
-            begin = time.perf_counter()
-            descend(self.problem, start, weights, probe)
-            self._synchronize()
+            try:
+                descend(self.problem, start, weights, dataclasses.replace(probe, steps=1))  # warm-up
+                self._synchronize()
+                begin = time.perf_counter()
+                descend(self.problem, start, weights, probe)
+                self._synchronize()
+            except torch.OutOfMemoryError:
+                # The planning estimate undercounts convolutional activations: the first size that does not fit
+                # ends the search, and larger ones would not fit either.
+                del weights, start
+                torch.cuda.empty_cache()
+                log.info("leave-one-out chunk size %d does not fit in memory", k)
+                break
             per_model_time = (time.perf_counter() - begin) / k
             if per_model_time < best_time:
                 best, best_time = k, per_model_time

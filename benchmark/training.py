@@ -4,12 +4,16 @@
 ``vmap`` and the ``K`` independent losses are summed, so one backward pass gives every model its own gradient. Model
 ``k`` weights training example ``i`` by ``weights[k, i]`` (0 removes it), and all models see the same minibatch
 sequence (common random numbers).
+
+The minibatches come from the problem's tensors in memory, or, for a problem whose data does not fit there (one
+with a ``load_batches`` method, :class:`StreamedBatches`), from its loader, which decodes them ahead of use.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -34,6 +38,24 @@ def minibatches(recipe: Recipe, n: int, device: torch.device) -> Iterator[Tensor
                 return
             steps += 1
             yield order[start : start + recipe.batch_size]
+
+
+@runtime_checkable
+class StreamedBatches(Protocol):
+    """A problem whose training data is streamed rather than indexed in memory."""
+
+    def load_batches(self, batches: Sequence[Tensor | None]) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, y)`` of each index batch of ``batches`` in order (``None``: the full training set)."""
+
+
+def batch_data(problem: Problem, batches: Sequence[Tensor | None]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The training examples of each minibatch: streamed by the problem if it can (:class:`StreamedBatches`),
+    otherwise indexed from its tensors."""
+    if isinstance(problem, StreamedBatches):
+        yield from problem.load_batches(batches)
+        return
+    for batch in batches:
+        yield (problem.x_train, problem.y_train) if batch is None else (problem.x_train[batch], problem.y_train[batch])
 
 
 def descend(
@@ -71,8 +93,8 @@ def descend(
     thetas = thetas.detach().clone().requires_grad_(True)
     velocity = torch.zeros_like(thetas) if recipe.momentum else None
     bar = tqdm(total=recipe.steps, desc=description, disable=not progress, leave=False, mininterval=0.5, unit="step")
-    for batch in minibatches(recipe, problem.n_train, thetas.device):
-        x, y = (problem.x_train, problem.y_train) if batch is None else (problem.x_train[batch], problem.y_train[batch])
+    batches = list(minibatches(recipe, problem.n_train, thetas.device))
+    for batch, (x, y) in zip(batches, batch_data(problem, batches)):
         w = weights if batch is None else weights[:, batch]
         loss = batched(thetas, w, x, y).sum()
         (gradient,) = torch.autograd.grad(loss, thetas)
