@@ -29,6 +29,7 @@ AUTOLOAD_ENV = "BENCH_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PLUGINS: dict[str, str] = {
     "iris": "tasks.iris",
     "vision": "tasks.vision",
+    "imagenet": "tasks.imagenet",
     "exact": "estimators.exact",
     "cg": "estimators.cg",
     "lissa": "estimators.lissa",
