@@ -53,8 +53,8 @@ def listed(output: str) -> dict[str, str]:
 def test_builtin_plugins_listed_under_their_names(bench):
     result = bench("list")
     assert result.code == 0
-    assert listed(result.out) == {"iris": "iris", "mnist": "vision", "cifar": "vision", "cg": "cg", "exact": "exact",
-                                  "first-order": "first-order", "lissa": "lissa"}
+    assert listed(result.out) == {"iris": "iris", "mnist": "vision", "cifar": "vision", "imagenet": "imagenet",
+                                  "cg": "cg", "exact": "exact", "first-order": "first-order", "lissa": "lissa"}
 
 
 def test_example_estimator_plugin_is_listed_and_runnable(bench, tiny, repo_root, tmp_path, monkeypatch, read_records):
