@@ -84,7 +84,8 @@ def check_rule(rule: dict[str, Any]) -> str | None:
 
 
 # -- selecting rows -------------------------------------------------------------------------------------------------
-def _matches(column: pd.Series, wanted: Any) -> pd.Series:
+def matches(column: pd.Series, wanted: Any) -> np.ndarray:
+    """Which values of ``column`` equal ``wanted`` (a value or a list; numbers compared to 1e-9 relative)."""
     values = wanted if isinstance(wanted, list) else [wanted]
     numeric = column.dtype.kind in "iuf"
     mask = np.zeros(len(column), dtype=bool)
@@ -105,7 +106,7 @@ def select(frame: pd.DataFrame, where: dict[str, Any] | None) -> pd.DataFrame:
     for column, wanted in (where or {}).items():
         if column not in frame.columns:
             raise NotEvaluable(f"no column {column!r}")
-        frame = frame[_matches(frame[column], wanted)]
+        frame = frame[matches(frame[column], wanted)]
     return frame
 
 

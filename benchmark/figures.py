@@ -7,6 +7,7 @@ the diagonal ``y = x``.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,8 +61,12 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
 
     panel = study.panels[index]
     _check_columns(study, index, panel, frame, table)
-    data = select(frame, panel.where)
-    data = data[data[panel.y].notna() & data[panel.x].notna()]
+    matching = select(frame, panel.where)
+    data = matching[matching[panel.y].notna() & matching[panel.x].notna()]
+    left_out = _left_out(frame, panel, len(data))
+    keys = [()]
+    if panel.series:
+        keys = [k if isinstance(k, tuple) else (k,) for k, _ in matching.groupby(panel.series, sort=True)]
     plt = _pyplot()
     facets = sorted(data[panel.facet].unique(), key=str) if panel.facet and len(data) else [None]
     figure, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 3.9), squeeze=False)
@@ -69,19 +74,31 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
         part = data if facet is None else data[data[panel.facet] == facet]
         positions, ticks = _positions(study, panel.x, data[panel.x])
         groups = list(part.groupby(panel.series, sort=True)) if panel.series else [((), part)]
+        spacing = np.diff(sorted(set(positions.values()))).min() if len(positions) > 1 else 1.0
         for key, group in groups:
             label = _label(panel.series, key) or None
-            xs = group[panel.x].map(lambda v: positions[v if ticks is None else str(v)])
+            # a series keeps its colour and shift whether or not other series have values in this panel
+            number = keys.index(key) if key in keys else 0
+            style = {"color": f"C{number % 10}"}
+            # overlapping error bars of several series are told apart by a small horizontal shift
+            shift = (number - (len(keys) - 1) / 2) * 0.04 * spacing if panel.xscale == "linear" else 0.0
+            xs = group[panel.x].map(lambda v: positions[v if ticks is None else str(v)] + shift)
             if panel.kind == "scatter":
-                ax.scatter(xs, group[panel.y], s=12, alpha=0.7, label=label)
+                ax.scatter(xs, group[panel.y], s=12, alpha=0.7, label=label, **style)
                 continue
-            stats = group.assign(_x=xs).groupby("_x")[panel.y].agg(["mean", "std", "count"]).sort_index()
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", markersize=4,
-                        capsize=3, linewidth=1.4, label=label)
+            stats = group.assign(_x=xs).groupby("_x")[panel.y].agg(["mean", "std", "min", "max"]).sort_index()
+            if panel.yscale == "log":  # a standard deviation can reach below zero; the range cannot
+                spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
+            else:
+                spread = stats["std"].fillna(0.0)
+            ax.errorbar(stats.index, stats["mean"], yerr=spread, marker="o", markersize=4, capsize=3, linewidth=1.4,
+                        label=label, **style)
         if panel.kind == "scatter" and len(part):
             low = float(np.nanmin(part[[panel.x, panel.y]].to_numpy(dtype=float)))
             high = float(np.nanmax(part[[panel.x, panel.y]].to_numpy(dtype=float)))
             ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--", label="y = x")
+        if panel.hline is not None:
+            ax.axhline(panel.hline, color="grey", linewidth=0.8, linestyle=":")
         if ticks is not None:
             ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
         if panel.xscale == "symlog":
@@ -100,14 +117,38 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
         elif ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title=", ".join(panel.series) if panel.series else None, title_fontsize=7)
     seeds = data["seed"].nunique() if "seed" in data.columns else 0
-    note = f"error bars: ±1 s.d. over {seeds} seeds" if panel.kind == "line" else f"{len(data)} points, {seeds} seeds"
-    figure.suptitle(f"{panel.title}" + (f" ({panel.figure})" if panel.figure else ""), fontsize=11)
+    note = f"{len(data)} points, {seeds} seeds"
+    if panel.kind == "line":
+        note = f"error bars: {spread_text(panel)} over {seeds} seeds"
+    if left_out:
+        note += f"; {left_out}"
+    title = panel.title + (f" ({panel.figure})" if panel.figure else "")
+    figure.suptitle("\n".join(textwrap.wrap(title, 40 + 50 * len(facets))), fontsize=11)
     figure.text(0.99, 0.01, f"{study.name}: {note}", ha="right", va="bottom", fontsize=7, color="grey")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
     return path
+
+
+def spread_text(panel: Panel) -> str:
+    """What a line panel's error bars show."""
+    return "min to max" if panel.yscale == "log" else "±1 s.d."
+
+
+def _left_out(frame: pd.DataFrame, panel: Panel, plotted: int) -> str:
+    """How many rows the panel's filter matches but cannot plot: failed runs and undefined values (e.g. a correlation
+    over constant estimates), so that a missing point is never silent."""
+    from benchmark.claims import matches
+
+    rows = frame
+    for column, wanted in panel.where.items():
+        rows = rows[matches(rows[column], wanted)]
+    failed = int((rows["status"] != "ok").sum()) if "status" in rows.columns else 0
+    undefined = len(rows) - failed - plotted
+    parts = [f"{failed} failed" if failed else "", f"{undefined} without a value" if undefined else ""]
+    return ", ".join(p for p in parts if p) + (f" (of {len(rows)} rows, not plotted)" if failed or undefined else "")
 
 
 def panel_path(study: Study, panel: Panel, output_dir: Path) -> Path:

@@ -128,6 +128,8 @@ class Panel:
         where: filter of the rows, column -> value or list of values.
         table: ``rows`` (the study CSV) or ``points`` (one row per scored training point).
         xscale, yscale: ``linear``, ``log`` or ``symlog``.
+        hline: a horizontal reference line (e.g. a threshold), or ``None``.
+        caption: what the panel shows, for the report.
         claims: what the panel tests.
     """
 
@@ -143,6 +145,8 @@ class Panel:
     table: str
     xscale: str
     yscale: str
+    hline: float | None
+    caption: str
     claims: list[Claim]
 
 
@@ -256,7 +260,7 @@ def _claim(path: Path, where: str, data: Any) -> Claim:
 def _panel(path: Path, where: str, data: Any) -> Panel:
     fields = _Fields(path, where, data)
     fields.unknown(("name", "title", "figure", "kind", "x", "y", "series", "facet", "where", "table", "xscale",
-                    "yscale", "claims"))
+                    "yscale", "hline", "caption", "claims"))
     kind = fields.text("kind", "line")
     if kind not in PANEL_KINDS:
         raise fields.error("kind", f"unknown kind {kind!r} (choices: {', '.join(PANEL_KINDS)})")
@@ -279,7 +283,7 @@ def _panel(path: Path, where: str, data: Any) -> Panel:
     return Panel(name=name, title=fields.text("title"), figure=fields.text("figure", ""), kind=kind,
                  x=fields.text("x"), y=fields.text("y"), series=list(series), facet=fields.get("facet", str, None),
                  where=_filter(fields, "where"), table=table, xscale=scales["xscale"], yscale=scales["yscale"],
-                 claims=claims)
+                 hline=fields.get("hline", (int, float), None), caption=fields.text("caption", ""), claims=claims)
 
 
 def parse_study(path: Path, data: Any) -> Study:
@@ -666,7 +670,8 @@ def _seeds(value: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``bench study``."""
-    parser.add_argument("name", nargs="?", help="a study under tasks/studies/ (see --list) or a path to a .yaml file")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="studies under tasks/studies/ (see --list) or paths to .yaml files, run in this order")
     parser.add_argument("--list", action="store_true", help="list the declared studies and exit")
     parser.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
                         help="comma-separated estimators, replacing the study's (plugins' too, with -p)")
@@ -686,19 +691,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManager) -> int:
     """``bench study``."""
-    from benchmark import claims, figures
-
     if args.list:
         for name, path in available().items():
             study = load_study(path)
             runs = len(study.points()) * len(study.seeds)
             print(f"{name:<22} {study.task:<8} {runs:>4} runs  {study.title}")
         return 0
-    if not args.name:
+    if not args.names:
         raise UsageError(f"no study given: bench study NAME (choices: {', '.join(available())}) or --list")
-    study = find_study(args.name)
+    studies = [find_study(name) for name in args.names]
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"bad --threads {args.threads}: expected a positive integer")
+    for study in studies:
+        _run_command(study, args, registry, pm)
+    return 0
+
+
+def _run_command(study: Study, args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManager) -> None:
+    from benchmark import claims, figures
+
     if args.plot_only:
         files = figures.plot_study(study, args.output_dir)
     else:
@@ -715,4 +726,3 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         print(path)
     for verdict in claims.evaluate_study(study, args.output_dir):
         print(f"{verdict.claim.figure}: {verdict.claim.text}: {verdict.verdict} ({verdict.measured})")
-    return 0

@@ -111,6 +111,7 @@ def test_page_is_well_formed_and_every_figure_exists(tiny_outputs: tuple[Path, P
         assert base64.b64decode(image["src"][len(prefix):]) == figure.read_bytes()
         assert image["alt"]
     assert parser.figures == [["img", "figcaption"], ["img", "figcaption"]]
+    assert "a caption for the report" in page
     assert "falls with depth" in page and ("agrees" in page or "disagrees" in page or "not evaluable" in page)
     assert "&lt;b&gt;bullet&lt;/b&gt;" in page and "<b>bullet" not in page  # leaderboard text is escaped
     assert parser.counts.get("table", 0) >= 2  # the claims table and the leaderboard's

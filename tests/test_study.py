@@ -46,6 +46,8 @@ panels:
     y: spearman
     series: [activation]
     where: {{estimator: exact, selection: top}}
+    hline: 0.5
+    caption: a caption for the report
     claims:
       - {{id: falls, section: "5.1", figure: Fig. 1c, text: falls with depth, paper: falls,
           rule: {{kind: trend, x: depth, y: spearman, direction: decreasing, min_rho: 0.0}}}}
@@ -359,3 +361,13 @@ def test_parse_study_reports_the_field(tmp_path: Path) -> None:
     data["panels"][0]["series"] = [3]
     with pytest.raises(UsageError, match=r"s\.yaml: field 'panels\[0\]\.series'"):
         parse_study(tmp_path / "s.yaml", data)
+
+
+def test_a_panel_says_how_many_rows_it_cannot_plot() -> None:
+    from benchmark.figures import _left_out
+
+    study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
+    data = frame(depth=[1, 1, 2, 2], spearman=[0.9, np.nan, 0.5, 0.4], estimator="exact", selection="top")
+    data.loc[3, "status"] = "failed"
+    assert _left_out(data, study.panels[0], plotted=2) == "1 failed, 1 without a value (of 4 rows, not plotted)"
+    assert _left_out(data.iloc[:1], study.panels[0], plotted=1) == ""
