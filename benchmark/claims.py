@@ -303,12 +303,47 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _point_matches(point: dict[str, Any], where: dict[str, Any]) -> bool:
+    """Whether a study point satisfies the filters of ``where`` on the options it has (others are ignored)."""
+    for column, wanted in where.items():
+        if column in point and not any(_same(point[column], v) for v in (wanted if isinstance(wanted, list) else [wanted])):
+            return False
+    return True
+
+
+def needed_points(study: Study, rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """The study's points a rule reads: those matching its ``where`` and, if it has them, ``a`` or ``b``."""
+    out = []
+    for point in study.points():
+        sides = [rule[k] for k in ("a", "b") if k in rule]
+        if _point_matches(point, rule.get("where") or {}) and (not sides or any(_point_matches(point, s) for s in sides)):
+            out.append({k: point[k] for k in study.sweep})
+    return out
+
+
+def _coverage(study: Study, rule: dict[str, Any], rows: pd.DataFrame) -> tuple[int, int]:
+    """How many of the points a rule needs have rows (from records), of how many."""
+    needed = needed_points(study, rule)
+    have = {tuple(str(v) for v in key) for key in rows[list(study.sweep)].itertuples(index=False, name=None)}
+    covered = sum(tuple(str(p[k]) for k in study.sweep) in have for p in needed)
+    return covered, len(needed)
+
+
 def evaluate_study(study: Study, studies_dir: Path, results_dir: Path | None = None) -> list[Verdict]:
-    """Every claim of ``study`` decided on its tables (see :func:`study_tables`)."""
+    """Every claim of ``study`` decided on its tables (see :func:`study_tables`).
+
+    Decided on result records instead of the study's CSV, a claim is "not run" unless the records cover every point
+    of the sweep that its rule reads (so that one default run cannot stand for a whole curve).
+    """
     tables, source = study_tables(study, studies_dir, results_dir)
+    from_records = tables["rows"] is not None and not source.endswith(".csv")
     out = []
     for panel, claim in study.claims():
-        verdict, measured = evaluate(claim.rule, tables)
+        covered, needed = _coverage(study, claim.rule, tables["rows"]) if from_records else (0, 0)
+        if from_records and covered < needed:
+            verdict, measured = "not run", f"the records cover {covered} of the {needed} points this claim needs"
+        else:
+            verdict, measured = evaluate(claim.rule, tables)
         out.append(Verdict(study.name, panel.name, claim, verdict, measured, source))
     return out
 

@@ -141,22 +141,36 @@ def test_a_study_without_results_is_not_run(tmp_path: Path) -> None:
 
 
 def test_claims_fall_back_to_result_records(bench, tmp_path: Path, tiny) -> None:
-    """Without a study CSV, a study's claims are decided on the matching records of `bench run` (as for MNIST)."""
+    """Without a study CSV, a study's claims are decided on the matching records of `bench run` (as for MNIST), once
+    the records cover every point a claim reads."""
     declarations = tmp_path / "declared"
     declarations.mkdir()
     write_study(declarations)
     results = tmp_path / "results"
-    for depth in (1, 2):
-        run = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", "--set", "iris.width=4",
-                    "--set", f"iris.depth={depth}", "--set", "iris.train_steps=400", "--set", "iris.retrain_steps=60",
-                    "--cache-dir", tmp_path / "cache", "--results-dir", results, "--no-progress", "--no-leaderboard")
-        assert run.code == 0, run.err
+
+    def run(depth: int, activation: str) -> None:
+        result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", "--set", "iris.width=4",
+                       "--set", f"iris.depth={depth}", "--set", f"iris.activation={activation}",
+                       "--set", "iris.train_steps=400", "--set", "iris.retrain_steps=60", "--cache-dir",
+                       tmp_path / "cache", "--results-dir", results, "--no-progress", "--no-leaderboard")
+        assert result.code == 0, result.err
+
+    def claim_row() -> list[str]:
+        _, readme = render(tmp_path / "boards", tmp_path / "studies", results, declarations)
+        (row,) = [line for line in readme.splitlines() if line.startswith("| 5.1 | Fig. 1c")]
+        return row.split(" | ")
+
+    run(1, "relu")
+    run(2, "relu")
     bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", *tiny, "--cache-dir",
           tmp_path / "cache", "--results-dir", results, "--no-leaderboard")  # width 5: not a point of the study
-    _, readme = render(tmp_path / "boards", tmp_path / "studies", results, declarations)
-    (row,) = [line for line in readme.splitlines() if line.startswith("| 5.1 | Fig. 1c")]
-    assert "only 2 x values" in row and "(2 records)" in row
-    assert row.split(" | ")[5] == "not evaluable"  # one activation, two depths: too few x values for a trend
+    row = claim_row()
+    assert row[5] == "not run" and "cover 2 of the 4 points" in row[4] and "(2 records)" in row[7]
+    run(1, "tanh")
+    run(2, "tanh")
+    row = claim_row()
+    assert "(4 records)" in row[7]
+    assert row[5] == "not evaluable" and "only 2 x values" in row[4]  # two depths: too few for a trend
 
 
 def test_report_command_writes_both_files(bench, tmp_path: Path) -> None:
