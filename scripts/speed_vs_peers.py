@@ -1,0 +1,627 @@
+"""Side by side with dattri and pyDVL: agreement, time to a converged answer and peak memory (issue 8).
+
+    python scripts/speed_vs_peers.py [--models iris,small-cnn,lenet] [--data-dir /tmp/benchdata] [--timeout 600]
+                                     [--output leaderboards/speed.md]
+
+Needs the peers extra (``pip install -e '.[peers]'``). For every model it runs our ``exact``, ``cg`` and ``lissa``,
+dattri's ``IFAttributorExplicit``, ``IFAttributorCG`` and ``IFAttributorLiSSA`` and pyDVL's ``DirectInfluence``,
+``CgInfluence`` and ``LissaInfluence`` on the same trained parameters (built through the task, so they come from the
+cache), the same training set and the 10 highest-loss test points, at damping 0.01 on top of the task's weight decay.
+Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
+blow-up does not end the script; its time covers everything from the trained model to the ``10 x n`` scores (test
+gradients, iHVPs, training-side products), and its peak memory is the process's peak resident set size during the
+measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``).
+
+Sign conventions, aligned to ours before any comparison (pinned by ``tests/test_speed_script.py``):
+
+* ours (``Estimator.influence``): ``[m, n]``, ``+(1/n) g_test^T (H + lambda I)^-1 g_i``, the change of the test loss
+  when training point ``i`` is removed;
+* dattri (``attribute``): ``[n, m]``, ``g_i^T (H + lambda I)^-1 g_test`` (no ``1/n``): ours is its transpose over n;
+* pyDVL (``influences``, mode ``up``): ``[m, n]``, ``<(H + lambda I)^-1 g_test, g_i>``: ours is it over n.
+
+Agreement is the Pearson correlation over the training points, per test point; the tables give the worst of the 10.
+The reference is a tightly converged solve: the dense float64 ``exact`` where it fits (Iris), else our CG to
+``REFERENCE_TOL``. "Time to 0.99" is the time of the first setting of each sweep whose worst correlation with the
+reference reaches 0.99; a sweep stops at its first failure or timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parent.parent
+DAMPING = 0.01
+TEST_POINTS = 10
+THRESHOLD = 0.99
+REFERENCE_TOL = 1e-6
+REFERENCE_MAX_ITER = 2000
+LISSA_BATCH = 32
+TRAIN_CHUNK = 1000
+"""Training points per pyDVL ``influences_from_factors`` call (one iHVP solve is shared by all chunks)."""
+
+TOOLS = ("ours", "dattri", "pydvl")
+METHOD_NAMES = {
+    ("ours", "exact"): "exact", ("ours", "cg"): "cg", ("ours", "lissa"): "lissa",
+    ("dattri", "exact"): "IFAttributorExplicit", ("dattri", "cg"): "IFAttributorCG",
+    ("dattri", "lissa"): "IFAttributorLiSSA",
+    ("pydvl", "exact"): "DirectInfluence", ("pydvl", "cg"): "CgInfluence", ("pydvl", "lissa"): "LissaInfluence",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model of the benchmark: its task, ``--set`` options and sweeps.
+
+    Attributes:
+        label: the name in the tables.
+        task: the harness task that trains it.
+        options: task config fields (``--set TASK.FIELD=VALUE``).
+        dense: whether the dense methods (``exact`` and the peers' explicit solvers) fit.
+        cg_iterations: CG iteration counts swept for every tool.
+        lissa_depths: LiSSA depths swept for every tool.
+    """
+
+    label: str
+    task: str
+    options: dict[str, Any]
+    dense: bool
+    cg_iterations: tuple[int, ...]
+    lissa_depths: tuple[int, ...]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "iris": ModelSpec("iris", "iris", {}, True, (5, 10, 20, 40, 80), (500, 2000, 8000)),
+    "small-cnn": ModelSpec("small-cnn", "mnist", {"model": "small-cnn"}, False, (10, 25, 50, 100), (1000, 4000)),
+    "lenet": ModelSpec("lenet", "mnist", {"model": "lenet"}, False, (10, 25, 50, 100), (1000, 4000)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One measurement: ``tool``'s ``method`` at ``setting`` (CG iterations, LiSSA depth; 0 for dense) on ``model``.
+
+    ``tol`` > 0 runs our CG to that relative residual (the reference) instead of a fixed iteration count; ``scale`` is
+    the LiSSA scale shared by all tools (ours picks it by power iteration when it is ``None``).
+    """
+
+    model: str
+    tool: str
+    method: str
+    setting: int = 0
+    tol: float = 0.0
+    scale: float | None = None
+    data_dir: str | None = None
+
+    @property
+    def name(self) -> str:
+        return METHOD_NAMES[self.tool, self.method]
+
+    @property
+    def setting_label(self) -> str:
+        if self.method == "exact":
+            return "dense"
+        if self.tol:
+            return f"tol {self.tol:g}"
+        return f"{self.setting} it" if self.method == "cg" else f"depth {self.setting}"
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a measurement gave: ``status`` is ``ok``, ``timeout`` or ``failed`` (``message`` says why)."""
+
+    job: Job
+    status: str
+    seconds: float | None = None
+    peak_mib: float | None = None
+    base_mib: float | None = None
+    scores: Tensor | None = None
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    message: str = ""
+    correlation: Tensor | None = None
+    agreement: Tensor | None = None
+
+
+# -- sign conventions and statistics (pure; tested) ----------------------------------------------------------------
+def align(tool: str, raw: Tensor, n_train: int) -> Tensor:
+    """A tool's raw scores in our convention: ``Tensor[m, n]`` of ``+(1/n) g_test^T (H + lambda I)^-1 g_i``."""
+    raw = torch.as_tensor(raw).detach().to(torch.float64)
+    if tool == "ours":
+        return raw
+    if tool == "dattri":
+        return raw.T / n_train
+    if tool == "pydvl":
+        return raw / n_train
+    raise ValueError(f"unknown tool {tool!r}; choose from {', '.join(TOOLS)}")
+
+
+def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of each row of ``a`` with the same row of ``b``: ``Tensor[m]`` (NaN for a constant row)."""
+    a = a.to(torch.float64) - a.to(torch.float64).mean(dim=1, keepdim=True)
+    b = b.to(torch.float64) - b.to(torch.float64).mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (torch.linalg.vector_norm(a, dim=1) * torch.linalg.vector_norm(b, dim=1))
+
+
+def worst(correlation: Tensor | None) -> float:
+    """The worst correlation over test points (NaN counts as the worst)."""
+    if correlation is None or correlation.numel() == 0:
+        return float("nan")
+    return float("nan") if bool(torch.isnan(correlation).any()) else float(correlation.min())
+
+
+def first_reaching(outcomes: Sequence[Outcome], threshold: float = THRESHOLD) -> Outcome | None:
+    """The first successful outcome of a sweep (in order) whose worst correlation reaches ``threshold``."""
+    for outcome in outcomes:
+        if outcome.status == "ok" and worst(outcome.correlation) >= threshold:
+            return outcome
+    return None
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def outcome_cells(outcome: Outcome) -> list[str]:
+    """Time, peak memory and correlations of one outcome, or its failure."""
+    if outcome.status != "ok":
+        return [outcome.status + (f": {outcome.message}" if outcome.message else ""), "", "", ""]
+    return [fmt(outcome.seconds, ".3g"), fmt(outcome.peak_mib, ".0f"), fmt(worst(outcome.correlation), ".4f"),
+            fmt(worst(outcome.agreement), ".4f")]
+
+
+def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
+    """The Markdown report: per model, time to 0.99 and every measurement, with a banner and the environment."""
+    out = [
+        "# Speed against dattri and pyDVL",
+        "",
+        "<!-- generated by `python scripts/speed_vs_peers.py`, do not edit -->",
+        f"Generated by `{meta['command']}`; do not edit.",
+        "",
+        f"Device: {meta['device']}; torch threads: 1 per measurement (each in its own process); load average at the "
+        f"start {meta['load']}. Versions: {meta['versions']}. Commit: {meta['commit']}. Date: {meta['date']}.",
+        "",
+        f"Setting: damping {DAMPING} (added to the task's weight decay), the {TEST_POINTS} highest-loss test points, "
+        "float32 on MNIST and float64 on Iris, identical parameters and data for every tool. Time: from the trained "
+        "model to the scores of every training point for the test points; peak: the process's peak resident memory "
+        "during the measurement (baseline of the loaded data and model included, shown apart). Correlation: "
+        "Pearson over training points, worst of the test points, against the reference (r ref) and against our "
+        "result at the same setting (r ours). Sign conventions are aligned to ours (see the script's docstring).",
+        "",
+    ]
+    for label, result in results.items():
+        ref: Outcome = result["reference"]
+        out += [f"## {label}", "", result["summary"], "",
+                f"Reference: {ref.job.name} ({ref.job.setting_label}), {fmt(ref.seconds, '.3g')} s, "
+                f"diagnostics {json.dumps(ref.diagnostics, sort_keys=True)}."
+                + (" It is NOT converged (the iteration cap ran out first): every correlation below is against a "
+                   "partial solve, and only the agreement at equal settings is conclusive."
+                   if ref.diagnostics.get("converged") is False else ""), "",
+                "### Time to a correlation >= 0.99 with the reference", ""]
+        rows = []
+        for (tool, method), sweep in result["sweeps"].items():
+            hit = first_reaching(sweep)
+            name = METHOD_NAMES[tool, method]
+            if hit is not None:
+                rows.append([tool, name, hit.job.setting_label, fmt(hit.seconds, ".3g"), fmt(hit.peak_mib, ".0f"),
+                             fmt(worst(hit.correlation), ".4f")])
+            else:
+                done = [o for o in sweep if o.status == "ok"]
+                best = max((worst(o.correlation) for o in done), default=float("nan"))
+                last = sweep[-1] if sweep else None
+                why = f"not reached (best r {fmt(best, '.4f')}"
+                why += f"; stopped: {last.status})" if last is not None and last.status != "ok" else ")"
+                rows.append([tool, name, why, "", "", ""])
+        out += [markdown_table(["tool", "method", "first setting", "time (s)", "peak (MiB)", "r ref"], rows), "",
+                "### Every measurement", ""]
+        rows = []
+        for sweep in result["sweeps"].values():
+            for outcome in sweep:
+                rows.append([outcome.job.tool, outcome.job.name, outcome.job.setting_label, *outcome_cells(outcome),
+                             fmt(outcome.base_mib, ".0f"), json.dumps(outcome.diagnostics, sort_keys=True)
+                             if outcome.diagnostics else ""])
+        out += [markdown_table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
+                                "baseline (MiB)", "diagnostics"], rows), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# -- the worker: one measurement in a fresh process -----------------------------------------------------------------
+def build_problem(spec: ModelSpec, data_dir: str | None) -> tuple[Any, Any]:
+    """The task and its trained problem (from the cache when trained before)."""
+    from benchmark import config as configuration
+    from benchmark.cache import Cache
+    from benchmark.plugins import Registry, plugin_manager
+    from benchmark.task import BuildContext
+
+    registry = Registry(plugin_manager())
+    task_cls = registry.task(spec.task)
+    options = dict(spec.options)
+    if spec.task != "iris" and data_dir:
+        options["data_dir"] = data_dir
+    task = task_cls(configuration.build(task_cls.Config, options, spec.task))
+    return task, task.build(BuildContext("cpu", 0, Cache(), progress=False))
+
+
+def module_at(spec: ModelSpec, task: Any, problem: Any) -> torch.nn.Module:
+    """The task's ``nn.Module`` holding the problem's parameters (for the peers, which take modules)."""
+    if spec.task == "iris":
+        from tasks.iris import mlp
+
+        c = task.config
+        module = mlp(c.depth, c.width, c.activation).to(torch.float64)
+    else:
+        from tasks.models import build_model
+
+        module = build_model(task.config.model, task.channels, task.image_size)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            parameter.copy_(problem.params[name])
+    x = problem.x_test[:4]
+    if not torch.allclose(module(x), problem.model(problem.params, x), rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"the rebuilt {spec.label} module does not compute the problem's model")
+    return module
+
+
+def mean_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    from benchmark.losses import cross_entropy
+
+    return cross_entropy(outputs, targets.long()).mean()
+
+
+def run_ours(job: Job, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    from estimators.cg import CGConfig, ConjugateGradient
+    from estimators.exact import Exact, ExactConfig
+    from estimators.lissa import Lissa, LissaConfig
+
+    if job.method == "exact":
+        estimator = Exact(ExactConfig(damping=DAMPING))
+    elif job.method == "cg":
+        tol, max_iter = (job.tol, job.setting) if job.tol else (1e-30, job.setting)
+        estimator = ConjugateGradient(CGConfig(damping=DAMPING, tol=tol, max_iter=max_iter))
+    else:
+        estimator = Lissa(LissaConfig(damping=DAMPING, depth=job.setting, batch_size=LISSA_BATCH, scale=job.scale))
+    estimator.prepare(problem)
+    scores = estimator.influence(test)
+    return scores, dict(estimator.diagnostics)
+
+
+def run_dattri(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorExplicit, IFAttributorLiSSA
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def loss_func(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = data
+        return mean_loss(torch.func.functional_call(module, params, (x,)), y)
+
+    task = AttributionTask(loss_func=loss_func, model=module, checkpoints=module.state_dict())
+    regularization = problem.weight_decay + DAMPING  # the weight decay's Hessian is weight_decay * I
+    n = problem.n_train
+    train = DataLoader(TensorDataset(problem.x_train, problem.y_train), batch_size=n, shuffle=False)
+    tests = DataLoader(TensorDataset(problem.x_test[test], problem.y_test[test]), batch_size=len(test), shuffle=False)
+    if job.method == "exact":
+        attributor = IFAttributorExplicit(task=task, device="cpu", regularization=regularization)
+    elif job.method == "cg":
+        attributor = IFAttributorCG(task=task, device="cpu", max_iter=job.setting, regularization=regularization)
+    else:
+        # dattri's step is h <- v + (1 - d) h - H_B h / s with result h / s, i.e. (H + d s I)^-1 v: d = lambda / s
+        attributor = IFAttributorLiSSA(task=task, device="cpu", batch_size=LISSA_BATCH, recursion_depth=job.setting,
+                                       scaling=job.scale, damping=regularization / job.scale)
+    attributor.cache(train)
+    return attributor.attribute(train, tests), {}
+
+
+def run_pydvl(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    from pydvl.influence.torch import CgInfluence, DirectInfluence, LissaInfluence
+    from torch.utils.data import DataLoader, TensorDataset
+
+    regularization = problem.weight_decay + DAMPING
+    n = problem.n_train
+    data = TensorDataset(problem.x_train, problem.y_train)
+    if job.method == "exact":
+        model = DirectInfluence(module, mean_loss, regularization=regularization)
+        loader = DataLoader(data, batch_size=n)
+    elif job.method == "cg":
+        # rtol = atol = 0: exactly `maxiter` iterations, like the other tools at this setting
+        model = CgInfluence(module, mean_loss, regularization=regularization, rtol=0.0, atol=0.0,
+                            maxiter=job.setting, warn_on_max_iteration=False)
+        loader = DataLoader(data, batch_size=n)
+    else:
+        model = LissaInfluence(module, mean_loss, regularization=regularization, maxiter=job.setting,
+                               scale=job.scale, dampen=0.0, rtol=0.0, warn_on_max_iteration=False)
+        loader = DataLoader(data, batch_size=LISSA_BATCH)
+    model = model.fit(loader)
+    factors = model.influence_factors(problem.x_test[test], problem.y_test[test])
+    scores = torch.cat([model.influences_from_factors(factors, problem.x_train[i : i + TRAIN_CHUNK],
+                                                      problem.y_train[i : i + TRAIN_CHUNK])
+                        for i in range(0, n, TRAIN_CHUNK)], dim=1)
+    return scores, {}
+
+
+def rss_mib(field: str) -> float | None:
+    """``VmRSS`` or ``VmHWM`` of this process in MiB (``None`` where ``/proc`` has no such field)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak resident set size (``VmHWM``) to the current one; ``False`` where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def warm_up(tool: str, problem: Any) -> None:
+    """Pay the one-off costs outside the timed part: the tool's imports and the first ``torch.func`` transforms
+    (about 6 s on the first call in a process here, whatever the problem size)."""
+    if tool == "dattri":
+        import dattri.algorithm.influence_function  # noqa: F401
+    elif tool == "pydvl":
+        import pydvl.influence.torch  # noqa: F401
+    else:
+        import estimators.cg, estimators.exact, estimators.lissa  # noqa: F401, E401
+    few = type(problem)(problem.model, problem.loss, problem.params, problem.x_train[:2], problem.y_train[:2],
+                        problem.x_test[:2], problem.y_test[:2], problem.weight_decay)
+    vectors = torch.zeros(2, few.n_params, dtype=few.dtype)
+    few.hvp(vectors)
+    few._hvp_on(vectors, few.x_train, few.y_train)
+    few.train_gradient_products(vectors)
+    few.test_gradients([0, 1])
+
+
+def worker(job: Job, scores_path: Path) -> dict[str, Any]:
+    """Run one measurement and save its aligned scores; returns its timing, memory and diagnostics."""
+    import resource
+
+    torch.set_num_threads(1)
+    spec = MODELS[job.model]
+    task, problem = build_problem(spec, job.data_dir)
+    test = torch.argsort(problem.test_losses(), descending=True)[:TEST_POINTS]
+    module = module_at(spec, task, problem) if job.tool != "ours" else None
+    warm_up(job.tool, problem)
+    reset = reset_peak()
+    base = rss_mib("VmRSS")
+    start = time.perf_counter()
+    if job.tool == "ours":
+        raw, diagnostics = run_ours(job, problem, test)
+    elif job.tool == "dattri":
+        raw, diagnostics = run_dattri(job, module, problem, test)
+    else:
+        raw, diagnostics = run_pydvl(job, module, problem, test)
+    seconds = time.perf_counter() - start
+    peak = rss_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scores = align(job.tool, raw, problem.n_train)
+    torch.save({"scores": scores, "test": test}, scores_path)
+    return {"seconds": seconds, "peak_mib": peak, "base_mib": base, "peak_reset": reset,
+            "diagnostics": {k: v for k, v in diagnostics.items() if isinstance(v, (int, float, bool, str))}}
+
+
+def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
+    """Run ``job`` in a fresh subprocess with one thread and a timeout."""
+    scores_path = workdir / f"{abs(hash(job))}.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               TQDM_DISABLE="1")
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(dataclasses.asdict(job)),
+               "--scores", str(scores_path)]
+    label = f"{job.model} {job.tool} {job.name} {job.setting_label}"
+    print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"    timeout after {timeout:.0f} s", flush=True)
+        return Outcome(job, "timeout", message=f"over {timeout:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        if done.returncode < 0:
+            tail = f"killed by signal {-done.returncode}"
+        print(f"    failed: {tail}", flush=True)
+        return Outcome(job, "failed", message=tail[:160].replace("|", "/"))
+    info = json.loads(lines[-1][len("RESULT "):])
+    saved = torch.load(scores_path, weights_only=True)
+    print(f"    {info['seconds']:.1f} s, peak {info['peak_mib']:.0f} MiB {info['diagnostics']}", flush=True)
+    return Outcome(job, "ok", info["seconds"], info["peak_mib"], info["base_mib"], saved["scores"],
+                   info["diagnostics"])
+
+
+# -- the driver -----------------------------------------------------------------------------------------------------
+def sweep(jobs: Sequence[Job], run: Callable[[Job], Outcome], score: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run ``jobs`` in order until one fails or times out, or one reaches the threshold."""
+    outcomes = []
+    for job in jobs:
+        outcome = run(job)
+        score(outcome)
+        outcomes.append(outcome)
+        if outcome.status != "ok" or worst(outcome.correlation) >= THRESHOLD:
+            break
+    return outcomes
+
+
+def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    def run(job: Job) -> Outcome:
+        return measure(job, args.timeout, workdir)
+
+    data_dir = args.data_dir
+    if spec.dense:
+        reference = run(Job(spec.label, "ours", "exact", data_dir=data_dir))
+    else:
+        reference = run(Job(spec.label, "ours", "cg", setting=args.reference_max_iter, tol=REFERENCE_TOL,
+                            data_dir=data_dir))
+    if reference.status != "ok":
+        raise SystemExit(f"the reference for {spec.label} failed: {reference.message}")
+    reference.correlation = pearson_rows(reference.scores, reference.scores)
+    ours_at: dict[tuple[str, int], Outcome] = {}
+
+    def score(outcome: Outcome) -> None:
+        if outcome.status != "ok":
+            return
+        outcome.correlation = pearson_rows(outcome.scores, reference.scores)
+        key = (outcome.job.method, outcome.job.setting)
+        if outcome.job.tool == "ours":
+            ours_at[key] = outcome
+        if key in ours_at:
+            outcome.agreement = pearson_rows(outcome.scores, ours_at[key].scores)
+
+    sweeps: dict[tuple[str, str], list[Outcome]] = {}
+    methods = (["exact"] if spec.dense else []) + ["cg", "lissa"]
+    for method in methods:
+        scale = None
+        for tool in TOOLS:
+            if method == "exact":
+                jobs = [Job(spec.label, tool, "exact", data_dir=data_dir)]
+                if tool == "ours":
+                    sweeps[tool, method] = [reference]
+                    reference.agreement = reference.correlation
+                    ours_at["exact", 0] = reference
+                    continue
+            elif method == "cg":
+                jobs = [Job(spec.label, tool, "cg", setting=k, data_dir=data_dir)
+                        for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations]
+            else:
+                jobs = [Job(spec.label, tool, "lissa", setting=d, scale=scale, data_dir=data_dir)
+                        for d in (not spec.dense and args.lissa_depths) or spec.lissa_depths]
+            # equal settings: every tool runs every setting where ours did, so agreement is measured at each
+            run_all = tool != "ours" and method != "exact"
+            if run_all:
+                ours_settings = [o.job.setting for o in sweeps.get(("ours", method), []) if o.status == "ok"]
+                jobs = [j for j in jobs if j.setting in ours_settings] or jobs[:1]
+            sweeps[tool, method] = sweep(jobs, run, score)
+            if method == "lissa" and tool == "ours" and scale is None:
+                scale = next((o.diagnostics.get("scale") for o in sweeps[tool, method] if o.status == "ok"), None)
+                if scale is None:
+                    raise SystemExit(f"our LiSSA failed on {spec.label}; no scale to share with the peers")
+    return {"reference": reference, "sweeps": sweeps, "summary": summarise(spec, sweeps)}
+
+
+def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> str:
+    """One paragraph: our fastest converged answer against the fastest peer's, and the agreement at equal settings."""
+    def fastest(tool: str) -> Outcome | None:
+        hits = [first_reaching(s) for (t, _), s in sweeps.items() if t == tool]
+        hits = [h for h in hits if h is not None]
+        return min(hits, key=lambda o: o.seconds) if hits else None
+
+    ours = fastest("ours")
+    peers = [h for h in (fastest("dattri"), fastest("pydvl")) if h is not None]
+    peer = min(peers, key=lambda o: o.seconds) if peers else None
+    parts = []
+    if ours is None:
+        parts.append("Ours did not reach 0.99 within the sweep.")
+    else:
+        parts.append(f"Ours reaches 0.99 fastest with {ours.job.name} ({ours.job.setting_label}) in "
+                     f"{ours.seconds:.3g} s at {ours.peak_mib:.0f} MiB peak.")
+    if peer is None:
+        parts.append("No peer configuration reached 0.99 within the sweep and the timeout.")
+    elif ours is not None:
+        parts.append(f"The fastest peer, {peer.job.tool} {peer.job.name} ({peer.job.setting_label}), takes "
+                     f"{peer.seconds:.3g} s at {peer.peak_mib:.0f} MiB: ours is {peer.seconds / ours.seconds:.1f}x "
+                     f"faster at {ours.peak_mib / peer.peak_mib:.2f}x its peak memory.")
+    agreements = [(o.job, worst(o.agreement)) for (t, m), s in sweeps.items() if t != "ours" and m == "cg"
+                  for o in s if o.status == "ok" and o.agreement is not None]
+    if agreements:
+        parts.append("CG at equal iteration counts, worst r with ours: " + ", ".join(
+            f"{job.tool} {job.setting_label} {r:.4f}" for job, r in agreements) + ".")
+    return " ".join(parts)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for package in ("torch", "dattri", "pydvl", "numpy"):
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package} missing")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "benchmark", "estimators", "tasks", "scripts"],
+                          cwd=REPO).returncode:
+            commit += " (with uncommitted changes)"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = platform.processor() or platform.machine()
+    model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name")), cpu) if Path("/proc/cpuinfo").exists() else cpu
+    return {
+        "command": "python scripts/speed_vs_peers.py " + " ".join(args.argv),
+        "device": f"CPU ({model_name}, {os.cpu_count()} cores), {platform.system()}",
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "versions": ", ".join(versions),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"10,25,50"`` -> ``(10, 25, 50)``."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="iris,small-cnn,lenet", help="comma-separated, from: " + ", ".join(MODELS))
+    parser.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR"), help="MNIST location")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
+    parser.add_argument("--cg-iterations", type=int_list, help="CG iteration counts to sweep on the MNIST models (default: per model)")
+    parser.add_argument("--lissa-depths", type=int_list, help="LiSSA depths to sweep on the MNIST models (default: per model)")
+    parser.add_argument("--reference-max-iter", type=int, default=REFERENCE_MAX_ITER,
+                        help="iteration cap of the CG reference where no dense solve fits")
+    parser.add_argument("--output", type=Path, default=REPO / "leaderboards" / "speed.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--scores", type=Path, help=argparse.SUPPRESS)
+    raw_argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(raw_argv)
+    if args.worker:
+        info = worker(Job(**json.loads(args.worker)), args.scores)
+        print("RESULT " + json.dumps(info), flush=True)
+        return
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    args.argv = [a for a in raw_argv]
+    meta = environment(args)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="speed-vs-peers-") as tmp:
+        for label in models:
+            results[label] = benchmark_model(MODELS[label], args, Path(tmp))
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(render(meta, results))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The pure parts of ``scripts/speed_vs_peers.py``: sign alignment, correlations, sweep logic and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def speed():
+    path = REPO_ROOT / "scripts" / "speed_vs_peers.py"
+    spec = importlib.util.spec_from_file_location("speed_vs_peers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speed_vs_peers"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("speed_vs_peers", None)
+
+
+def peer_scores(m: int = 3, n: int = 7, p: int = 5) -> dict[str, torch.Tensor]:
+    """Each tool's raw output for the same ``(H + lambda I)^-1`` and gradients, written from its documented formula."""
+    generator = torch.Generator().manual_seed(0)
+    g_test = torch.randn(m, p, generator=generator, dtype=torch.float64)
+    g_train = torch.randn(n, p, generator=generator, dtype=torch.float64)
+    root = torch.randn(p, p, generator=generator, dtype=torch.float64)
+    inverse = torch.linalg.inv(root @ root.T + 0.1 * torch.eye(p, dtype=torch.float64))
+    return {
+        "ours": g_test @ inverse @ g_train.T / n,  # Estimator.influence: [m, n], +(1/n) g_test^T H^-1 g_i
+        "dattri": g_train @ inverse @ g_test.T,  # attribute: [n, m], g_i^T H^-1 g_test
+        "pydvl": (inverse @ g_test.T).T @ g_train.T,  # influences(mode=up): [m, n], <H^-1 g_test, g_i>
+    }
+
+
+def test_align_maps_every_tool_onto_our_convention(speed):
+    raw = peer_scores()
+    n = raw["ours"].shape[1]
+    for tool in speed.TOOLS:
+        aligned = speed.align(tool, raw[tool], n)
+        assert aligned.shape == raw["ours"].shape, tool
+        torch.testing.assert_close(aligned, raw["ours"], rtol=1e-12, atol=1e-14, msg=tool)
+    # a sign or scale slip would be caught: the unaligned peers differ from ours
+    assert not torch.allclose(raw["pydvl"], raw["ours"])
+    assert not torch.allclose(speed.align("ours", raw["dattri"].T, n), raw["ours"])
+
+
+def test_align_rejects_an_unknown_tool(speed):
+    with pytest.raises(ValueError, match="unknown tool 'captum'; choose from ours, dattri, pydvl"):
+        speed.align("captum", torch.zeros(1, 1), 1)
+
+
+def test_pearson_rows_matches_numpy(speed):
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 50, generator=generator, dtype=torch.float64)
+    b = a + 0.5 * torch.randn(4, 50, generator=generator, dtype=torch.float64)
+    b[2] = -b[2]
+    expected = [np.corrcoef(a[i].numpy(), b[i].numpy())[0, 1] for i in range(4)]
+    np.testing.assert_allclose(speed.pearson_rows(a, b).numpy(), expected, rtol=1e-12)
+    assert speed.worst(speed.pearson_rows(a, b)) == pytest.approx(min(expected))
+    assert np.isnan(speed.worst(torch.tensor([0.9, float("nan")])))
+
+
+def outcome(speed, setting: int, r: float | None, status: str = "ok", seconds: float = 1.0):
+    job = speed.Job("iris", "dattri", "cg", setting)
+    result = speed.Outcome(job, status, seconds=seconds if status == "ok" else None, peak_mib=100.0, base_mib=50.0)
+    if r is not None:
+        result.correlation = torch.tensor([r, 1.0], dtype=torch.float64)
+        result.agreement = torch.tensor([r], dtype=torch.float64)
+    return result
+
+
+def test_first_reaching_takes_the_first_setting_at_the_threshold(speed):
+    sweep = [outcome(speed, 10, 0.5), outcome(speed, 25, 0.995, seconds=3.0), outcome(speed, 50, 0.999)]
+    assert speed.first_reaching(sweep).job.setting == 25
+    assert speed.first_reaching(sweep[:1]) is None
+    assert speed.first_reaching([outcome(speed, 10, None, status="timeout")]) is None
+
+
+def test_sweep_stops_at_the_threshold_and_at_a_failure(speed):
+    calls = []
+
+    def run(job):
+        calls.append(job.setting)
+        return {10: outcome(speed, 10, 0.3), 25: outcome(speed, 25, None, status="timeout"),
+                50: outcome(speed, 50, 0.999)}[job.setting]
+
+    jobs = [speed.Job("iris", "dattri", "cg", k) for k in (10, 25, 50)]
+    assert [o.status for o in speed.sweep(jobs, run, lambda o: None)] == ["ok", "timeout"]
+    assert calls == [10, 25]
+    calls.clear()
+
+    def fast(job):
+        calls.append(job.setting)
+        return outcome(speed, job.setting, 0.999)
+
+    assert len(speed.sweep(jobs, fast, lambda o: None)) == 1 and calls == [10]
+
+
+def test_render_has_the_banner_and_reports_unreached_sweeps(speed):
+    reference = speed.Outcome(speed.Job("iris", "ours", "exact"), "ok", 0.5, 80.0, 50.0,
+                              diagnostics={"top_eigenvalue": 1.9})
+    reference.correlation = torch.ones(2, dtype=torch.float64)
+    sweeps = {
+        ("ours", "cg"): [outcome(speed, 10, 0.999, seconds=0.25)],
+        ("dattri", "cg"): [outcome(speed, 10, 0.4), outcome(speed, 25, None, status="timeout")],
+    }
+    sweeps[("ours", "cg")][0].job = speed.Job("iris", "ours", "cg", 10)
+    meta = {"command": "python scripts/speed_vs_peers.py --models iris", "device": "CPU", "load": "1.0",
+            "versions": "torch x", "commit": "abc", "date": "2026-01-01"}
+    text = speed.render(meta, {"iris": {"reference": reference, "sweeps": sweeps, "summary": "Summary here."}})
+    assert "generated by `python scripts/speed_vs_peers.py`, do not edit" in text
+    assert "| ours | cg | 10 it | 0.25 | 100 | 0.9990 |" in text
+    assert "| dattri | IFAttributorCG | not reached (best r 0.4000; stopped: timeout) |" in text
+    assert "| dattri | IFAttributorCG | 25 it | timeout |" in text
+    assert "Summary here." in text and "commit: abc".lower() in text.lower()
+
+
+def test_int_list_parses_and_rejects(speed):
+    assert speed.int_list("10, 25,50") == (10, 25, 50)
+    for bad in ("ten", "0,5", ""):
+        with pytest.raises(Exception, match="expected"):
+            speed.int_list(bad)
