@@ -28,8 +28,9 @@ A study is a YAML file under ``tasks/studies/`` (read with the safe loader of :m
           - {id: depth, section: "5.1", figure: Fig. 1c, text: Spearman falls with depth, paper: falls,
              rule: {kind: trend, direction: decreasing}}
 
-Every point and seed is one run: optima and leave-one-out ground truth come from the shared cache, so a rerun after
-an interruption redoes only the estimators. A task may offer two optional speed-ups, both used when present:
+Every point and seed is one run: optima and leave-one-out ground truth come from the shared cache, and a finished
+run's records are kept there too (keyed by its options and a digest of the code), so a rerun after an interruption
+redoes only the runs that had not finished, and a rerun with other estimator options re-trains nothing. A task may offer two optional speed-ups, both used when present:
 ``Task.train_many(tasks, seeds, context)`` trains many optima into the cache at once (each equal to the one its
 ``build`` trains), and ``task.descend(problem, thetas, weights, recipe, progress, description)`` replaces
 :func:`benchmark.training.descend` for the leave-one-out re-training.
@@ -60,7 +61,7 @@ import torch
 import tasks
 
 from benchmark import config as configuration
-from benchmark.cache import Cache
+from benchmark.cache import Cache, digest
 from benchmark.errors import UnknownNameError, UsageError
 from benchmark.groundtruth import GroundTruth
 from benchmark.plugins import Registry
@@ -498,6 +499,34 @@ def check_columns(study: Study, task_cls: type) -> None:
                                      f"{table} table (columns: {', '.join(sorted(columns[table]))})")
 
 
+def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str:
+    """sha256 of the source of the harness, the built-in plugins and the modules of the task and estimators used
+    (plugins' too): a finished run's records are reused only while none of it changed."""
+    import hashlib
+    import inspect
+
+    files = {p for package in ("benchmark", "estimators", "tasks")
+             for p in (STUDIES_DIR.parent.parent / package).glob("*.py")}
+    for cls in [registry.task(task), *(registry.estimator(name) for name in estimators)]:
+        source = inspect.getsourcefile(cls)
+        if source:
+            files.add(Path(source))
+    hasher = hashlib.sha256()
+    for path in sorted(files, key=str):
+        hasher.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return hasher.hexdigest()
+
+
+def run_key(config: RunConfig, code: str) -> dict[str, Any]:
+    """What determines a run's records: its resolved options and the code (:func:`code_digest`)."""
+    return {
+        "task": config.task, "task_options": config.task_options, "estimators": config.estimators,
+        "estimator_options": config.estimator_options, "seed": config.seed, "device": config.device,
+        "selections": config.selections, "gt_seeds": config.gt_seeds, "gt_chunk_size": config.gt_chunk_size,
+        "plugins": config.plugins, "code": code,
+    }
+
+
 def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, options: StudyOptions) -> StudyResult:
     """Run every point x seed of ``study``, write its CSV files and figures; returns what was written."""
     from benchmark import figures
@@ -534,6 +563,7 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
         finally:
             torch.set_num_threads(threads)
         log.info("study %s: %d optima trained, %d cached", study.name, trained, total - trained)
+    code = code_digest(registry, estimators, study.task)
     rows: list[dict[str, Any]] = []
     point_rows: list[dict[str, Any]] = []
     for number, ((index, point), seed) in enumerate(itertools.product(enumerate(points), seeds), start=1):
@@ -548,10 +578,18 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             plugins=list(options.plugins),
         )
         started = time.perf_counter()
-        written = StudyRun(config, registry, pm).execute()
-        gt = written[0]["ground_truth"] if written else {}
-        log.info("study %s: run %d/%d done in %.1f s (ground truth: %s computed, %s cached)", study.name, number, total,
-                 time.perf_counter() - started, gt.get("computed"), gt.get("cached"))
+        key = run_key(config, code)
+        path = cache.root / "study-runs" / f"{digest(key)}.json"
+        stored = cache.read_json(path, key)
+        if stored is not None:
+            written = stored["records"]
+            log.info("study %s: run %d/%d: its records are cached (same config, same code)", study.name, number, total)
+        else:
+            written = StudyRun(config, registry, pm).execute()
+            cache.write_json(path, key, {"records": written})
+            gt = written[0]["ground_truth"] if written else {}
+            log.info("study %s: run %d/%d done in %.1f s (ground truth: %s computed, %s cached)", study.name, number,
+                     total, time.perf_counter() - started, gt.get("computed"), gt.get("cached"))
         for record in written:
             rows.append(record_row(record, study.name, index))
             if study.needs_points:
@@ -584,7 +622,7 @@ def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]
         "selection": record["selection"]["kind"], "status": record["status"], "failure": record["failure"],
         "task": record["task"]["name"], "task_version": record["task"]["version"],
     }
-    for key, value in record["task"]["config"].items():
+    for key, value in sorted(record["task"]["config"].items()):  # sorted: cached records come back key-sorted
         row[key if key not in ROW_COLUMNS else f"task_{key}"] = value
     row.update({
         "test_point_index": record["test_point"]["index"], "test_loss": record["test_point"]["loss"],
