@@ -22,6 +22,7 @@ from benchmark import config as configuration
 from benchmark import groundtruth, leaderboard, records
 from benchmark import report as report_command
 from benchmark import study as study_command
+from benchmark import timing as timing_command
 from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError
 from benchmark.plugins import Registry, plugin_manager
@@ -62,7 +63,8 @@ def build_parser(pm: Any) -> Parser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
     parser = Parser(prog="bench", description="Benchmark influence-function estimators against leave-one-out "
                     "re-training.", parents=[common])
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="{list,run,gt,leaderboard,study,report}")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser,
+                                metavar="{list,run,gt,leaderboard,study,report,timing}")
     sub.required = True
 
     listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
@@ -113,6 +115,9 @@ def build_parser(pm: Any) -> Parser:
     report = sub.add_parser("report", parents=[common], help="one HTML page of leaderboards, timings, study figures "
                             "and claims; the claims table in leaderboards/README.md")
     report_command.add_arguments(report)
+    timing = sub.add_parser("timing", parents=[common], help="the paper's Table 2 as Markdown from the asv suite's "
+                            "results (docs/timing.md)")
+    timing_command.add_arguments(timing)
     return parser
 
 
@@ -308,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return study_command.command(args, registry, pm)
         if args.command == "report":
             return report_command.command(args)
+        if args.command == "timing":
+            return timing_command.command(args)
         return _command_leaderboard(args, registry)
     except BenchError as error:
         print(f"bench: error: {error}", file=sys.stderr)
