@@ -95,12 +95,10 @@ class Problem:
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Inverse of :meth:`flatten`."""
-        out, start = {}, 0
-        for k, shape in self._shapes:
-            size = shape.numel()
-            out[k] = theta[start : start + size].view(shape)
-            start += size
-        return out
+        # One split, not a slice per parameter: a slice's backward writes a zero-filled copy of all of theta per
+        # parameter (6 s of a 6.4 s ResNet-18 gradient on this CPU); a split's backward concatenates once.
+        pieces = torch.split(theta, [shape.numel() for _, shape in self._shapes])
+        return {k: piece.view(shape) for (k, shape), piece in zip(self._shapes, pieces)}
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
         """A copy with floating-point tensors cast (targets keep their integer dtype)."""

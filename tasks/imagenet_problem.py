@@ -35,16 +35,8 @@ class StreamedProblem(Problem):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._sizes = [shape.numel() for _, shape in self._shapes]
         if not isinstance(self.x_train, ImageRows) or not isinstance(self.x_test, ImageRows):
             raise TypeError("StreamedProblem needs ImageRows for x_train and x_test")
-
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        # One split instead of a slice per parameter: the backward pass of a slice writes a zero-filled copy of all
-        # of theta per parameter (for ResNet-50, 161 fills of 94 MB per gradient, 6 s of a 6.4 s ResNet-18 gradient
-        # measured on the CPU here); a split's backward concatenates the pieces once.
-        pieces = torch.split(theta, self._sizes)
-        return {k: piece.view(shape) for (k, shape), piece in zip(self._shapes, pieces)}
 
     def train_slices(self, chunk_size: int | None = None) -> list[slice]:
         size = chunk_size or self.chunk_size or self.x_train.chunk_size
