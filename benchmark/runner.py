@@ -268,6 +268,7 @@ class Run:
                     error = torch.linalg.vector_norm(evaluation.solution.to(exact) - exact)
                     evaluation.residual = float(error / torch.linalg.vector_norm(exact))
         problem_diagnostics = self._problem_diagnostics(problem, dense)
+        task_diagnostics = self.task.diagnostics(problem)
 
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
         chosen: dict[tuple[str, str], list[int]] = {}
@@ -306,7 +307,7 @@ class Run:
         for evaluation in self.estimators:
             for selection in config.selections:
                 record = self._record(common, evaluation, selection, chosen.get((evaluation.estimator.name, selection)),
-                                      effects, k, problem_diagnostics)
+                                      effects, k, problem_diagnostics, task_diagnostics)
                 records.write(record, config.results_dir)
                 self.pm.hook.bench_report_result(record=record)
                 out.append(record)
@@ -354,7 +355,7 @@ class Run:
             diagnostics["top_eigenvalue"] = float(dense.eigenvalues[-1])
             diagnostics["bottom_eigenvalue"] = float(dense.eigenvalues[0])
         else:
-            diagnostics["top_eigenvalue"] = top_eigenvalue(problem)
+            diagnostics["top_eigenvalue"] = top_eigenvalue(problem, self.task.eigenvalue_iterations)
         if not diagnostics["converged"]:
             log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
         return diagnostics
@@ -397,7 +398,8 @@ class Run:
             evaluation.param_failure = _failure(error)
 
     def _record(self, common: dict[str, Any], evaluation: Evaluation, selection: str, indices: list[int] | None,
-                effects: list[dict[int, LooEffect]], k: int, problem_diagnostics: dict[str, Any]) -> dict[str, Any]:
+                effects: list[dict[int, LooEffect]], k: int, problem_diagnostics: dict[str, Any],
+                task_diagnostics: dict[str, Any]) -> dict[str, Any]:
         name = evaluation.estimator.name
         record = {
             **common,
@@ -406,7 +408,8 @@ class Run:
             "status": "failed" if evaluation.failure else "ok",
             "failure": evaluation.failure,
             "timings": evaluation.timings,
-            "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics},
+            "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics,
+                            "task": task_diagnostics},
             "paper": self.task.paper_reference(name, selection),
             "metrics": None,
             "points": None,

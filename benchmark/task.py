@@ -125,6 +125,13 @@ class Task(abc.ABC):
         """The architectures this task can train, by name, with their parameter counts (``bench list --models``)."""
         return {}
 
+    eigenvalue_iterations: ClassVar[int] = 50
+    """Power-iteration steps (full-data Hessian-vector products) for the top-eigenvalue diagnostic of large models."""
+
+    def diagnostics(self, problem: Problem) -> dict[str, Any]:
+        """Task-specific checks of the trained problem, recorded under ``diagnostics.task`` (default: none)."""
+        return {}
+
     @classmethod
     def reference_rows(cls) -> list[ReferenceRow]:
         """The paper's settings for this task (its leaderboard lists those without results as not run)."""

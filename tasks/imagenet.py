@@ -38,7 +38,7 @@ from benchmark.problem import Problem
 from benchmark.task import BuildContext, Protocol
 from tasks.datasets import data_dir, subset_indices
 from tasks.imagenet_data import LAYOUTS, ImageFiles, ImageRows, eval_transform, image_list, train_transform
-from tasks.imagenet_problem import StreamedProblem, epochs_to_steps
+from tasks.imagenet_problem import StreamedProblem, batch_gradient_check, epochs_to_steps
 
 log = logging.getLogger("bench")
 
@@ -328,6 +328,13 @@ class ImageNet(Task):
             retrain=Recipe(steps=epochs_to_steps(c.retrain_epochs, n, c.retrain_batch_size), lr=c.retrain_lr,
                            batch_size=c.retrain_batch_size, momentum=c.retrain_momentum),
         )
+
+    eigenvalue_iterations = 10
+
+    def diagnostics(self, problem: Problem) -> dict[str, Any]:
+        """The paper's appendix D noise check: the mean weight-gradient norm over minibatches of 128 at the optimum
+        (the other, re-training on all points, is the ground truth's ``reference_drift``)."""
+        return {"batch_gradient_norm": batch_gradient_check(problem, 128, self.config.noise_batches)}
 
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
         return None

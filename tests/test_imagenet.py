@@ -226,3 +226,5 @@ def test_gpu_check_script_runs_the_pipeline_on_cpu(tree: Path, tmp_path: Path) -
     assert point["retrain_all"]["loss_change"] == pytest.approx(records[0]["ground_truth"]["reference_drift"],
                                                                 rel=1e-4, abs=1e-6)
     assert report["batch_gradient_norm"]["batches"] == 1 and report["batch_gradient_norm"]["mean"] > 0
+    for record in records:  # the gradient-norm check is part of every record, not only of the script's report
+        assert record["diagnostics"]["task"]["batch_gradient_norm"] == report["batch_gradient_norm"]
