@@ -211,6 +211,8 @@ class Run:
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
+        # taken now, not when the records are written: the code that runs is the code of this moment
+        self.environment = records.environment(self.device)
 
     def build_problem(self) -> tuple[Problem, Protocol, int, float]:
         """Build the task's problem at its optimum; returns it, the protocol, the test index and its loss."""
@@ -295,7 +297,7 @@ class Run:
             "schema": records.SCHEMA_VERSION,
             "run_id": records.new_run_id(),
             "date": records.now(),
-            **records.environment(self.device),
+            **self.environment,
             "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
             "seed": config.seed,
             "command": config.command,
