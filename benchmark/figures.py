@@ -123,9 +123,10 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
     if left_out:
         note += f"; {left_out}"
     title = panel.title + (f" ({panel.figure})" if panel.figure else "")
-    figure.suptitle("\n".join(textwrap.wrap(title, 40 + 50 * len(facets))), fontsize=11)
-    figure.text(0.99, 0.01, f"{study.name}: {note}", ha="right", va="bottom", fontsize=7, color="grey")
-    figure.tight_layout()
+    figure.suptitle("\n".join(textwrap.wrap(title, 58 * len(facets))), fontsize=11)
+    figure.text(0.01, 0.005, textwrap.fill(f"{study.name}: {note}", 95 * len(facets)), ha="left", va="bottom",
+                fontsize=7, color="grey")
+    figure.tight_layout(rect=(0, 0.035, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
