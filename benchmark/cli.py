@@ -79,6 +79,10 @@ def build_parser(pm: Any) -> Parser:
     problem.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default cpu)")
     problem.add_argument("--seed", type=int, help="seed of the split, initialisation and random selection (default 0)")
     problem.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
+    problem.add_argument("--data-dir", type=Path, help="where the task's data set is (its data_dir option; default "
+                         "$BENCH_DATA_DIR or ~/.cache/bench/data)")
+    problem.add_argument("--download", action="store_true",
+                         help="let torchvision download a missing data set where the network allows")
     problem.add_argument("--gt-chunk-size", type=int,
                          help="leave-one-out models re-trained at once (default: the fastest that fits, timed)")
     problem.add_argument("--gt-seeds", type=int, help="ground-truth repeats with different re-training seeds "
@@ -187,6 +191,13 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     for name in sections:
         if name != task and name not in registry.estimators:
             raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])
+    for flag, field, value in (("--data-dir", "data_dir", getattr(args, "data_dir", None)),
+                               ("--download", "download", getattr(args, "download", False) or None)):
+        if value is None:
+            continue
+        if field not in {f.name for f in dataclasses.fields(registry.task(task).Config)}:
+            raise UsageError(f"{flag} does not apply to task {task!r}: it reads no data set from disk")
+        sections.setdefault(task, {})[field] = str(value) if field == "data_dir" else True
     seed = option("seed", 0, integer(0), "a non-negative integer")
     chunk = option("gt_chunk_size", None, integer(1), "a positive integer")
     device = option("device", "cpu", text, f"one of {', '.join(DEVICES)}")

@@ -95,3 +95,23 @@ def test_list_models_prints_parameter_counts(bench):
     assert "      cifar model lenet            62,006 parameters" in lines
     assert "      cifar model resnet50     23,520,842 parameters" in lines
     assert not any(line.startswith("      iris model") for line in lines)
+
+
+def test_data_dir_and_download_flags_set_the_task_options(bench, tmp_path, read_records):
+    make_mnist(tmp_path / "data", n_train=40, n_test=10)
+    results = tmp_path / "board" / "results"
+    result = bench("run", "--task", "mnist", "--data-dir", tmp_path / "data", "--set", "mnist.data_dir=/elsewhere",
+                   "--set", "mnist.train_steps=20", "--set", "mnist.polish_steps=0", "--set", "mnist.batch_size=8",
+                   "--set", "mnist.eval_size=5", *SMOKE, "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    assert result.code == 0, result.err  # the flag wins over --set
+    assert read_records(results, "mnist")[0]["task"]["config"]["data_dir"] == str(tmp_path / "data")
+    # --download with no network: the download fails and the error says so, naming the directory
+    result = bench("run", "--task", "cifar", "--data-dir", tmp_path / "empty", "--download", *SMOKE,
+                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    assert result.code == 1 and "download failed" in result.err_lines[-1] and "empty" in result.err_lines[-1]
+
+
+def test_data_flags_on_a_task_without_data_files_are_a_one_line_error(bench, tmp_path):
+    result = bench("run", "--task", "iris", "--download", "--cache-dir", tmp_path / "cache")
+    assert result.code == 2
+    assert result.err_lines == ["bench: error: --download does not apply to task 'iris': it reads no data set from disk"]
