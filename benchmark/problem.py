@@ -185,6 +185,13 @@ class Problem:
             out[:, rows] = vmap(lambda v: jvp(chunk_losses, (self.theta,), (v,))[1])(vectors)
         return out
 
+    def warm_up(self) -> None:
+        """Pay torch's one-off costs (forward-mode AD compiles its decompositions on first use: seconds) on two
+        examples, so that they are not timed as part of whichever estimator runs first."""
+        x, y = self.x_train[:2], self.y_train[:2]
+        jvp(lambda theta: self.losses(theta, x, y), (self.theta,), (self.theta,))
+        self._hvp_on(self.theta[None], x, y)
+
     # -- curvature ---------------------------------------------------------------------------------------------------
     def hvp(self, vectors: Tensor, indices: Tensor | None = None) -> Tensor:
         """Hessian-vector products ``H v`` of the objective (forward-over-reverse), one per row of ``vectors``.

@@ -258,6 +258,7 @@ class Run:
         problem, protocol, test_index, test_loss = self.build_problem()
         k = min(protocol.eval_size, problem.n_train)
         test_gradient = problem.test_gradients([test_index])
+        problem.warm_up()
         for evaluation in self.estimators:
             self._evaluate(evaluation, problem, test_index, test_gradient)
         dense = DenseHessian.shared(problem)
