@@ -22,7 +22,8 @@ def _correlation(entry: Mapping[str, Any] | None) -> str:
     if not entry:
         return "-"
     if entry.get("value") is None:
-        return f"undefined ({entry.get('undefined', 'no value')})"
+        reason = entry.get("undefined", "no value")
+        return "not computed" if reason.startswith("not computed") else f"undefined ({reason})"
     interval = entry.get("interval")
     return f"{entry['value']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
@@ -177,8 +178,8 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
         "Columns: *selection* `top k` = each estimator's own top k by |estimated influence| (the paper's protocol), "
         "`random k` = the same k random training points for every estimator; *paper Pearson/Spearman* = the "
         "paper's figure for this setting, where the paper has one; *‖Δθ‖ Spearman* = "
-        "predicted against re-trained parameter-change norms; *iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the "
-        "test gradient against a dense float64 solve at the estimator's damping; *[a, b]* = 95% bootstrap interval "
+        "predicted against re-trained parameter-change norms (not computed where the task turns it off for cost); "
+        "*iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the test gradient against a dense float64 solve at the estimator's damping; *[a, b]* = 95% bootstrap interval "
         "over points and ground-truth seeds; *Spearman ceiling* = the score a noise-free estimator is expected to reach "
         "given how well independent ground-truth seeds agree (needs `--gt-seeds 2` or more).",
         "",
