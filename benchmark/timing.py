@@ -260,8 +260,9 @@ def render(results: AsvResults, command: str) -> str:
         "",
         "Time to compute the influence of **one test point over the whole training set**, in seconds: the "
         "estimator's preparation (`Estimator.prepare`, e.g. `exact` builds the dense Hessian) plus one query "
-        "(`Estimator.influence`: one iHVP and its products with every training gradient), each asv's median over "
-        "fresh processes (`influence.Prepare.time_prepare` + `influence.Influence.time_influence` of `asv_bench/`). "
+        "(`Estimator.influence`: one iHVP and its products with every training gradient), each asv's median of up to "
+        "ten samples, one for a slow call (`influence.Prepare.time_prepare` + `influence.Influence.time_influence` "
+        "of `asv_bench/`; every preparation starts from a freshly built problem). "
         "Estimators run with their default hyperparameters (`bench list --options`).",
         "",
         f"- {_machine_line(results)}.",
@@ -314,7 +315,7 @@ def render(results: AsvResults, command: str) -> str:
                     if value is None:
                         row.append("failed")
                     elif _missing(value):
-                        row.append("-")
+                        row.append(_status(results, case, size, value) if kind == "s" else "-")
                     elif kind == "s":
                         row.append(_seconds(value))
                     elif kind == "MiB":

@@ -245,7 +245,7 @@ def test_bench_timing_renders_table_2(bench, tmp_path):
     assert "| Iris | MLP (depth 1, width 5) | exact | 0.5 | 0.01 | 800 | - | 0.99 | 0.0e+00 |" in table
     assert "| Iris | MLP (depth 1, width 5) | cg | 1e-05 | 0.25 | 810 | - | 0.99 | 4.9e-11 |" in table
     assert "| MNIST | small CNN | exact | 80.00 | 0.02 | - | - | -0.17 | - |" in table
-    assert "| MNIST | small CNN | cg | - | - | - | - | - | - |" in table
+    assert "| MNIST | small CNN | cg | declined | declined | - | - | - | - |" in table
     assert not any(line.startswith("| MNIST | VGG13 | exact") for line in table)  # not run: no detail rows
     rest = lines[cpu:]
     assert "| MNIST | small CNN | 5,500 | 2,616 | 1 | 141.13 ± 0.51 | declined | failed |" in rest
