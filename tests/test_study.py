@@ -93,6 +93,24 @@ def test_mlp_descend_matches_autograd_descend(activation: str) -> None:
     assert torch.allclose(task.descend(problem, start.expand(4, -1), weights, recipe), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(("depth", "activation", "weight_decay"), [(1, "relu", 0.001), (3, "tanh", 0.001),
+                                                                  (2, "relu", 0.0), (4, "tanh", 0.0)])
+def test_iris_hvp_matches_the_autograd_hvp(depth: int, activation: str, weight_decay: float) -> None:
+    """Iris's written-out Hessian-vector products against the harness's autograd ones, full data and minibatch."""
+    from benchmark.problem import Problem
+
+    task = Iris(IrisConfig(depth=depth, width=6, activation=activation, weight_decay=weight_decay, train_steps=300))
+    problem = task.build(BuildContext("cpu", 2, Cache(None), False))
+    assert type(problem).__name__ == "IrisProblem" and problem.activation == activation
+    plain = Problem(problem.model, problem.loss, problem.params, problem.x_train, problem.y_train, problem.x_test,
+                    problem.y_test, problem.weight_decay)
+    vectors = torch.randn(3, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for indices in (None, torch.tensor([0, 3, 3, 50, 119])):
+        actual, expected = problem.hvp(vectors, indices), plain.hvp(vectors, indices)
+        assert torch.allclose(actual, expected, rtol=0, atol=1e-13 * float(expected.abs().max()))
+    assert torch.allclose(problem.hessian(), plain.hessian(), rtol=0, atol=1e-12)
+
+
 def test_mlp_descend_refuses_minibatches_and_momentum() -> None:
     problem = Iris().initial_problem(0)
     weights = torch.ones(1, problem.n_train, dtype=torch.float64)
