@@ -17,6 +17,10 @@ shown by asv as n/a):
     Plugins installed in the ``bench`` entry-point group are found without it.
 ``BENCH_ASV_DEVICE``
     ``cpu``, ``cuda`` or ``auto`` (default): where problems live and estimators run.
+``BENCH_ASV_TIMER``
+    ``wall`` (default: the wall clock, as the paper's Table 2) or ``process`` (the CPU time of the benchmark
+    process: on a machine shared with other work, with one thread, it is what the wall clock would say on an idle
+    machine; CPU only, since it misses GPU work).
 ``BENCH_ASV_THREADS``
     torch's CPU threads (default: the task's choice, as in ``bench run``).
 ``BENCH_ASV_CACHE_DIR``
@@ -36,7 +40,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,7 @@ DATA_ENV = "BENCH_DATA_DIR"
 PLUGINS_ENV = "BENCH_ASV_PLUGINS"
 DEVICE_ENV = "BENCH_ASV_DEVICE"
 THREADS_ENV = "BENCH_ASV_THREADS"
+TIMER_ENV = "BENCH_ASV_TIMER"
 CACHE_ENV = "BENCH_ASV_CACHE_DIR"
 
 CASES: tuple[str, ...] = ("iris", *(f"{task}/{model}" for task in ("mnist", "cifar") for model in MODELS))
@@ -162,6 +168,24 @@ def threads() -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive integer")
     return int(value)
+
+
+TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def timer_name() -> str:
+    """``wall`` or ``process`` (``$BENCH_ASV_TIMER``, default ``wall``)."""
+    name = os.environ.get(TIMER_ENV) or "wall"
+    if name not in TIMERS:
+        raise ValueError(f"{TIMER_ENV}={name!r}: expected one of {', '.join(TIMERS)}")
+    if name == "process" and device() == "cuda":
+        raise ValueError(f"{TIMER_ENV}=process measures CPU time and misses GPU work: use wall on CUDA")
+    return name
+
+
+def timer() -> Callable[[], float]:
+    """The clock of every ``time_`` benchmark (asv's ``timer`` attribute)."""
+    return TIMERS[timer_name()]
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,8 @@ every estimator once and computes the leave-one-out ground truth; the benchmarks
 asv re-runs ``setup`` before every sample: each ``time_prepare`` sample prepares a freshly built problem (nothing an
 estimator keeps on the problem, like ``exact``'s Hessian, survives into the next sample), while the samples of
 ``time_influence`` share one prepared estimator per process. No warm-up call: a slow call runs once, a fast one up
-to ten times (asv reports the median). CUDA work is synchronised before a timing ends.
+to ten times (asv reports the median). CUDA work is synchronised before a timing ends. The clock is the wall clock,
+or the process's CPU time with ``BENCH_ASV_TIMER=process`` (for a CPU shared with other work).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class _Timed(_Suite):
     repeat = (1, 10, 10.0)  # at least one sample, at most 10, no new sample after 10 s
     rounds = 1
     warmup_time = 0.0  # a slow call is not run twice; the repeats of a fast one make its median warm
+    timer = cases.timer()
 
 
 class Prepare(_Timed):
@@ -155,9 +157,15 @@ class Sizes:
 
 
 class Device:
-    """Where the suite ran: 1 on CUDA, 0 on the CPU."""
+    """Where the suite ran (1 on CUDA, 0 on the CPU) and which clock timed it."""
 
     def track_cuda(self) -> int:
         return int(cases.device() == "cuda")
 
     track_cuda.unit = "bool"
+
+    def track_process_timer(self) -> int:
+        """1 if the ``time_`` benchmarks measured the CPU time of their process (``BENCH_ASV_TIMER=process``)."""
+        return int(cases.timer_name() == "process")
+
+    track_process_timer.unit = "bool"

@@ -35,6 +35,7 @@ TRAIN_POINTS = "influence.Sizes.track_train_points"
 PARAMETERS = "influence.Sizes.track_parameters"
 THREADS = "influence.Sizes.track_threads"
 CUDA = "influence.Device.track_cuda"
+PROCESS_TIMER = "influence.Device.track_process_timer"
 
 TABLE2: dict[tuple[str, str], tuple[float, float]] = {
     ("mnist", "small-cnn"): (141.13, 0.51),
@@ -248,6 +249,17 @@ def _machine_line(results: AsvResults) -> str:
             f"{ram_text}, {info.get('os', '?')}); device: **{device}**")
 
 
+def _clock(results: AsvResults) -> str:
+    process = results.value(PROCESS_TIMER)
+    if process == 1:
+        return ("the CPU time of each benchmark process (`BENCH_ASV_TIMER=process`), not the wall clock: on this shared "
+                "machine the wall clock also counts other users' processes; with one torch thread the CPU time is "
+                "what the wall clock shows on an idle machine")
+    if process == 0:
+        return "the wall clock"
+    return "unknown (Device.track_process_timer missing: the wall clock in suites that predate it)"
+
+
 def render(results: AsvResults, command: str) -> str:
     """Table 2 and the details beside it, as Markdown; ``command`` is the ``bench timing`` call that made it."""
     cases = results.axis(TRAIN_POINTS, 0) or results.axis(PREPARE, 0)
@@ -266,6 +278,7 @@ def render(results: AsvResults, command: str) -> str:
         "Estimators run with their default hyperparameters (`bench list --options`).",
         "",
         f"- {_machine_line(results)}.",
+        f"- Clock: {_clock(results)}.",
         f"- asv results: commit `{results.commit[:8]}`, environment `{results.env_name}`, Python "
         f"{results.python or '?'}, file `{results.path.name}`.",
         f"- Made by `{command}` from the asv run documented in `docs/timing.md`.",

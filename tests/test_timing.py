@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 def suite_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No suite variable from the caller's shell; forget plugin files imported by a test."""
     for name in (cases.LARGE_ENV, cases.CASES_ENV, cases.PLUGINS_ENV, cases.DEVICE_ENV, cases.THREADS_ENV,
-                 cases.CACHE_ENV, cases.DATA_ENV):
+                 cases.CACHE_ENV, cases.DATA_ENV, cases.TIMER_ENV):
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     sys.modules.pop(DIAGONAL.stem, None)
@@ -166,6 +167,12 @@ def test_suite_end_to_end_on_tiny_iris(suite_env, tmp_path):
     assert (sizes.track_train_points(artefacts, "iris", "small"), sizes.track_parameters(artefacts, "iris", "small"),
             sizes.track_threads(artefacts, "iris", "small")) == (120, 43, 1)
     assert influence.Device().track_cuda() == 0
+    assert influence.Device().track_process_timer() == 0 and influence.Prepare.timer is time.perf_counter
+    suite_env.setenv(cases.TIMER_ENV, "process")
+    assert cases.timer() is time.process_time and influence.Device().track_process_timer() == 1
+    suite_env.setenv(cases.TIMER_ENV, "cpu")
+    with pytest.raises(ValueError, match="'cpu'.*wall, process"):
+        cases.timer()
     assert influence.Sizes.setup_cache is influence._Suite.setup_cache  # one setup_cache for the whole suite
 
 
@@ -211,6 +218,7 @@ def write_results(root: Path, commit: str = COMMIT, machine: str = "vm", env: st
     results = {name: _row([CASES, ESTIMATORS, SIZES], values) for name, values in VALUES.items()}
     results.update({name: _row([CASES, SIZES], values) for name, values in SIZE_VALUES.items()})
     results[timing.CUDA] = [[0], [], "0" * 64, 1795926286827, 6.8]
+    results[timing.PROCESS_TIMER] = [[1], [], "0" * 64, 1795926286827, 6.8]
     data = {"commit_hash": commit, "env_name": env, "date": 1795926181000,
             "params": {"machine": machine, "python": "3.11"}, "python": "3.11", "requirements": {}, "env_vars": {},
             "result_columns": COLUMNS, "results": results, "durations": {}, "version": 2}
@@ -233,6 +241,7 @@ def test_bench_timing_renders_table_2(bench, tmp_path):
     assert f"`bench timing --commit 01234567 --results-dir {results} --output {output}`" in text
     assert "machine `vm` (AMD EPYC, 2 CPUs, 24.0 GiB RAM, Linux 6.18); device: **CPU**" in text
     assert "commit `01234567`, environment `virtualenv-py3.11`" in text
+    assert "- Clock: the CPU time of each benchmark process (`BENCH_ASV_TIMER=process`)" in text
     header = "| task | architecture | training points | parameters | torch threads | paper, Table 2 (s) | exact | cg |"
     assert header in lines
     small = lines.index("## Size `small`")
