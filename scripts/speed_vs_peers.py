@@ -440,7 +440,7 @@ def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         if done.returncode < 0:
-            tail = f"killed by signal {-done.returncode}"
+            tail = f"killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
         print(f"    failed: {tail}", flush=True)
         return Outcome(job, "failed", message=tail[:160].replace("|", "/"))
     info = json.loads(lines[-1][len("RESULT "):])
