@@ -286,8 +286,9 @@ def render(results: AsvResults, command: str) -> str:
         "hardware; ours are at the sizes stated in each section, so only the ordering of rows and estimators is "
         "comparable, not the absolute seconds.",
         "- `declined`: the estimator refused the problem or failed on it (`EstimatorFailed`: e.g. `exact` above its "
-        "`max_params`, `cg` on an indefinite Hessian; asv's log gives the reason) and was skipped; `-`: not run here "
-        "(a large size, asked for with `BENCH_ASV_LARGE=1`); `failed`: the benchmark raised an error.",
+        "`max_params`, `cg` on an indefinite Hessian; asv's log gives the reason) and was skipped; `-`: not in these "
+        "results (a large size, which needs `BENCH_ASV_LARGE=1`, or a case or benchmark the run did not select); "
+        "`failed`: the benchmark raised an error.",
         "",
     ]
     for size in sizes:
