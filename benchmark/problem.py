@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, grad, jvp, vmap
+
+from benchmark.cache import Cache
 
 Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
@@ -41,6 +44,8 @@ class Problem:
         weight_decay: the L2 regulariser that is part of the training objective.
         chunk_size: training examples per pass in the full-data products (HVPs, gradient products); ``None``
             takes the whole set at once. A task sets it so that one chunk's activations fit in memory.
+        curvature_cache: a cache and the key of this trained problem (set by :meth:`Task.trained`), under which
+            curvature that is costly to recompute (the dense Hessian) is kept on disk; ``None`` keeps nothing.
     """
 
     model: Model
@@ -52,6 +57,7 @@ class Problem:
     y_test: Tensor
     weight_decay: float = 0.0
     chunk_size: int | None = None
+    curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_module(

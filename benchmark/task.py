@@ -117,8 +117,11 @@ class Task(abc.ABC):
                 current = dataclasses.replace(current, params=current.unflatten(train(current, phase, context.progress)))
             return {"theta": current.theta}
 
-        optimum = context.cache.tensors("optima", self.problem_key(context.seed), train_phases)["theta"]
-        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+        key = self.problem_key(context.seed)
+        optimum = context.cache.tensors("optima", key, train_phases)["theta"]
+        return dataclasses.replace(
+            problem, params=problem.unflatten(optimum.to(problem.theta)), curvature_cache=(context.cache, key)
+        )
 
     @classmethod
     def models(cls) -> dict[str, int]:

@@ -21,7 +21,9 @@ from torch.func import functional_call
 import benchmark.testing as conformance
 from benchmark import Problem, Recipe
 from benchmark.cache import Cache
-from benchmark.errors import EstimatorFailed
+from benchmark import config as configuration
+from benchmark.curvature import DenseHessian
+from benchmark.errors import EstimatorFailed, UnknownNameError
 from benchmark.groundtruth import GroundTruth
 from benchmark.losses import cross_entropy
 from benchmark.training import train
@@ -279,3 +281,42 @@ def test_exact_refuses_more_parameters_than_max_params():
     with pytest.raises(EstimatorFailed, match="max_params"):
         Exact(ExactConfig(max_params=problem.n_params - 1)).prepare(problem)
     Exact(ExactConfig(max_params=problem.n_params)).prepare(problem)  # the bound itself is allowed
+
+
+def test_exact_in_float32_agrees_with_float64_and_is_not_shared_as_the_reference(small_mlp):
+    """``hessian_dtype=float32`` builds H from float32 products (solved in float64): close to the float64 answer, and
+    never handed to the harness as its float64 reference."""
+    problem = small_mlp.problem.to()  # a copy: other tests register their float64 decomposition on the fixture's
+    vectors = problem.test_gradients([0, 1, 2])
+    reference = Exact(ExactConfig(damping=0.01))
+    reference.prepare(problem.to())
+    single = Exact(ExactConfig(damping=0.01, hessian_dtype="float32"))
+    single.prepare(problem)
+    solution = single.ihvp(vectors)
+    assert solution.dtype == vectors.dtype
+    errors = relative_errors(solution, reference.ihvp(vectors))
+    assert 0 < float(errors.max()) < 1e-4  # float32 products: not bitwise the float64 answer, but close
+    assert DenseHessian.shared(problem) is None
+
+
+def test_exact_rejects_an_unknown_hessian_dtype():
+    with pytest.raises(UnknownNameError, match="float16"):
+        configuration.build(ExactConfig, {"hessian_dtype": "float16"}, "exact")
+
+
+def test_dense_hessian_is_kept_on_disk_under_the_problem_key(tmp_path, monkeypatch):
+    """A problem with a curvature cache builds its Hessian once; a later run on the same optimum loads it."""
+    problem = dataclasses.replace(
+        conformance.logistic_regression_problem(), curvature_cache=(Cache(tmp_path), {"task": "t", "seed": 0})
+    )
+    first = DenseHessian(problem)
+    assert list((tmp_path / "hessians").glob("*.pt"))
+
+    def no_products(self, chunk_size=64):
+        raise AssertionError("the cached Hessian should have been loaded")
+
+    monkeypatch.setattr(Problem, "hessian", no_products)
+    again = DenseHessian(dataclasses.replace(problem))
+    torch.testing.assert_close(again.eigenvalues, first.eigenvalues, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="cached"):
+        DenseHessian(problem, torch.float32)  # another precision is another entry
