@@ -125,3 +125,23 @@ def test_int_list_parses_and_rejects(speed):
     for bad in ("ten", "0,5", ""):
         with pytest.raises(Exception, match="expected"):
             speed.int_list(bad)
+
+
+def test_measure_reuses_a_finished_measurement_and_reruns_nothing(speed, tmp_path, monkeypatch):
+    """An interrupted comparison resumes: a job whose outcome is in the work directory is not run again."""
+    job = speed.Job("iris", "ours", "cg", 5)
+    runs = []
+
+    def fake(job_, timeout, scores_path, label):
+        runs.append(job_)
+        torch.save({"scores": torch.ones(2, 3)}, scores_path)
+        return speed.Outcome(job_, "ok", 1.5, 10.0, 5.0, torch.ones(2, 3), {"iterations": 5}, commit="abc")
+
+    monkeypatch.setattr(speed, "_measure", fake)
+    first = speed.measure(job, 60, tmp_path)
+    again = speed.measure(job, 60, tmp_path)
+    assert len(runs) == 1
+    assert (again.status, again.seconds, again.diagnostics, again.commit) == ("ok", 1.5, {"iterations": 5}, "abc")
+    torch.testing.assert_close(again.scores, first.scores)
+    speed.measure(speed.Job("iris", "ours", "cg", 10), 60, tmp_path)  # another setting is another measurement
+    assert len(runs) == 2
