@@ -145,3 +145,13 @@ def test_measure_reuses_a_finished_measurement_and_reruns_nothing(speed, tmp_pat
     torch.testing.assert_close(again.scores, first.scores)
     speed.measure(speed.Job("iris", "ours", "cg", 10), 60, tmp_path)  # another setting is another measurement
     assert len(runs) == 2
+
+
+def test_reference_caveat_says_why_a_reference_did_not_converge(speed):
+    job = speed.Job("lenet", "ours", "bcg", 100, tol=1e-6)
+    converged = speed.Outcome(job, "ok", diagnostics={"converged": True, "iterations": 20})
+    capped = speed.Outcome(job, "ok", diagnostics={"converged": False, "iterations": 100})
+    floor = speed.Outcome(job, "ok", diagnostics={"converged": False, "iterations": 21, "relative_residual": 1.3e-5})
+    assert speed.reference_caveat(converged) == ""
+    assert "iteration cap ran out" in speed.reference_caveat(capped)
+    assert "1.3e-05" in speed.reference_caveat(floor) and "cap" not in speed.reference_caveat(floor)
