@@ -7,6 +7,7 @@ reason (``{"value": None, "undefined": "..."}``), never as a bare NaN.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +34,17 @@ def correlation(method: str, estimated: Sequence[float], retrained: Sequence[flo
         reason = f"estimated values are constant (all {x[0]:.6g})"
     if reason is not None:
         return {"value": None, "undefined": reason, "n": len(x)}
-    result = METHODS[method](x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", stats.NearConstantInputWarning)
+        result = METHODS[method](x, y)
     value, p_value = float(result[0]), float(result[1])
     if math.isnan(value):
         return {"value": None, "undefined": "correlation is NaN (degenerate values)", "n": len(x)}
-    return {"value": value, "p_value": p_value, "n": len(x)}
+    record: dict[str, Any] = {"value": value, "p_value": p_value, "n": len(x)}
+    if any(issubclass(w.category, stats.NearConstantInputWarning) for w in caught):
+        # scipy warns (over several lines of stderr) that rounding may dominate; the record says it in one field
+        record["warning"] = "nearly constant input: the correlation may be inaccurate (scipy)"
+    return record
 
 
 def correlations(estimated: Sequence[float], retrained: Sequence[float]) -> dict[str, dict[str, Any]]:

@@ -310,6 +310,17 @@ def test_correlation_of_non_finite_values_is_undefined():
     assert record["value"] is None and "non-finite" in record["undefined"]
 
 
+def test_pearson_of_nearly_constant_values_warns_in_the_record_not_on_stderr(capfd):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would fail here
+        record = correlation("pearson", [1.0, 1.0 + 1e-14, 1.0 - 1e-14, 1.0], [0.1, 0.2, 0.4, 0.3])
+    assert "nearly constant" in record["warning"]
+    assert capfd.readouterr().err == ""
+    assert "warning" not in correlation("pearson", [0.1, 0.5, 0.3, 0.9], [0.1, 0.2, 0.4, 0.3])
+
+
 def test_correlation_of_mismatched_lengths_raises():
     with pytest.raises(ValueError):
         correlation("spearman", [0.1, 0.2, 0.3], [0.1, 0.2])
