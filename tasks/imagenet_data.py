@@ -157,6 +157,10 @@ class ImageRows:
         """All labels, ``Tensor[N]`` (int64, on :attr:`device`), read from the file list without decoding."""
         return torch.tensor([label for _, label in self.files.samples], dtype=torch.long, device=self.device)
 
+    def is_floating_point(self) -> bool:
+        """Rows are delivered as floating-point images (so :meth:`Problem.to` casts them like tensors)."""
+        return True
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImageRows:
         """The same rows delivered on another device or in another floating dtype."""
         return dataclasses.replace(self, device=torch.device(device) if device is not None else self.device,

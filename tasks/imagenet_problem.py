@@ -42,19 +42,6 @@ class StreamedProblem(Problem):
         size = chunk_size or self.chunk_size or self.x_train.chunk_size
         return [slice(start, min(start + size, self.n_train)) for start in range(0, self.n_train, size)]
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> StreamedProblem:
-        def cast(t: Tensor) -> Tensor:
-            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-
-        return dataclasses.replace(
-            self,
-            params={k: cast(v) for k, v in self.params.items()},
-            x_train=self.x_train.to(device, dtype),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device, dtype),
-            y_test=self.y_test.to(device),
-        )
-
     # -- streaming ---------------------------------------------------------------------------------------------------
     def _train_passes(self, chunk_size: int | None = None) -> Iterator[tuple[slice, Tensor, Tensor]]:
         return self.x_train.passes(chunk_size or self.chunk_size)
