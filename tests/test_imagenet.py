@@ -101,6 +101,15 @@ def test_streamed_problem_equals_in_memory(problems: tuple[StreamedProblem, Prob
     close(streamed.hvp(vectors, torch.tensor([0, 7])), memory.hvp(vectors, torch.tensor([0, 7])))
 
 
+def test_streamed_problem_casts_like_a_problem(problems: tuple[StreamedProblem, Problem]) -> None:
+    streamed, memory = problems
+    single = streamed.to(torch.float32)
+    assert isinstance(single, StreamedProblem) and isinstance(single.x_train, ImageRows)
+    assert single.dtype == torch.float32 and single.x_train[:2].dtype == torch.float32
+    assert single.y_train.dtype == streamed.y_train.dtype  # labels keep their integer dtype
+    close(streamed.to(torch.float64).test_losses(), memory.test_losses())
+
+
 def test_streamed_influence_equals_in_memory(problems: tuple[StreamedProblem, Problem]) -> None:
     """Influence of every training point on a test point: streamed against the dense in-memory solve."""
     streamed, memory = problems
