@@ -107,14 +107,13 @@ class Task(abc.ABC):
     def trained(self, problem: Problem, recipe: Recipe | Sequence[Recipe], context: BuildContext) -> Problem:
         """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several recipes one after
         the other, e.g. a learning-rate schedule in phases), or loaded from the cache (keyed by :meth:`problem_key`)."""
-        from benchmark.training import train
-
         phases = [recipe] if isinstance(recipe, Recipe) else list(recipe)
 
         def train_phases() -> dict[str, Tensor]:
             current = problem
             for phase in phases:
-                current = dataclasses.replace(current, params=current.unflatten(train(current, phase, context.progress)))
+                theta = self.train_from(current, phase, context.progress)
+                current = dataclasses.replace(current, params=current.unflatten(theta))
             return {"theta": current.theta}
 
         key = self.problem_key(context.seed)
@@ -122,6 +121,13 @@ class Task(abc.ABC):
         return dataclasses.replace(
             problem, params=problem.unflatten(optimum.to(problem.theta)), curvature_cache=(context.cache, key)
         )
+
+    def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
+        """``theta`` after training ``problem`` from its parameters with ``recipe`` (one phase of :meth:`trained`);
+        :func:`benchmark.training.train` unless a task has a faster trainer for its models."""
+        from benchmark.training import train
+
+        return train(problem, recipe, progress)
 
     @classmethod
     def models(cls) -> dict[str, int]:

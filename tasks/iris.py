@@ -333,17 +333,11 @@ class Iris(Task):
         """Full-batch gradient descent to the optimum."""
         return Recipe(steps=self.config.train_steps, lr=self.config.lr)
 
-    def trained(self, problem: Problem, recipe: Recipe, context: BuildContext) -> Problem:
-        """As :meth:`Task.trained` (same cache entry), trained with :func:`mlp_descend`."""
-
-        def train() -> dict[str, Tensor]:
-            weights = torch.ones(1, problem.n_train, dtype=problem.dtype, device=problem.device)
-            theta = self.descend(problem, problem.theta.unsqueeze(0), weights, recipe, context.progress,
-                                 "training optimum", reproducible=True)
-            return {"theta": theta[0]}
-
-        optimum = context.cache.tensors("optima", self.problem_key(context.seed), train)["theta"]
-        return dataclasses.replace(problem, params=problem.unflatten(optimum.to(problem.theta)))
+    def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
+        """Training by :func:`mlp_descend` (batched hand-written backpropagation), reproducibly."""
+        weights = torch.ones(1, problem.n_train, dtype=problem.dtype, device=problem.device)
+        return self.descend(problem, problem.theta.unsqueeze(0), weights, recipe, progress, "training optimum",
+                            reproducible=True)[0]
 
     def descend(self, problem: Problem, thetas: Tensor, weights: Tensor, recipe: Recipe, progress: bool = False,
                 description: str = "training", reproducible: bool = False) -> Tensor:
