@@ -541,6 +541,8 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
 
     sweeps: dict[tuple[str, str], list[Outcome]] = {}
     methods = (["exact"] if spec.dense else []) + ["cg", "bcg", "pcg", "lissa"]
+    family = {"cg": "cg", "bcg": "cg", "pcg": "cg", "lissa": "lissa"}
+    methods = [m for m in methods if m == "exact" or family[m] in args.methods]
     for method in methods:
         scale = None
         for tool in TOOLS:
@@ -651,6 +653,15 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def method_list(text: str) -> tuple[str, ...]:
+    """``"cg,lissa"`` -> ``("cg", "lissa")``, each checked against the methods there are."""
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [v for v in values if v not in ("cg", "lissa")]
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {(unknown or [text])[0]!r}; choose from cg, lissa")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="iris,small-cnn,lenet", help="comma-separated, from: " + ", ".join(MODELS))
@@ -660,6 +671,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lissa-depths", type=int_list, help="LiSSA depths to sweep on the MNIST models (default: per model)")
     parser.add_argument("--reference-max-iter", type=int, default=REFERENCE_MAX_ITER,
                         help="iteration cap of the CG reference where no dense solve fits")
+    parser.add_argument("--methods", type=method_list, default=("cg", "lissa"),
+                        help="comma-separated, from: cg (every CG variant), lissa (the dense ones always run where "
+                        "they fit); e.g. two processes with --methods cg and --methods lissa share one --workdir")
     parser.add_argument("--workdir", type=Path, help="where finished measurements are kept (default "
                         "$BENCH_CACHE_DIR/speed-vs-peers or ~/.cache/bench/speed-vs-peers)")
     parser.add_argument("--output", type=Path, default=REPO / "leaderboards" / "speed.md")

@@ -155,3 +155,12 @@ def test_reference_caveat_says_why_a_reference_did_not_converge(speed):
     assert speed.reference_caveat(converged) == ""
     assert "iteration cap ran out" in speed.reference_caveat(capped)
     assert "1.3e-05" in speed.reference_caveat(floor) and "cap" not in speed.reference_caveat(floor)
+
+
+def test_method_list_parses_and_rejects(speed):
+    import argparse
+
+    assert speed.method_list("cg, lissa") == ("cg", "lissa")
+    for bad in ("", "newton", "cg,exact"):
+        with pytest.raises(argparse.ArgumentTypeError, match="choose from cg, lissa"):
+            speed.method_list(bad)
