@@ -149,13 +149,13 @@ class GroundTruth:
         if self._reference is not None:
             return self._reference
 
-        def retrain() -> dict[str, Tensor]:
+        def retrain_reference() -> dict[str, Tensor]:
             weights = torch.ones(1, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
-            return {"theta": self._retrain(weights, "re-training reference")[0]}
+            return {"theta": self.retrain(weights, "re-training reference")[0]}
 
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(self.directory / ".reference.lock"):
-            theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain)["theta"]
+            theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain_reference)["theta"]
         theta = theta.to(device=self.problem.device, dtype=self.problem.dtype)
         losses = self._test_losses(torch.stack([theta, self.problem.theta]))
         self._reference = Reference(float(losses[0]), float(losses[1]), theta)
@@ -289,7 +289,7 @@ class GroundTruth:
             chunk = indices[begin : begin + chunk_size]
             weights = torch.ones(len(chunk), self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
             weights[torch.arange(len(chunk)), torch.tensor(chunk)] = 0.0
-            thetas = self._retrain(weights, f"re-training {len(chunk)} models")
+            thetas = self.retrain(weights, f"re-training {len(chunk)} models")
             losses = self._test_losses(thetas)
             norms = torch.linalg.vector_norm(thetas - reference.theta.to(thetas), dim=1)
             for i, loss, norm in zip(chunk, losses.tolist(), norms.tolist()):
@@ -298,7 +298,13 @@ class GroundTruth:
                 on_chunk(len(chunk))
         return len(indices)
 
-    def _retrain(self, weights: Tensor, description: str) -> Tensor:
+    def retrain(self, weights: Tensor, description: str) -> Tensor:
+        """Re-train one model per row of ``weights`` (``Tensor[m, n]``, the training points' weights: 0 removes a
+        point) from the optimum with :attr:`recipe`, and return their parameters ``Tensor[m, P]``.
+
+        The one step every entry (the reference and each leave-one-out model) goes through: a subclass may route it
+        to a task's own trainer or batch it with work it knows is coming, as long as each row's result stays the same.
+        """
         start = self.problem.theta.unsqueeze(0).expand(len(weights), -1)
         return descend(self.problem, start, weights, self.recipe, self.progress, description)
 

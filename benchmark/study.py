@@ -383,7 +383,7 @@ class _TaskGroundTruth(GroundTruth):
         finally:
             self._upcoming, self._ready = [], {}
 
-    def _retrain(self, weights: Any, description: str) -> Any:
+    def retrain(self, weights: Any, description: str) -> Any:
         removed = [(row == 0).nonzero().flatten().tolist() for row in weights]
         if all(len(r) == 1 and r[0] in self._ready for r in removed):
             return torch.stack([self._ready.pop(r[0]) for r in removed])
