@@ -67,14 +67,31 @@ def _command(record: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> s
     return " ".join(parts)
 
 
-def _table(group: list[dict[str, Any]]) -> pd.DataFrame:
+def _latest(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records a section shows: the latest of each (estimator, hyperparameters, selection)."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(group, key=lambda r: (r["date"], r["run_id"])):
         key = json.dumps([record["estimator"]["name"], record["estimator"]["hyperparameters"],
                           record["selection"]["kind"]], sort_keys=True)
         latest[key] = record
+    return list(latest.values())
+
+
+def _commands(shown: list[dict[str, Any]], defaults: Mapping[str, Any] | None) -> str:
+    """The command line(s) behind a section's rows; with several, which estimators each one produced."""
+    estimators: dict[str, list[str]] = {}
+    for record in shown:
+        names = estimators.setdefault(_command(record, defaults), [])
+        if record["estimator"]["name"] not in names:
+            names.append(record["estimator"]["name"])
+    if len(estimators) == 1:
+        return f"- Command: `{next(iter(estimators))}`"
+    return "- Commands: " + "; ".join(f"`{command}` ({', '.join(names)})" for command, names in estimators.items())
+
+
+def _table(shown: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
-    for record in latest.values():
+    for record in shown:
         metrics = record.get("metrics") or {}
         paper = record.get("paper") or {}
         diagnostics = record["diagnostics"]["estimator"]
@@ -144,17 +161,18 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
     for record in records:
         groups.setdefault(_group_key(record), []).append(record)
     for group in sorted(groups.values(), key=lambda g: max(r["date"] for r in g)):
-        first = max(group, key=lambda r: (r["date"], r["run_id"]))
+        shown = _latest(group)
+        first = max(shown, key=lambda r: (r["date"], r["run_id"]))
         config = first["task"]["config"]
         problem = first["diagnostics"]["problem"]
         gt = first["ground_truth"]
         recipe = gt["recipe"]
-        commits = sorted({(r["commit"] or "unknown")[:10] + ("+dirty" if r.get("dirty") else "") for r in group})
+        commits = sorted({(r["commit"] or "unknown")[:10] + ("+dirty" if r.get("dirty") else "") for r in shown})
         converged = "converged" if problem["converged"] else f"NOT converged (tolerance {problem['convergence_tol']})"
         lines += [
             f"## {', '.join(f'{k}={v}' for k, v in config.items())}",
             "",
-            f"- Command: `{_command(first, defaults)}`",
+            _commands(shown, defaults),
             f"- Seed {first['seed']}, device {first['device']['type']} ({first['device']['name']}), torch "
             f"{first['versions']['torch']}, commit {', '.join(commits)}, date {first['date']}",
             f"- Problem: {problem['n_train']} training points, {problem['n_params']} parameters, weight decay "
@@ -170,7 +188,7 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
                if gt.get("drift_to_effect") is not None else "")
             + f"); {gt['points']} points",
             "",
-            _table(group).to_markdown(index=False, disable_numparse=True),
+            _table(shown).to_markdown(index=False, disable_numparse=True),
             "",
         ]
     lines += _not_run(records, reference_rows)

@@ -95,6 +95,19 @@ def test_leaderboard_of_every_task_defaults_to_the_results_parent(bench, tiny, t
     assert len(table_rows(board.read_text(), "exact")) == 1
 
 
+def test_a_section_built_by_two_commands_names_both_and_what_each_produced(bench, tiny, tmp_path):
+    results = tmp_path / "board" / "results"
+    common = ("--selection", "top", *tiny, "--cache-dir", tmp_path / "cache", "--results-dir", results,
+              "--no-leaderboard")
+    for estimator in ("exact", "first-order"):
+        assert bench("run", "--task", "iris", "--estimator", estimator, *common).code == 0
+    text = (bench("leaderboard", "--results-dir", results), (results.parent / "iris.md").read_text())[1]
+    lines = [line for line in text.splitlines() if line.startswith("- Command")]
+    assert len(lines) == 1 and lines[0].startswith("- Commands: "), lines
+    assert "--estimator exact" in lines[0] and "(exact)" in lines[0]
+    assert "--estimator first-order" in lines[0] and "(first-order)" in lines[0]
+
+
 def test_yaml_config_with_sections_and_overrides(bench, tmp_path, read_records):
     config = tmp_path / "run.yaml"
     config.write_text(
