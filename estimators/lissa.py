@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -38,7 +39,10 @@ class LissaConfig:
             Single-minibatch LiSSA has a stochastic floor (a relative change of a few percent), so a ``tol`` below it
             never stops early and ``converged`` stays false: that is a finding about LiSSA, reported as such.
         repeats: ``R``, independent recursions averaged.
-        batch_size: training examples per stochastic Hessian.
+        batch_size: training examples per stochastic Hessian. Minibatches are drawn by random reshuffling (each
+            training point once per pass over the data, as a shuffled data loader does), not independently: on the
+            Iris MLP at depth 8,000, batch 32, the correlation of 10 test points' influence with ``exact`` rose from
+            0.978 (independent draws) to 0.998 (pyDVL, cycling through a data loader in order: 0.999).
         seed: seed of the minibatch sampling.
     """
 
@@ -95,8 +99,8 @@ class Lissa(Estimator):
         problem = self._require_problem()
         c = self.config
         scale = self.scale
-        generator = torch.Generator().manual_seed(c.seed)
         batch = min(c.batch_size, problem.n_train)
+        minibatches = reshuffled_minibatches(problem.n_train, batch, torch.Generator().manual_seed(c.seed))
         tail = max(1, c.depth // 10)
         bound = float(torch.linalg.vector_norm(vectors, dim=1).max()) * scale / max(c.damping, 1e-6)
         limit = DIVERGENCE_FACTOR * bound
@@ -109,7 +113,7 @@ class Lissa(Estimator):
             history = {0: estimate}  # estimates at multiples of CHECK_EVERY, to measure the change over the tail
             change = float("inf")
             for step in range(1, c.depth + 1):
-                indices = torch.randint(problem.n_train, (batch,), generator=generator).to(problem.device)
+                indices = next(minibatches).to(problem.device)
                 curvature = problem.hvp(estimate, indices) + c.damping * estimate
                 estimate = vectors + estimate - curvature / scale
                 steps += 1
@@ -137,6 +141,17 @@ class Lissa(Estimator):
         self.diagnostics = {"scale": scale, "steps": steps, "relative_change": max(changes),
                             "converged": max(changes) <= c.tol}
         return total / c.repeats
+
+
+def reshuffled_minibatches(n: int, size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Endless minibatches of ``size`` indices out of ``n``: consecutive slices of a stream of random permutations,
+    so every ``n`` consecutive indices hold each point once (a minibatch may span two permutations)."""
+    stream = torch.randperm(n, generator=generator)
+    while True:
+        while len(stream) < size:
+            stream = torch.cat([stream, torch.randperm(n, generator=generator)])
+        yield stream[:size]
+        stream = stream[size:]
 
 
 @hookimpl
