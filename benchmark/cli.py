@@ -158,7 +158,8 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         if not isinstance(value, dict):
             raise UsageError(f"{args.config}: section {key!r} must be a mapping of options, not {value!r}")
         sections[key] = dict(value)
-    for namespace, values in configuration.parse_set(args.overrides).items():
+    overrides = configuration.parse_set(args.overrides)
+    for namespace, values in overrides.items():
         sections.setdefault(namespace, {}).update(values)
 
     def option(name: str, default: Any, valid: Any, expected: str) -> Any:
@@ -191,6 +192,9 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     for name in sections:
         if name != task and name not in registry.estimators:
             raise UnknownNameError("task or estimator in --set/--config", name, [task, *registry.estimators])
+    if getattr(args, "estimators", None) is not None:  # the command line runs a subset of the file's estimators
+        for name in set(sections) - set(overrides) - set(estimators) - {task}:
+            configuration.build(registry.estimator(name).Config, sections.pop(name), name)  # still checked
     for flag, field, value in (("--data-dir", "data_dir", getattr(args, "data_dir", None)),
                                ("--download", "download", getattr(args, "download", False) or None)):
         if value is None:

@@ -108,6 +108,24 @@ def test_a_section_built_by_two_commands_names_both_and_what_each_produced(bench
     assert "--estimator first-order" in lines[0] and "(first-order)" in lines[0]
 
 
+def test_estimators_flag_runs_a_subset_of_a_config_file(bench, tiny, tmp_path, read_records):
+    """``--estimators`` narrows a config file's list; the file's sections for the others are checked, then unused.
+    A ``--set`` for an estimator the run leaves out is still an error (it would silently do nothing)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("task: iris\nestimators: [exact, first-order]\nexact:\n  damping: 0.01\n"
+                      "first-order:\n  scale: 2.0\n")
+    common = ("--config", config, "--selection", "top", *tiny, "--cache-dir", tmp_path / "cache",
+              "--results-dir", tmp_path / "results", "--no-leaderboard")
+    result = bench("run", "--estimators", "first-order", *common)
+    assert result.code == 0, result.err
+    assert [r["estimator"]["name"] for r in read_records(tmp_path / "results")] == ["first-order"]
+    result = bench("run", "--estimators", "first-order", "--set", "exact.damping=0.1", *common)
+    assert result.code == 2 and "not in this run" in result.err
+    config.write_text("task: iris\nexact:\n  dampin: 0.01\n")
+    result = bench("run", "--estimators", "first-order", *common)
+    assert result.code == 2 and "dampin" in result.err
+
+
 def test_yaml_config_with_sections_and_overrides(bench, tmp_path, read_records):
     config = tmp_path / "run.yaml"
     config.write_text(
