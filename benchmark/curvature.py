@@ -20,7 +20,10 @@ class DenseHessian:
     def __init__(self, problem: Problem, dtype: torch.dtype = torch.float64):
         self.dtype = dtype
 
+        self.from_cache = problem.curvature_cache is not None
+
         def build() -> dict[str, Tensor]:
+            self.from_cache = False
             return {"hessian": problem.to(dtype).hessian().to(torch.float64)}
 
         if problem.curvature_cache is None:

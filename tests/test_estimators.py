@@ -311,13 +311,14 @@ def test_dense_hessian_is_kept_on_disk_under_the_problem_key(tmp_path, monkeypat
         conformance.logistic_regression_problem(), curvature_cache=(Cache(tmp_path), {"task": "t", "seed": 0})
     )
     first = DenseHessian(problem)
-    assert list((tmp_path / "hessians").glob("*.pt"))
+    assert list((tmp_path / "hessians").glob("*.pt")) and not first.from_cache
 
     def no_products(self, chunk_size=64):
         raise AssertionError("the cached Hessian should have been loaded")
 
     monkeypatch.setattr(Problem, "hessian", no_products)
     again = DenseHessian(dataclasses.replace(problem))
+    assert again.from_cache  # so exact's prepare time is the load, and its diagnostics say so
     torch.testing.assert_close(again.eigenvalues, first.eigenvalues, rtol=0, atol=0)
     with pytest.raises(AssertionError, match="cached"):
         DenseHessian(problem, torch.float32)  # another precision is another entry
