@@ -431,3 +431,18 @@ def test_reshuffled_minibatches_cover_every_point_once_per_pass():
     for start in range(0, 60, 10):
         assert sorted(stream[start : start + 10].tolist()) == list(range(10))
     assert stream[:10].tolist() != stream[10:20].tolist()  # each pass in a new order
+
+
+def test_block_cg_stops_at_the_precision_floor_instead_of_running_to_max_iter(small_mlp):
+    """A tolerance below what float32 products can reach: block CG stops once the residual makes no new low, says
+    so, and its answer is as good as float32 allows."""
+    problem = small_mlp.problem.to(torch.float32)
+    vectors = problem.test_gradients([0, 1, 2])
+    cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-12, max_iter=500))
+    cg.prepare(problem)
+    solution = cg.ihvp(vectors)
+    assert cg.diagnostics["stalled"]  # "converged" may still hold: its floor is 10 float32 epsilons
+    assert cg.diagnostics["iterations"] < 100
+    exact = Exact(ExactConfig(damping=0.01))
+    exact.prepare(small_mlp.problem)
+    assert float(relative_errors(solution.double(), exact.ihvp(vectors.double())).max()) < 1e-4
