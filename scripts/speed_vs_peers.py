@@ -285,7 +285,9 @@ def build_problem(spec: ModelSpec, data_dir: str | None) -> tuple[Any, Any]:
     if spec.task != "iris" and data_dir:
         options["data_dir"] = data_dir
     task = task_cls(configuration.build(task_cls.Config, options, spec.task))
-    return task, task.build(BuildContext("cpu", 0, Cache(), progress=False))
+    problem = task.build(BuildContext("cpu", 0, Cache(), progress=False))
+    # no Hessian from an earlier run's cache: every measurement times the whole computation
+    return task, dataclasses.replace(problem, curvature_cache=None)
 
 
 def module_at(spec: ModelSpec, task: Any, problem: Any) -> torch.nn.Module:
@@ -536,7 +538,7 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
         key = (outcome.job.method, outcome.job.setting)
         if outcome.job.tool == "ours":
             ours_at[key] = outcome
-        if key in ours_at:
+        elif key in ours_at:
             outcome.agreement = pearson_rows(outcome.scores, ours_at[key].scores)
 
     sweeps: dict[tuple[str, str], list[Outcome]] = {}
