@@ -12,8 +12,9 @@ cache), the same training set and the 10 highest-loss test points, at damping 0.
 Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
 blow-up does not end the script; its time covers everything from the trained model to the ``10 x n`` scores (test
 gradients, iHVPs, training-side products), and its peak memory is the process's peak resident set size during the
-measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri gets the test points one at a
-time: it solves a whole test batch at once, and 10 LeNet right-hand sides over 5,500 images took it past 19 GB.
+measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
+one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the out-of-memory killer
+on this 24 GB machine, whether it gets the 10 test points at once or one at a time (its LiSSA then fails on Iris).
 
 Every finished measurement is kept in ``--workdir`` (default ``$BENCH_CACHE_DIR/speed-vs-peers``, else
 ``~/.cache/bench/speed-vs-peers``) under a digest of its job, so an interrupted run resumes where it stopped and a
@@ -346,7 +347,7 @@ def run_dattri(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) ->
     regularization = problem.weight_decay + DAMPING  # the weight decay's Hessian is weight_decay * I
     n = problem.n_train
     train = DataLoader(TensorDataset(problem.x_train, problem.y_train), batch_size=n, shuffle=False)
-    tests = DataLoader(TensorDataset(problem.x_test[test], problem.y_test[test]), batch_size=1, shuffle=False)
+    tests = DataLoader(TensorDataset(problem.x_test[test], problem.y_test[test]), batch_size=len(test), shuffle=False)
     if job.method == "exact":
         attributor = IFAttributorExplicit(task=task, device="cpu", regularization=regularization)
     elif job.method == "cg":
