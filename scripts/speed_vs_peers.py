@@ -14,7 +14,8 @@ blow-up does not end the script; its time covers everything from the trained mod
 gradients, iHVPs, training-side products), and its peak memory is the process's peak resident set size during the
 measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
 one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the out-of-memory killer
-on this 24 GB machine, whether it gets the 10 test points at once or one at a time (its LiSSA then fails on Iris).
+on this 24 GB machine, whether it gets the 10 test points at once or one at a time. dattri's LiSSA fails on the
+float64 Iris model (a float32 tensor of its own meets the model's float64 ones).
 
 Every finished measurement is kept in ``--workdir`` (default ``$BENCH_CACHE_DIR/speed-vs-peers``, else
 ``~/.cache/bench/speed-vs-peers``) under a digest of its job, so an interrupted run resumes where it stopped and a
