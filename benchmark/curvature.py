@@ -19,7 +19,6 @@ class DenseHessian:
 
     def __init__(self, problem: Problem, dtype: torch.dtype = torch.float64):
         self.dtype = dtype
-
         self.from_cache = problem.curvature_cache is not None
 
         def build() -> dict[str, Tensor]:
@@ -58,7 +57,7 @@ class DenseHessian:
 
 
 def _cache_key(dtype: torch.dtype) -> str:
-    return "_dense_hessian" if dtype == torch.float64 else f"_dense_hessian_{dtype}".replace("torch.", "")
+    return "_dense_hessian" if dtype == torch.float64 else f"_dense_hessian_{str(dtype).removeprefix('torch.')}"
 
 
 def top_eigenvalue(problem: Problem, iterations: int = 50, seed: int = 0, indices: Tensor | None = None) -> float:

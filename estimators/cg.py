@@ -117,15 +117,16 @@ class ConjugateGradient(Estimator):
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
         self._preconditioner: NystromPreconditioner | None = None
-        self.diagnostics = {}
+        self._sketch_diagnostics: dict[str, float | int] = {}
         if self.config.preconditioner == "nystrom":
             start = time.perf_counter()
             self._preconditioner = self._nystrom(problem)
             values = self._preconditioner.eigenvalues
-            self.diagnostics = {
+            self._sketch_diagnostics = {
                 "sketch_rank": len(values), "sketch_top_eigenvalue": float(values[0]),
                 "sketch_bottom_eigenvalue": float(values[-1]), "sketch_seconds": time.perf_counter() - start,
             }
+        self.diagnostics = dict(self._sketch_diagnostics)
 
     def _nystrom(self, problem: Problem) -> NystromPreconditioner:
         c = self.config
@@ -143,21 +144,21 @@ class ConjugateGradient(Estimator):
     def ihvp(self, vectors: Tensor) -> Tensor:
         problem = self._require_problem()
         damping = self.config.damping
-        self.diagnostics.pop("stalled", None)
 
         def apply(x: Tensor) -> Tensor:
             return problem.hvp(x) + damping * x
 
         if self.config.block and len(vectors) > 1:
-            solution, iterations = self._block_solve(apply, vectors)
+            solution, iterations, stalled = self._block_solve(apply, vectors)
         else:
-            solution, iterations = self._solve(apply, vectors)
+            (solution, iterations), stalled = self._solve(apply, vectors), None
         true_residual = torch.linalg.vector_norm(vectors - apply(solution), dim=1)
         relative = true_residual / torch.linalg.vector_norm(vectors, dim=1).clamp_min(1e-300)
         if not bool(torch.isfinite(solution).all()):
             raise EstimatorFailed(f"CG produced non-finite values after {iterations} iterations")
         self.diagnostics = {
-            **{k: v for k, v in self.diagnostics.items() if k.startswith("sketch") or k == "stalled"},
+            **self._sketch_diagnostics,
+            **({} if stalled is None else {"stalled": stalled}),
             "iterations": iterations,
             "relative_residual": float(relative.max()),
             "converged": bool((relative <= max(self.config.tol, 10 * torch.finfo(vectors.dtype).eps)).all()),
@@ -200,16 +201,15 @@ class ConjugateGradient(Estimator):
             inner = new_inner
         return solution, iterations
 
-    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int]:
+    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int, bool]:
         """Block CG as a Galerkin method: build an orthonormal basis ``Q`` of the block Krylov space of the residuals
         (block Lanczos with full re-orthogonalisation; directions that became dependent are dropped), and take
         ``t = Q (Q^T A Q)^-1 Q^T v`` on it, which is what block CG computes in exact arithmetic. With a preconditioner
         ``M`` it runs on the symmetric system ``M^-1/2 A M^-1/2``. Restarts from the current residual when the basis
-        outgrows :data:`BLOCK_BASIS_BYTES`; stops early, with ``stalled`` in the diagnostics, at the precision floor
-        (:data:`STALL_BLOCKS`). The small matrices are float64."""
+        outgrows :data:`BLOCK_BASIS_BYTES`; stops early at the precision floor (:data:`STALL_BLOCKS`). Returns the
+        solutions, the iterations and whether it stopped there. The small matrices are float64."""
         preconditioner = self._preconditioner
         dtype = vectors.dtype
-        self.diagnostics["stalled"] = False
 
         def root(x: Tensor, exponent: float) -> Tensor:  # M^exponent, in float64
             x = x.to(torch.float64)
@@ -244,8 +244,7 @@ class ConjugateGradient(Estimator):
                 history.append(float((true_norms / norms).max()))
                 stalled = len(history) > STALL_BLOCKS and min(history[-STALL_BLOCKS:]) >= min(history[:-STALL_BLOCKS])
                 if bool((true_norms <= self.config.tol * norms).all()) or stalled:
-                    self.diagnostics["stalled"] = stalled
-                    return root(solution + (basis.T @ coefficients).T, -0.5).to(dtype), iterations
+                    return root(solution + (basis.T @ coefficients).T, -0.5).to(dtype), iterations, stalled
                 block = products[-1]
                 for _ in range(2):  # twice is enough (Giraud et al. 2005)
                     block = block - (block @ basis.T) @ basis
@@ -253,7 +252,7 @@ class ConjugateGradient(Estimator):
             solution = solution + (basis.T @ coefficients).T
             if not len(block):  # the Krylov space is exhausted: the Galerkin solution is exact
                 break
-        return root(solution, -0.5).to(dtype), iterations
+        return root(solution, -0.5).to(dtype), iterations, False
 
     @staticmethod
     def _not_positive_definite(curvature: float, iterations: int) -> EstimatorFailed:
