@@ -150,3 +150,19 @@ def test_forward_over_reverse_hvp(name: str) -> None:
     reference = torch.autograd.grad(g, list(leaves.values()), grad_outputs=[v[k] for k in leaves])
     for key, expected in zip(leaves, reference):
         torch.testing.assert_close(hvp[key], expected, rtol=1e-8, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("name", ["small-cnn", "lenet"])
+def test_problem_hvp_in_a_kept_graph_equals_forward_over_reverse(name: str) -> None:
+    """:meth:`Problem.hvp` on one chunk (the kept graph with its data convolutions) equals the chunked
+    forward-over-reverse products, which go through torch's own convolutions."""
+    from benchmark import Problem
+    from benchmark.losses import cross_entropy
+
+    model, params, x, y, _ = _functional(name, "mnist")
+    problem = Problem.from_module(model, cross_entropy, x, y, x, y, weight_decay=0.01)
+    chunked = Problem.from_module(model, cross_entropy, x, y, x, y, weight_decay=0.01, chunk_size=1)
+    vectors = torch.randn(2, problem.n_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kept = problem.hvp(vectors)
+    assert problem._gradient_graph is not None
+    torch.testing.assert_close(kept, chunked.hvp(vectors), rtol=1e-10, atol=1e-12)

@@ -196,14 +196,24 @@ def test_iter_train_gradients_chunks_cover_every_row_once(untrained, chunk_size)
     torch.testing.assert_close(torch.cat([grads for _, grads in chunks]), everything, rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, 1024])
-def test_train_gradient_products_equal_explicit_matrix_product(untrained, chunk_size):
-    problem = untrained.problem
+@pytest.mark.parametrize(("chunk_size", "rows_per_pass"), [(1, 1), (5, 1), (6, 2), (1024, 341), (None, None)])
+def test_train_gradient_products_equal_explicit_matrix_product(untrained, chunk_size, rows_per_pass):
+    """The products are right whatever the chunking, and a pass along the 3 vectors takes ``chunk_size // 3``
+    examples (at least one), so its memory is that of ``chunk_size`` examples; no chunk size at all: one pass."""
+    seen: list[int] = []
+
+    def model(params, x):
+        seen.append(len(x))
+        return untrained.problem.model(params, x)
+
+    problem = dataclasses.replace(untrained.problem, model=model)
     vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    gradients = problem.train_gradients(list(range(problem.n_train)))
+    gradients = untrained.problem.train_gradients(list(range(problem.n_train)))
     products = problem.train_gradient_products(vectors, chunk_size=chunk_size)
     assert products.shape == (3, problem.n_train)
     torch.testing.assert_close(products, vectors @ gradients.T, rtol=1e-12, atol=1e-14)
+    assert max(seen) == min(rows_per_pass or problem.n_train, problem.n_train)
+    assert len(seen) == math.ceil(problem.n_train / (rows_per_pass or problem.n_train))
 
 
 # -- training: stacked models, one at a time, and torch.optim.SGD ---------------------------------------------------
