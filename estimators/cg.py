@@ -106,7 +106,9 @@ class ConjugateGradient(Estimator):
     arithmetic (block CG: fewer, and it keeps its basis, at most :data:`BLOCK_BASIS_BYTES` before a restart); with ``preconditioner: nystrom``, ``sketch_rank`` products on
     ``sketch_size`` examples once per optimum (in :meth:`prepare`). Needs ``H + lambda I`` positive definite: a
     direction of non-positive curvature stops it with a failure naming the curvature found (raise ``damping``).
-    Diagnostics: iterations, the final relative residual (worst over right-hand sides), ``converged``, and for the
+    Diagnostics: iterations, the final relative residual ``||v - (H + lambda I) t|| / ||v||`` (worst over right-hand
+    sides; block CG has it from the products of its basis, independent CG pays one more product per right-hand side
+    for it), ``converged``, and for the
     Nyström preconditioner its rank (below ``sketch_rank`` when the sketched Hessian has directions of negative
     curvature, which are left out), its largest and smallest eigenvalues and the seconds its sketch took.
     """
@@ -149,11 +151,12 @@ class ConjugateGradient(Estimator):
             return problem.hvp(x) + damping * x
 
         if self.config.block and len(vectors) > 1:
-            solution, iterations, stalled = self._block_solve(apply, vectors)
+            solution, iterations, stalled, relative = self._block_solve(apply, vectors)
         else:
             (solution, iterations), stalled = self._solve(apply, vectors), None
-        true_residual = torch.linalg.vector_norm(vectors - apply(solution), dim=1)
-        relative = true_residual / torch.linalg.vector_norm(vectors, dim=1).clamp_min(1e-300)
+            # one more product each: in float32 CG's recurrence goes on falling below the true residual
+            true_residual = torch.linalg.vector_norm(vectors - apply(solution), dim=1)
+            relative = true_residual / torch.linalg.vector_norm(vectors, dim=1).clamp_min(1e-300)
         if not bool(torch.isfinite(solution).all()):
             raise EstimatorFailed(f"CG produced non-finite values after {iterations} iterations")
         self.diagnostics = {
@@ -201,13 +204,15 @@ class ConjugateGradient(Estimator):
             inner = new_inner
         return solution, iterations
 
-    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int, bool]:
+    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int, bool, Tensor]:
         """Block CG as a Galerkin method: build an orthonormal basis ``Q`` of the block Krylov space of the residuals
         (block Lanczos with full re-orthogonalisation; directions that became dependent are dropped), and take
         ``t = Q (Q^T A Q)^-1 Q^T v`` on it, which is what block CG computes in exact arithmetic. With a preconditioner
         ``M`` it runs on the symmetric system ``M^-1/2 A M^-1/2``. Restarts from the current residual when the basis
         outgrows :data:`BLOCK_BASIS_BYTES`; stops early at the precision floor (:data:`STALL_BLOCKS`). Returns the
-        solutions, the iterations and whether it stopped there. The small matrices are float64."""
+        solutions, the iterations, whether it stopped there, and the relative residuals ``||v - A t|| / ||v||``. These
+        come from the products of the basis, ``A t = (A Q) y``, so they are true residuals (up to rounding) that cost no
+        further product. The small matrices are float64."""
         preconditioner = self._preconditioner
         dtype = vectors.dtype
 
@@ -223,6 +228,7 @@ class ConjugateGradient(Estimator):
         residual = root(vectors, -0.5)
         max_blocks = max(1, BLOCK_BASIS_BYTES // (2 * 8 * vectors.numel()))
         iterations, history = 0, []
+        relative = torch.zeros(len(vectors), dtype=torch.float64)
         while iterations < self.config.max_iter:
             start, bases, products = residual, [], []
             block = _orthonormal_rows(start)
@@ -240,11 +246,11 @@ class ConjugateGradient(Estimator):
                     raise self._not_positive_definite(smallest, iterations)
                 coefficients = torch.linalg.solve(projected, basis @ start.T)
                 residual = start - (product.T @ coefficients).T
-                true_norms = torch.linalg.vector_norm(root(residual, 0.5), dim=1)
-                history.append(float((true_norms / norms).max()))
+                relative = torch.linalg.vector_norm(root(residual, 0.5), dim=1) / norms
+                history.append(float(relative.max()))
                 stalled = len(history) > STALL_BLOCKS and min(history[-STALL_BLOCKS:]) >= min(history[:-STALL_BLOCKS])
-                if bool((true_norms <= self.config.tol * norms).all()) or stalled:
-                    return root(solution + (basis.T @ coefficients).T, -0.5).to(dtype), iterations, stalled
+                if bool((relative <= self.config.tol).all()) or stalled:
+                    return root(solution + (basis.T @ coefficients).T, -0.5).to(dtype), iterations, stalled, relative
                 block = products[-1]
                 for _ in range(2):  # twice is enough (Giraud et al. 2005)
                     block = block - (block @ basis.T) @ basis
@@ -252,7 +258,7 @@ class ConjugateGradient(Estimator):
             solution = solution + (basis.T @ coefficients).T
             if not len(block):  # the Krylov space is exhausted: the Galerkin solution is exact
                 break
-        return root(solution, -0.5).to(dtype), iterations, False
+        return root(solution, -0.5).to(dtype), iterations, False, relative
 
     @staticmethod
     def _not_positive_definite(curvature: float, iterations: int) -> EstimatorFailed:

@@ -446,3 +446,30 @@ def test_block_cg_stops_at_the_precision_floor_instead_of_running_to_max_iter(sm
     exact = Exact(ExactConfig(damping=0.01))
     exact.prepare(small_mlp.problem)
     assert float(relative_errors(solution.double(), exact.ihvp(vectors.double())).max()) < 1e-4
+
+
+def test_block_cg_reports_the_true_residual_without_a_further_product(small_mlp):
+    """Block CG's residual comes from its basis's products: exactly ``iterations x m`` products in all, and the
+    reported residual is the true one, recomputed here with the dense Hessian."""
+    problem = small_mlp.problem
+    vectors = problem.test_gradients([0, 1, 2, 3])
+    counted = dataclasses.replace(problem)
+    calls: list[int] = []
+    original = counted.hvp
+
+    def hvp(x, indices=None):
+        calls.append(len(x))
+        return original(x, indices)
+
+    counted.hvp = hvp
+    hessian = problem.hessian()
+    for max_iter in (2, 4):
+        calls.clear()
+        cg = ConjugateGradient(CGConfig(damping=0.01, max_iter=max_iter, tol=1e-12))
+        cg.prepare(counted)
+        solution = cg.ihvp(vectors)
+        assert cg.diagnostics["iterations"] == max_iter and sum(calls) == max_iter * len(vectors)
+        true = torch.linalg.vector_norm(vectors - solution @ (hessian + 0.01 * torch.eye(len(hessian))).T, dim=1)
+        relative = float((true / torch.linalg.vector_norm(vectors, dim=1)).max())
+        assert relative > 1e-6  # not converged at a few iterations, so the comparison means something
+        assert cg.diagnostics["relative_residual"] == pytest.approx(relative, rel=1e-8)
