@@ -109,7 +109,9 @@ class Job:
     """One measurement: ``tool``'s ``method`` at ``setting`` (CG iterations, LiSSA depth; 0 for dense) on ``model``.
 
     ``tol`` > 0 runs our CG to that relative residual (the reference) instead of a fixed iteration count; ``scale`` is
-    the LiSSA scale shared by all tools (ours picks it by power iteration when it is ``None``).
+    the LiSSA scale shared by all tools (ours picks it by power iteration when it is ``None``). ``code`` is the
+    digest of our sources that one of our measurements ran (:func:`our_code`), so that it is redone when they
+    change; empty for the peers, whose code is their pinned release.
     """
 
     model: str
@@ -119,6 +121,7 @@ class Job:
     tol: float = 0.0
     scale: float | None = None
     data_dir: str | None = None
+    code: str = ""
 
     @property
     def name(self) -> str:
@@ -453,27 +456,48 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
             "diagnostics": {k: v for k, v in diagnostics.items() if isinstance(v, (int, float, bool, str))}}
 
 
+def job_fields(job: Job) -> dict[str, Any]:
+    """``job`` as a dict, without an empty ``code`` (so a peer's job keeps the name it had before the field)."""
+    fields = dataclasses.asdict(job)
+    if not fields["code"]:
+        del fields["code"]
+    return fields
+
+
 def job_digest(job: Job) -> str:
     """A stable name for ``job``'s files in the work directory (the same on every run and machine)."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(dataclasses.asdict(job), sort_keys=True).encode()).hexdigest()[:20]
+    return hashlib.sha256(json.dumps(job_fields(job), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def our_code() -> str:
+    """A digest of the sources of our measurements (the harness, the built-in estimators and tasks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for folder in ("benchmark", "estimators", "tasks") for p in (REPO / folder).rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
-    """Run ``job`` in a fresh subprocess with one thread and a timeout, unless ``workdir`` holds its outcome."""
+    """Run ``job`` in a fresh subprocess with one thread and a timeout, unless ``workdir`` holds its outcome (ours:
+    measured on the same sources)."""
+    if job.tool == "ours" and not job.code:
+        job = dataclasses.replace(job, code=our_code())
     stem = workdir / job_digest(job)
     scores_path, info_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
     label = f"{job.model} {job.tool} {job.name} {job.setting_label}"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        if info.get("job") == dataclasses.asdict(job) and (info["status"] != "ok" or scores_path.exists()):
+        if info.get("job") == job_fields(job) and (info["status"] != "ok" or scores_path.exists()):
             print(f"[{time.strftime('%H:%M:%S')}] {label}: measured before ({info['status']}), reused", flush=True)
             scores = torch.load(scores_path, weights_only=True)["scores"] if info["status"] == "ok" else None
             return Outcome(job, info["status"], info.get("seconds"), info.get("peak_mib"), info.get("base_mib"),
                            scores, info.get("diagnostics", {}), info.get("message", ""), commit=info.get("commit"))
     outcome = _measure(job, timeout, scores_path, label)
-    record = {"job": dataclasses.asdict(job), "status": outcome.status, "seconds": outcome.seconds,
+    record = {"job": job_fields(job), "status": outcome.status, "seconds": outcome.seconds,
               "peak_mib": outcome.peak_mib, "base_mib": outcome.base_mib, "diagnostics": outcome.diagnostics,
               "message": outcome.message, "commit": outcome.commit}
     info_path.write_text(json.dumps(record, indent=1))
@@ -483,7 +507,7 @@ def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
 def _measure(job: Job, timeout: float, scores_path: Path, label: str) -> Outcome:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                TQDM_DISABLE="1")
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(dataclasses.asdict(job)),
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job_fields(job)),
                "--scores", str(scores_path)]
     print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
     try:

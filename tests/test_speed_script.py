@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 
@@ -145,6 +146,26 @@ def test_measure_reuses_a_finished_measurement_and_reruns_nothing(speed, tmp_pat
     torch.testing.assert_close(again.scores, first.scores)
     speed.measure(speed.Job("iris", "ours", "cg", 10), 60, tmp_path)  # another setting is another measurement
     assert len(runs) == 2
+
+
+def test_our_measurements_are_redone_when_our_sources_change_and_the_peers_are_not(speed, tmp_path, monkeypatch):
+    runs = []
+
+    def fake(job_, timeout, scores_path, label):
+        runs.append(job_)
+        torch.save({"scores": torch.ones(2, 3)}, scores_path)
+        return speed.Outcome(job_, "ok", 1.5, 10.0, 5.0, torch.ones(2, 3), {}, commit="abc")
+
+    monkeypatch.setattr(speed, "_measure", fake)
+    ours, peer = speed.Job("lenet", "ours", "bcg", 5), speed.Job("lenet", "pydvl", "cg", 10)
+    for code in ("before", "before", "after"):
+        monkeypatch.setattr(speed, "our_code", lambda code=code: code)
+        speed.measure(ours, 60, tmp_path)
+        speed.measure(peer, 60, tmp_path)
+    assert [(job.tool, job.code) for job in runs] == [("ours", "before"), ("pydvl", ""), ("ours", "after")]
+    # a peer's job keeps the name it had before jobs had a code (pinned), so its earlier measurements stay valid
+    assert speed.job_digest(peer) == "265c55e56206410681cf"
+    assert speed.job_digest(ours) != speed.job_digest(dataclasses.replace(ours, code="x"))
 
 
 def test_reference_caveat_says_why_a_reference_did_not_converge(speed):
