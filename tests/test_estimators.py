@@ -448,9 +448,10 @@ def test_block_cg_stops_at_the_precision_floor_instead_of_running_to_max_iter(sm
     assert float(relative_errors(solution.double(), exact.ihvp(vectors.double())).max()) < 1e-4
 
 
-def test_block_cg_reports_the_true_residual_without_a_further_product(small_mlp):
-    """Block CG's residual comes from its basis's products: exactly ``iterations x m`` products in all, and the
-    reported residual is the true one, recomputed here with the dense Hessian."""
+def test_block_cg_reports_the_true_residual_and_checks_a_claimed_convergence(small_mlp):
+    """Stopped at ``max_iter``, block CG's residual comes from its basis's products: exactly ``iterations x m``
+    products in all, and the reported residual is the true one, recomputed here with the dense Hessian. Converged,
+    it checks the claim with one more product per right-hand side."""
     problem = small_mlp.problem
     vectors = problem.test_gradients([0, 1, 2, 3])
     counted = dataclasses.replace(problem)
@@ -473,3 +474,12 @@ def test_block_cg_reports_the_true_residual_without_a_further_product(small_mlp)
         relative = float((true / torch.linalg.vector_norm(vectors, dim=1)).max())
         assert relative > 1e-6  # not converged at a few iterations, so the comparison means something
         assert cg.diagnostics["relative_residual"] == pytest.approx(relative, rel=1e-8)
+    counts = {}
+    for tol, max_iter in ((1e-8, 1000), (1e-30, None)):  # converged; then the same iterations, stopped by max_iter
+        calls.clear()
+        cg = ConjugateGradient(CGConfig(damping=0.01, tol=tol, max_iter=max_iter or counts[1e-8][0]))
+        cg.prepare(counted)
+        cg.ihvp(vectors)
+        counts[tol] = cg.diagnostics["iterations"], sum(calls), cg.diagnostics["converged"]
+    assert counts[1e-8][2] and not counts[1e-30][2]
+    assert counts[1e-8][0] == counts[1e-30][0] and counts[1e-8][1] == counts[1e-30][1] + len(vectors)
