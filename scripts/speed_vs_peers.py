@@ -151,6 +151,8 @@ class Outcome:
     correlation: Tensor | None = None
     agreement: Tensor | None = None
     commit: str | None = None
+    load: float | None = None
+    """The machine's 1-minute load average as the measurement ended: about 1 when it ran alone."""
 
 
 # -- sign conventions and statistics (pure; tested) ----------------------------------------------------------------
@@ -214,9 +216,11 @@ def reference_caveat(ref: Outcome) -> str:
     if ref.diagnostics.get("iterations", 0) >= ref.job.setting:
         return (" It is NOT converged (the iteration cap ran out first): every correlation below is against a "
                 "partial solve, and only the agreement at equal settings is conclusive.")
+    why = ("it stopped at the precision floor (no new low of the residual in the last iterations)"
+           if ref.diagnostics.get("stalled") else "its iteration reached the tolerance")
     return (f" Its true relative residual, {fmt(ref.diagnostics.get('relative_residual'), '.2g')}, is above the "
             f"requested {ref.job.tol:g} (float32 products carry relative errors of about 1e-5), so it counts as not "
-            "converged, although its iteration reached the tolerance; a correlation of 0.99 is far coarser.")
+            f"converged: {why}. A correlation of 0.99 is far coarser.")
 
 
 def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
@@ -237,7 +241,9 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         f"Setting: damping {DAMPING} (added to the task's weight decay), the {TEST_POINTS} highest-loss test points, "
         "float32 on MNIST and float64 on Iris, identical parameters and data for every tool. Time: from the trained "
         "model to the scores of every training point for the test points; peak: the process's peak resident memory "
-        "during the measurement (baseline of the loaded data and model included, shown apart). Correlation: "
+        "during the measurement (baseline of the loaded data and model included, shown apart); load: the "
+        "machine's 1-minute load average as it ended (about 1: it ran alone; about 2: beside another one-thread "
+        "measurement on the 2 cores; blank: measured before loads were recorded). Correlation: "
         "Pearson over training points, worst of the test points, against the reference (r ref) and against our "
         "result at the same setting (r ours). Sign conventions are aligned to ours (see the script's docstring).",
         "",
@@ -269,10 +275,10 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         for sweep in result["sweeps"].values():
             for outcome in sweep:
                 rows.append([outcome.job.tool, outcome.job.name, outcome.job.setting_label, *outcome_cells(outcome),
-                             fmt(outcome.base_mib, ".0f"), json.dumps(outcome.diagnostics, sort_keys=True)
-                             if outcome.diagnostics else ""])
+                             fmt(outcome.base_mib, ".0f"), fmt(outcome.load, ".1f"),
+                             json.dumps(outcome.diagnostics, sort_keys=True) if outcome.diagnostics else ""])
         out += [markdown_table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
-                                "baseline (MiB)", "diagnostics"], rows), ""]
+                                "baseline (MiB)", "load", "diagnostics"], rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -495,11 +501,12 @@ def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
             print(f"[{time.strftime('%H:%M:%S')}] {label}: measured before ({info['status']}), reused", flush=True)
             scores = torch.load(scores_path, weights_only=True)["scores"] if info["status"] == "ok" else None
             return Outcome(job, info["status"], info.get("seconds"), info.get("peak_mib"), info.get("base_mib"),
-                           scores, info.get("diagnostics", {}), info.get("message", ""), commit=info.get("commit"))
+                           scores, info.get("diagnostics", {}), info.get("message", ""), commit=info.get("commit"),
+                           load=info.get("load"))
     outcome = _measure(job, timeout, scores_path, label)
     record = {"job": job_fields(job), "status": outcome.status, "seconds": outcome.seconds,
               "peak_mib": outcome.peak_mib, "base_mib": outcome.base_mib, "diagnostics": outcome.diagnostics,
-              "message": outcome.message, "commit": outcome.commit}
+              "message": outcome.message, "commit": outcome.commit, "load": outcome.load}
     info_path.write_text(json.dumps(record, indent=1))
     return outcome
 
@@ -514,19 +521,21 @@ def _measure(job: Job, timeout: float, scores_path: Path, label: str) -> Outcome
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"    timeout after {timeout:.0f} s", flush=True)
-        return Outcome(job, "timeout", message=f"over {timeout:.0f} s", commit=current_commit())
+        return Outcome(job, "timeout", message=f"over {timeout:.0f} s", commit=current_commit(),
+                       load=os.getloadavg()[0])
+    load = os.getloadavg()[0]
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         if done.returncode < 0:
             tail = f"killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
         print(f"    failed: {tail}", flush=True)
-        return Outcome(job, "failed", message=tail[:160].replace("|", "/"), commit=current_commit())
+        return Outcome(job, "failed", message=tail[:160].replace("|", "/"), commit=current_commit(), load=load)
     info = json.loads(lines[-1][len("RESULT "):])
     saved = torch.load(scores_path, weights_only=True)
     print(f"    {info['seconds']:.1f} s, peak {info['peak_mib']:.0f} MiB {info['diagnostics']}", flush=True)
     return Outcome(job, "ok", info["seconds"], info["peak_mib"], info["base_mib"], saved["scores"],
-                   info["diagnostics"], commit=current_commit())
+                   info["diagnostics"], commit=current_commit(), load=load)
 
 
 # -- the driver -----------------------------------------------------------------------------------------------------

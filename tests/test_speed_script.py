@@ -136,13 +136,14 @@ def test_measure_reuses_a_finished_measurement_and_reruns_nothing(speed, tmp_pat
     def fake(job_, timeout, scores_path, label):
         runs.append(job_)
         torch.save({"scores": torch.ones(2, 3)}, scores_path)
-        return speed.Outcome(job_, "ok", 1.5, 10.0, 5.0, torch.ones(2, 3), {"iterations": 5}, commit="abc")
+        return speed.Outcome(job_, "ok", 1.5, 10.0, 5.0, torch.ones(2, 3), {"iterations": 5}, commit="abc", load=1.1)
 
     monkeypatch.setattr(speed, "_measure", fake)
     first = speed.measure(job, 60, tmp_path)
     again = speed.measure(job, 60, tmp_path)
     assert len(runs) == 1
-    assert (again.status, again.seconds, again.diagnostics, again.commit) == ("ok", 1.5, {"iterations": 5}, "abc")
+    assert (again.status, again.seconds, again.diagnostics, again.commit, again.load) == (
+        "ok", 1.5, {"iterations": 5}, "abc", 1.1)
     torch.testing.assert_close(again.scores, first.scores)
     speed.measure(speed.Job("iris", "ours", "cg", 10), 60, tmp_path)  # another setting is another measurement
     assert len(runs) == 2
@@ -176,6 +177,11 @@ def test_reference_caveat_says_why_a_reference_did_not_converge(speed):
     assert speed.reference_caveat(converged) == ""
     assert "iteration cap ran out" in speed.reference_caveat(capped)
     assert "1.3e-05" in speed.reference_caveat(floor) and "cap" not in speed.reference_caveat(floor)
+    assert "reached the tolerance" in speed.reference_caveat(floor)
+    stalled = speed.Outcome(job, "ok", diagnostics={"converged": False, "iterations": 23, "stalled": True,
+                                                    "relative_residual": 3.3e-5})
+    assert "precision floor" in speed.reference_caveat(stalled)
+    assert "reached the tolerance" not in speed.reference_caveat(stalled)
 
 
 def test_method_list_parses_and_rejects(speed):
