@@ -191,3 +191,28 @@ def test_method_list_parses_and_rejects(speed):
     for bad in ("", "newton", "cg,exact"):
         with pytest.raises(argparse.ArgumentTypeError, match="choose from cg, lissa"):
             speed.method_list(bad)
+
+
+def test_dense_cross_check_uses_a_cached_hessian_and_never_builds_one(speed):
+    """Without a cached dense Hessian the report says so (and nothing is built); with one, the reference is compared
+    with our exact solve on it."""
+    from benchmark.cache import Cache
+    from benchmark.task import BuildContext
+    from estimators.exact import Exact, ExactConfig
+
+    spec = dataclasses.replace(speed.MODELS["iris"], cached_hessian="float64")
+    task, _ = speed.build_problem(spec, None, trained=False)
+    problem = task.build(BuildContext("cpu", 0, Cache(), progress=False))
+    test = torch.argsort(problem.test_losses(), descending=True)[: speed.TEST_POINTS]
+    reference = speed.Outcome(speed.Job("iris", "ours", "bcg", 100, tol=1e-6), "ok",
+                              scores=torch.randn(len(test), problem.n_train, dtype=torch.float64))
+    assert "Not cross-checked" in speed.dense_cross_check(spec, None, reference)
+    assert not (Cache().root / "hessians").exists()
+
+    exact = Exact(ExactConfig(damping=speed.DAMPING))
+    exact.prepare(problem)  # a Table 1 exact run: leaves the Hessian in the cache
+    assert (Cache().root / "hessians").exists()
+    reference.scores = exact.influence(test)
+    assert "worst r is 1.000000" in speed.dense_cross_check(spec, None, reference)
+    reference.scores = -reference.scores
+    assert "worst r is -1.000000" in speed.dense_cross_check(spec, None, reference)
