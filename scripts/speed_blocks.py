@@ -6,7 +6,9 @@
 On the task's trained optimum (``mnist``, ``cpu`` preset: 5,500 training images; from the cache), one torch thread:
 
 * Hessian-vector products over the full training set: the kept double-backward graph (``Problem.hvp``: the
-  gradient's graph built once, one backward pass per vector) against forward-over-reverse (``jvp`` of ``grad``),
+  gradient's graph built once, one backward pass per vector, its convolutions of the data replaced by
+  ``benchmark.data_convolution``) against the same graph through torch's own convolutions and forward-over-reverse
+  (``jvp`` of ``grad``),
   for one vector, for ``--vectors`` vectors one by one and for all of them at once (``vmap`` over vectors for
   ``jvp``; ``is_grads_batched`` for the kept graph);
 * the training-side influence of every training point along ``--vectors`` vectors: one forward-mode ``jvp`` pass
@@ -106,6 +108,17 @@ def main() -> None:
     # Hessian-vector products: the reference is the kept graph, one vector at a time
     seconds, kept_one = best_time(lambda: problem.hvp(vectors[:1]), args.repeats)
     record("HVP, 1 vector", "kept double-backward graph (Problem.hvp)", seconds, kept_one, kept_one, 1)
+    with torch.enable_grad():  # the same graph through torch's own convolutions (no data_convolutions)
+        native_theta = problem.theta.detach().requires_grad_()
+        native = torch.autograd.grad(problem.objective(native_theta), native_theta, create_graph=True)[0]
+
+    def kept_native() -> Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad(native, native_theta, vectors[0], retain_graph=True)[0][None]
+
+    seconds, out = best_time(kept_native, args.repeats)
+    record("HVP, 1 vector", "kept graph, torch's own convolution double backward", seconds, out, kept_one, 1)
+    del native, native_theta
     seconds, out = best_time(lambda: plain(vectors[0])[None], args.repeats)
     record("HVP, 1 vector", "forward-over-reverse (jvp of grad)", seconds, out, kept_one, 1)
     seconds, kept_all = best_time(lambda: problem.hvp(vectors), args.repeats)
