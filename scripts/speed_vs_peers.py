@@ -104,7 +104,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     "iris": ModelSpec("iris", "iris", {}, True, (5, 10, 20, 40, 80), (500, 2000, 8000)),
     "small-cnn": ModelSpec("small-cnn", "mnist", {"model": "small-cnn"}, False, (10, 25, 50, 100), (1000, 4000),
-                           cached_hessian="float32"),
+                           (2, 3, 4, 5, 6, 8, 10, 12, 15, 20), cached_hessian="float32"),
     "lenet": ModelSpec("lenet", "mnist", {"model": "lenet"}, False, (10, 25, 50, 100), (1000, 4000)),
 }
 
