@@ -103,9 +103,9 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "iris": ModelSpec("iris", "iris", {}, True, (5, 10, 20, 40, 80), (500, 2000, 8000)),
-    "small-cnn": ModelSpec("small-cnn", "mnist", {"model": "small-cnn"}, False, (10, 25, 50, 100), (1000, 4000),
-                           (2, 3, 4, 5, 6, 8, 10, 12, 15, 20), cached_hessian="float32"),
-    "lenet": ModelSpec("lenet", "mnist", {"model": "lenet"}, False, (10, 25, 50, 100), (1000, 4000)),
+    "small-cnn": ModelSpec("small-cnn", "mnist", {"model": "small-cnn"}, False, (10, 15, 20, 25, 50, 100),
+                           (1000, 4000), (2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 20), cached_hessian="float32"),
+    "lenet": ModelSpec("lenet", "mnist", {"model": "lenet"}, False, (6, 8, 10, 25, 50, 100), (1000, 4000)),
 }
 
 
