@@ -40,7 +40,7 @@ from torch.func import grad, jvp, vmap
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from speed_vs_peers import MODELS, build_problem, markdown_table  # noqa: E402
+from speed_vs_peers import MODELS, build_problem, current_commit, markdown_table  # noqa: E402
 
 
 def best_time(fn: Callable[[], Tensor], repeats: int) -> tuple[float, Tensor]:
@@ -178,7 +178,7 @@ def main() -> None:
         f"Model: {args.model} ({problem.n_params:,} parameters) on {problem.n_train:,} MNIST training images (task "
         f"`mnist`, preset `cpu`), float32, one torch thread, best of {args.repeats} after a warm-up call. Device: "
         f"CPU, {os.cpu_count()} cores, {platform.system()}, load average at the start {load} (the machine is "
-        f"shared). torch {version('torch')}.",
+        f"shared). torch {version('torch')}. Commit: {current_commit()}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
         markdown_table(["block", "variant", "time (s)", "per vector (s)", "rel. error"], rows),
         "",
