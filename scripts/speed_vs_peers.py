@@ -658,9 +658,9 @@ def dense_cross_check(spec: ModelSpec, data_dir: str | None, reference: Outcome)
 
 def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> str:
     """One paragraph: our fastest converged answer against the fastest peer's, and the agreement at equal settings."""
-    def fastest(tool: str) -> Outcome | None:
+    def fastest(tool: str, peak_mib: float = float("inf")) -> Outcome | None:
         hits = [first_reaching(s) for (t, _), s in sweeps.items() if t == tool]
-        hits = [h for h in hits if h is not None]
+        hits = [h for h in hits if h is not None and h.peak_mib <= peak_mib]
         return min(hits, key=lambda o: o.seconds) if hits else None
 
     ours = fastest("ours")
@@ -678,6 +678,13 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
         parts.append(f"The fastest peer, {peer.job.tool} {peer.job.name} ({peer.job.setting_label}), takes "
                      f"{peer.seconds:.3g} s at {peer.peak_mib:.0f} MiB: ours is {peer.seconds / ours.seconds:.1f}x "
                      f"faster at {ours.peak_mib / peer.peak_mib:.2f}x its peak memory.")
+        frugal = fastest("ours", peer.peak_mib)
+        if frugal is not None and frugal is not ours:
+            parts.append(f"At no more peak memory than that peer, ours is fastest with {frugal.job.name} "
+                         f"({frugal.job.setting_label}): {frugal.seconds:.3g} s at {frugal.peak_mib:.0f} MiB, "
+                         f"{peer.seconds / frugal.seconds:.1f}x faster.")
+        elif frugal is None:
+            parts.append("No setting of ours reaches 0.99 within that peer's peak memory.")
     agreements = [(o.job, worst(o.agreement)) for (t, m), s in sweeps.items() if t != "ours" and m == "cg"
                   for o in s if o.status == "ok" and o.agreement is not None]
     if agreements:

@@ -216,3 +216,20 @@ def test_dense_cross_check_uses_a_cached_hessian_and_never_builds_one(speed):
     assert "worst r is 1.000000" in speed.dense_cross_check(spec, None, reference)
     reference.scores = -reference.scores
     assert "worst r is -1.000000" in speed.dense_cross_check(spec, None, reference)
+
+
+def test_summary_names_our_fastest_answer_within_the_peers_memory(speed):
+    def hit(tool, method, seconds, peak):
+        outcome = speed.Outcome(speed.Job("small-cnn", tool, method, 5), "ok", seconds, peak)
+        outcome.correlation = torch.tensor([0.995])
+        return [outcome]
+
+    sweeps = {("ours", "bcg"): hit("ours", "bcg", 150.0, 1800.0), ("ours", "pcg"): hit("ours", "pcg", 130.0, 3300.0),
+              ("pydvl", "cg"): hit("pydvl", "cg", 728.0, 2200.0)}
+    summary = speed.summarise(speed.MODELS["small-cnn"], sweeps)
+    assert "cg (block, nystrom) (5 it) in 130 s" in summary and "5.6x faster at 1.50x its peak memory" in summary
+    assert "At no more peak memory than that peer, ours is fastest with cg (block) (5 it): 150 s" in summary
+    assert "4.9x faster" in summary
+    sweeps.pop(("ours", "bcg"))
+    assert "No setting of ours reaches 0.99 within that peer's peak memory" in speed.summarise(
+        speed.MODELS["small-cnn"], sweeps)
