@@ -288,8 +288,8 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
 
 
 # -- the worker: one measurement in a fresh process -----------------------------------------------------------------
-def build_problem(spec: ModelSpec, data_dir: str | None, trained: bool = True) -> tuple[Any, Any]:
-    """The task and its trained problem (from the cache when trained before; ``trained=False``: the task only)."""
+def build_problem(spec: ModelSpec, data_dir: str | None) -> tuple[Any, Any]:
+    """The task and its trained problem (from the cache when trained before), with its ``curvature_cache``."""
     from benchmark import config as configuration
     from benchmark.cache import Cache
     from benchmark.plugins import Registry, plugin_manager
@@ -301,11 +301,12 @@ def build_problem(spec: ModelSpec, data_dir: str | None, trained: bool = True) -
     if spec.task != "iris" and data_dir:
         options["data_dir"] = data_dir
     task = task_cls(configuration.build(task_cls.Config, options, spec.task))
-    if not trained:
-        return task, None
-    problem = task.build(BuildContext("cpu", 0, Cache(), progress=False))
-    # no Hessian from an earlier run's cache: every measurement times the whole computation
-    return task, dataclasses.replace(problem, curvature_cache=None)
+    return task, task.build(BuildContext("cpu", 0, Cache(), progress=False))
+
+
+def test_points(problem: Any) -> Tensor:
+    """The :data:`TEST_POINTS` highest-loss test points, the same for every tool."""
+    return torch.argsort(problem.test_losses(), descending=True)[:TEST_POINTS]
 
 
 def module_at(spec: ModelSpec, task: Any, problem: Any) -> torch.nn.Module:
@@ -449,7 +450,9 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     spec = MODELS[job.model]
     task, problem = build_problem(spec, job.data_dir)
-    test = torch.argsort(problem.test_losses(), descending=True)[:TEST_POINTS]
+    # no Hessian from an earlier run's cache: every measurement times the whole computation
+    problem = dataclasses.replace(problem, curvature_cache=None)
+    test = test_points(problem)
     module = module_at(spec, task, problem) if job.tool != "ours" else None
     warm_up(job.tool, problem)
     reset = reset_peak()
@@ -632,12 +635,9 @@ def dense_cross_check(spec: ModelSpec, data_dir: str | None, reference: Outcome)
     cache holds one (:attr:`ModelSpec.cached_hessian`); the Hessian is never built here (hours of products)."""
     if spec.cached_hessian is None:
         return ""
-    from benchmark.cache import Cache
-    from benchmark.task import BuildContext
     from estimators.exact import Exact, ExactConfig
 
-    task, _ = build_problem(spec, data_dir, trained=False)
-    problem = task.build(BuildContext("cpu", 0, Cache(), progress=False))
+    _, problem = build_problem(spec, data_dir)
 
     class CacheOnly(type(problem)):  # type: ignore[misc]
         def hessian(self, chunk_size: int = 64) -> Tensor:
@@ -649,8 +649,7 @@ def dense_cross_check(spec: ModelSpec, data_dir: str | None, reference: Outcome)
     except _NotCached:
         return (f" Not cross-checked: the harness's cache holds no dense Hessian ({spec.cached_hessian} products) of "
                 "this optimum; a Table 1 `exact` run on it leaves one.")
-    test = torch.argsort(problem.test_losses(), descending=True)[:TEST_POINTS]
-    agreement = worst(pearson_rows(exact.influence(test), reference.scores))
+    agreement = worst(pearson_rows(exact.influence(test_points(problem)), reference.scores))
     return (f" Cross-check: against our `exact` on the cached dense Hessian of this optimum ({spec.cached_hessian} "
             f"products, float64 eigendecomposition; built by the Table 1 `exact` run), the reference's worst r is "
             f"{agreement:.6f}.")

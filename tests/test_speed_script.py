@@ -197,13 +197,11 @@ def test_dense_cross_check_uses_a_cached_hessian_and_never_builds_one(speed):
     """Without a cached dense Hessian the report says so (and nothing is built); with one, the reference is compared
     with our exact solve on it."""
     from benchmark.cache import Cache
-    from benchmark.task import BuildContext
     from estimators.exact import Exact, ExactConfig
 
     spec = dataclasses.replace(speed.MODELS["iris"], cached_hessian="float64")
-    task, _ = speed.build_problem(spec, None, trained=False)
-    problem = task.build(BuildContext("cpu", 0, Cache(), progress=False))
-    test = torch.argsort(problem.test_losses(), descending=True)[: speed.TEST_POINTS]
+    _, problem = speed.build_problem(spec, None)
+    test = speed.test_points(problem)
     reference = speed.Outcome(speed.Job("iris", "ours", "bcg", 100, tol=1e-6), "ok",
                               scores=torch.randn(len(test), problem.n_train, dtype=torch.float64))
     assert "Not cross-checked" in speed.dense_cross_check(spec, None, reference)
