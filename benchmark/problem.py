@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -61,6 +61,15 @@ class Problem:
     chunk_size: int | None = None
     curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
 
+    PASS_BYTES: ClassVar[int] = 32 * 2**20
+    """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
+    CPU, the training-side passes): 32 MiB, glibc's largest threshold for serving an allocation with fresh pages.
+    Larger tensors are mapped from the kernel on every allocation and handed back on every free, so a backward pass
+    over all 5,500 MNIST images spent most of its time in page faults (small CNN: 0.85 s of a 1.47 s product in the
+    kernel); in pieces of this size the heap reuses its memory (0.53 s)."""
+    MIN_PASS_ROWS: ClassVar[int] = 64
+    """The fewest examples in such a pass, so that the per-pass overhead of autograd stays small."""
+
     @classmethod
     def from_module(
         cls, module: torch.nn.Module, loss: Loss, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
@@ -78,7 +87,8 @@ class Problem:
         self.params = {k: v.detach() for k, v in self.params.items()}
         self._shapes = [(k, v.shape) for k, v in self.params.items()]
         self.theta = self.flatten(self.params)
-        self._gradient_graph: tuple[Tensor, Tensor] | None = None
+        self._gradient_graph: list[tuple[Tensor, Tensor]] | None = None
+        self._graph_bytes: int | None = None
 
     # -- sizes and the flat parameter vector ---------------------------------------------------------------------
     @property
@@ -172,11 +182,14 @@ class Problem:
     def train_gradient_products(self, vectors: Tensor, chunk_size: int | None = None) -> Tensor:
         """``G_train @ vectors.T``: the dot product of every training gradient with each row of ``vectors``.
 
-        Computed without per-example gradients: ``g_i^T v`` is the directional derivative of the ``i``-th loss along
-        ``v``, so one forward-mode pass (``jvp`` of the per-example losses) per chunk of training data and vector
-        gives all ``n`` products at the cost of about two forward passes. The ``m`` passes over a chunk run side by
-        side (``vmap``), so a chunk is ``chunk_size // m`` examples, in memory of ``chunk_size`` examples'
-        activations (LeNet, 5,500 images, 10 vectors: a 2.6 GB peak in one chunk, 1.3 GB in chunks of 819).
+        Where per-example gradients are small (:attr:`MIN_PASS_ROWS` of them and their graphs fit in
+        :attr:`PASS_BYTES`), they are taken chunk by chunk (``vmap(grad)``) and multiplied with ``vectors``: the
+        fastest way measured (``scripts/speed_blocks.py``: LeNet on 5,500 images, 10 vectors, 0.73 s against 0.98 s;
+        small CNN 0.45 s against 1.24 s). Otherwise nothing of size ``P`` per example is formed: ``g_i^T v`` is the
+        directional derivative of the ``i``-th loss along ``v``, so one forward-mode pass (``jvp`` of the per-example
+        losses) per chunk and vector gives all ``n`` products at the cost of about two forward passes; the ``m``
+        passes over a chunk run side by side (``vmap``), so a chunk is ``chunk_size // m`` examples, in memory of
+        ``chunk_size`` examples' activations.
 
         Args:
             vectors: ``Tensor[m, P]``.
@@ -187,6 +200,11 @@ class Problem:
         """
         out = vectors.new_empty(len(vectors), self.n_train)
         budget = chunk_size or self.chunk_size
+        gradient_bytes = self.n_params * self.theta.element_size() + self._graph_bytes_per_example()
+        if self.PASS_BYTES // gradient_bytes >= self.MIN_PASS_ROWS:
+            for rows in self.train_slices(self._pass_rows(gradient_bytes, budget)):
+                out[:, rows] = vectors @ self._example_gradients(self.x_train[rows], self.y_train[rows]).T
+            return out
         for rows in self.train_slices(budget and max(1, budget // max(1, len(vectors)))):
             x, y = self.x_train[rows], self.y_train[rows]
 
@@ -195,6 +213,36 @@ class Problem:
 
             out[:, rows] = vmap(lambda v: jvp(chunk_losses, (self.theta,), (v,))[1])(vectors)
         return out
+
+    def _pass_rows(self, bytes_per_example: int, limit: int | None = None) -> int:
+        """Examples per pass that hold at most :attr:`PASS_BYTES`, but at least :attr:`MIN_PASS_ROWS` and at most
+        ``limit`` (the task's :attr:`chunk_size`, a memory bound) or the training set."""
+        rows = max(self.MIN_PASS_ROWS, self.PASS_BYTES // max(1, bytes_per_example))
+        return max(1, min(rows, limit or self.n_train, self.n_train))
+
+    def _graph_bytes_per_example(self) -> int:
+        """Bytes the gradient's graph (``create_graph``, as :meth:`hvp` keeps it) saves per training example:
+        what two examples save less what one saves. Measured once, on the first training examples."""
+        if self._graph_bytes is None:
+
+            def saved(count: int) -> int:
+                total = 0
+
+                def pack(tensor: Tensor) -> Tensor:
+                    nonlocal total
+                    total += tensor.numel() * tensor.element_size()
+                    return tensor
+
+                hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+                with torch.enable_grad(), data_convolutions(), hooks:
+                    theta = self.theta.detach().requires_grad_()
+                    loss = self.losses(theta, self.x_train[:count], self.y_train[:count]).sum()
+                    torch.autograd.grad(loss, theta, create_graph=True)
+                return total
+
+            one = saved(1)
+            self._graph_bytes = max(1, saved(2) - one) if self.n_train > 1 else max(1, one)
+        return self._graph_bytes
 
     def warm_up(self) -> None:
         """Pay torch's one-off costs (forward-mode AD compiles its decompositions on first use: seconds) on two
@@ -205,15 +253,18 @@ class Problem:
 
     # -- curvature ---------------------------------------------------------------------------------------------------
     def hvp(self, vectors: Tensor, indices: Tensor | None = None) -> Tensor:
-        """Hessian-vector products ``H v`` of the objective (forward-over-reverse), one per row of ``vectors``.
+        """Hessian-vector products ``H v`` of the objective, one per row of ``vectors``.
 
         On the full training set in one chunk, the gradient's autograd graph is built once and kept, and each later
         product is one backward pass through it (reverse-over-reverse), which skips re-running the forward and first
         backward passes (measured 1.4x faster than ``jvp`` of ``grad`` for the small CNN on 5,500 MNIST images).
         Its convolutions of the data are :func:`~benchmark.data_convolution.data_convolutions`, whose second
         backward skips torch's unneeded gradient with respect to the images (LeNet: 1.1 s to 0.6 s per product).
+        On the CPU the graph is kept in pieces of :attr:`PASS_BYTES`, whose products are summed (small CNN: 1.47 s
+        to 0.53 s per product; LeNet 0.6 s to 0.25 s); together they hold what one graph would.
         Over several chunks (:attr:`chunk_size`) the products are summed chunk by chunk, forward-over-reverse, so
-        memory stays at one chunk's activations; a minibatch (``indices``) takes the same path.
+        memory stays at one chunk's activations (on the CPU, in passes of :attr:`PASS_BYTES` within a chunk); a
+        minibatch (``indices``) takes the same path.
 
         Args:
             vectors: ``Tensor[m, P]``.
@@ -232,22 +283,41 @@ class Problem:
                 total = total + part * ((rows.stop - rows.start) / self.n_train)
             return total
         if self._gradient_graph is None:
+            pieces = slices
+            if self.device.type == "cpu":  # CUDA's caching allocator reuses memory: one piece launches fewest kernels
+                pieces = self.train_slices(self._pass_rows(self._graph_bytes_per_example()))
+            self._gradient_graph = []
             with torch.enable_grad(), data_convolutions():
-                theta = self.theta.detach().requires_grad_()
-                gradient = torch.autograd.grad(self.objective(theta), theta, create_graph=True)[0]
-            self._gradient_graph = theta, gradient
-        theta, gradient = self._gradient_graph
+                for rows in pieces:
+                    theta = self.theta.detach().requires_grad_()
+                    loss = self.losses(theta, self.x_train[rows], self.y_train[rows]).sum() / self.n_train
+                    self._gradient_graph.append((theta, torch.autograd.grad(loss, theta, create_graph=True)[0]))
+        total = self.weight_decay * vectors
         with torch.enable_grad():
-            return torch.stack([torch.autograd.grad(gradient, theta, v, retain_graph=True)[0] for v in vectors])
+            for theta, gradient in self._gradient_graph:
+                total = total + torch.stack([torch.autograd.grad(gradient, theta, v, retain_graph=True)[0]
+                                             for v in vectors])
+        return total
 
     def _hvp_on(self, vectors: Tensor, x: Tensor, y: Tensor, weight_decay: float | None = None) -> Tensor:
+        """``H v`` of the mean loss on ``(x, y)`` (plus ``weight_decay``, default the problem's), forward-over-reverse
+        with the vectors side by side (``vmap``); on the CPU summed over passes of :attr:`PASS_BYTES` (taking the
+        forward-over-reverse memory of an example along ``m`` vectors as ``m`` times what its gradient's graph
+        saves)."""
         decay = self.weight_decay if weight_decay is None else weight_decay
+        rows = len(x)
+        if self.device.type == "cpu":
+            rows = self._pass_rows(len(vectors) * self._graph_bytes_per_example())
+        total = decay * vectors
+        for start in range(0, len(x), rows):
+            part_x, part_y = x[start : start + rows], y[start : start + rows]
 
-        def objective(theta: Tensor) -> Tensor:
-            return self.losses(theta, x, y).mean() + 0.5 * decay * theta.dot(theta)
+            def part_loss(theta: Tensor, part_x: Tensor = part_x, part_y: Tensor = part_y) -> Tensor:
+                return self.losses(theta, part_x, part_y).sum() / len(x)
 
-        gradient = grad(objective)
-        return vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+            gradient = grad(part_loss)
+            total = total + vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
+        return total
 
     def hessian(self, chunk_size: int = 64) -> Tensor:
         """The dense Hessian ``Tensor[P, P]`` of the objective at the optimum, in the problem's dtype.

@@ -143,9 +143,13 @@ def test_problem_hessian_equals_autograd_hessian(untrained):
         assert relative_error(untrained.problem.hessian(chunk_size=chunk_size), expected) < 1e-12
 
 
+@pytest.mark.parametrize("pass_rows", [None, 2], ids=["one-pass", "passes-of-2"])
 @pytest.mark.parametrize("minibatch", [None, [0, 3, 3, 7, 12]], ids=["full", "minibatch"])
-def test_hvp_rows_equal_dense_hessian_times_vectors(untrained, minibatch):
-    problem = untrained.problem
+def test_hvp_rows_equal_dense_hessian_times_vectors(untrained, minibatch, pass_rows):
+    """``H v`` on the full set and on a minibatch (repeats count twice), also summed over passes of 2 examples."""
+    problem = dataclasses.replace(untrained.problem)
+    if pass_rows:
+        problem.PASS_BYTES, problem.MIN_PASS_ROWS = 1, pass_rows
     indices = None if minibatch is None else torch.tensor(minibatch)
     hessian = torch.autograd.functional.hessian(lambda t: untrained.objective(t, indices), untrained.theta.clone())
     vectors = torch.randn(4, problem.n_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -155,15 +159,45 @@ def test_hvp_rows_equal_dense_hessian_times_vectors(untrained, minibatch):
         assert relative_error(product, hessian @ vector) < 1e-12
 
 
-@pytest.mark.parametrize("chunk_size", [None, 1, 6, 1024], ids=["one-graph", "chunk-1", "chunk-6", "chunk-big"])
-def test_full_data_hvp_is_the_same_in_one_graph_and_in_chunks(untrained, chunk_size):
-    """The kept reverse-over-reverse graph (one chunk) and the chunked forward-over-reverse sum give ``H v``; the kept
-    graph stays right on repeated calls with new vectors."""
+@pytest.mark.parametrize(("chunk_size", "piece_rows", "pieces"),
+                         [(None, None, 1), (None, 4, 4), (1, None, 0), (6, None, 0), (1024, None, 1)],
+                         ids=["one-graph", "graph-in-pieces-of-4", "chunk-1", "chunk-6", "chunk-big"])
+def test_full_data_hvp_is_the_same_in_one_graph_in_pieces_and_in_chunks(untrained, chunk_size, piece_rows, pieces):
+    """The kept reverse-over-reverse graph (one chunk; in pieces when :attr:`Problem.PASS_BYTES` is exceeded) and
+    the chunked forward-over-reverse sum give ``H v``; the kept graph stays right on repeated calls with new
+    vectors."""
     hessian = torch.autograd.functional.hessian(untrained.objective, untrained.theta.clone())
     problem = dataclasses.replace(untrained.problem, chunk_size=chunk_size)
+    if piece_rows:
+        problem.PASS_BYTES, problem.MIN_PASS_ROWS = 1, piece_rows
     for seed in (4, 5):
         vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         torch.testing.assert_close(problem.hvp(vectors), vectors @ hessian, rtol=1e-12, atol=1e-14)
+    assert len(problem._gradient_graph or []) == pieces
+
+
+def test_graph_pieces_hold_pass_bytes(untrained):
+    """The bytes the gradient's graph saves per example are those of two examples less one (a batch of ``k`` saves
+    ``k`` times that plus a constant), and the kept graph's pieces hold at most :attr:`Problem.PASS_BYTES` of them."""
+    problem = dataclasses.replace(untrained.problem)
+    per_example = problem._graph_bytes_per_example()
+    saved: list[int] = []
+
+    def pack(tensor):
+        saved[-1] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    for count in (1, 5, 13):
+        saved.append(0)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            theta = problem.theta.detach().requires_grad_()
+            torch.autograd.grad(problem.losses(theta, problem.x_train[:count], problem.y_train[:count]).sum(), theta,
+                                create_graph=True)
+    assert saved[1] - saved[0] == 4 * per_example and saved[2] - saved[0] == 12 * per_example
+    problem.PASS_BYTES, problem.MIN_PASS_ROWS = 3 * per_example + 1, 1
+    problem.hvp(torch.ones(1, problem.n_params, dtype=torch.float64))
+    assert len(problem._gradient_graph) == 5  # 13 examples in pieces of 3
+    assert [problem._pass_rows(per_example, limit) for limit in (None, 2, 100)] == [3, 2, 3]
 
 
 def test_train_and_test_gradients_equal_per_example_autograd(untrained):
@@ -197,9 +231,10 @@ def test_iter_train_gradients_chunks_cover_every_row_once(untrained, chunk_size)
 
 
 @pytest.mark.parametrize(("chunk_size", "rows_per_pass"), [(1, 1), (5, 1), (6, 2), (1024, 341), (None, None)])
-def test_train_gradient_products_equal_explicit_matrix_product(untrained, chunk_size, rows_per_pass):
-    """The products are right whatever the chunking, and a pass along the 3 vectors takes ``chunk_size // 3``
-    examples (at least one), so its memory is that of ``chunk_size`` examples; no chunk size at all: one pass."""
+def test_train_gradient_products_forward_mode_equal_explicit_matrix_product(untrained, chunk_size, rows_per_pass):
+    """Where per-example gradients do not fit :attr:`Problem.PASS_BYTES`, the forward-mode products are right
+    whatever the chunking, and a pass along the 3 vectors takes ``chunk_size // 3`` examples (at least one), so its
+    memory is that of ``chunk_size`` examples; no chunk size at all: one pass."""
     seen: list[int] = []
 
     def model(params, x):
@@ -207,13 +242,39 @@ def test_train_gradient_products_equal_explicit_matrix_product(untrained, chunk_
         return untrained.problem.model(params, x)
 
     problem = dataclasses.replace(untrained.problem, model=model)
+    problem.PASS_BYTES = 1
     vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     gradients = untrained.problem.train_gradients(list(range(problem.n_train)))
+    problem._graph_bytes_per_example()
+    seen.clear()
     products = problem.train_gradient_products(vectors, chunk_size=chunk_size)
     assert products.shape == (3, problem.n_train)
     torch.testing.assert_close(products, vectors @ gradients.T, rtol=1e-12, atol=1e-14)
     assert max(seen) == min(rows_per_pass or problem.n_train, problem.n_train)
     assert len(seen) == math.ceil(problem.n_train / (rows_per_pass or problem.n_train))
+
+
+@pytest.mark.parametrize(("chunk_size", "min_rows", "rows_per_pass"), [(None, 64, 13), (5, 64, 5), (None, 4, 4)])
+def test_train_gradient_products_from_per_example_gradients_equal_explicit_matrix_product(
+        untrained, monkeypatch, chunk_size, min_rows, rows_per_pass):
+    """Where :attr:`Problem.MIN_PASS_ROWS` per-example gradients fit :attr:`Problem.PASS_BYTES`, the products come
+    from per-example gradients in passes of at most that memory (and at most ``chunk_size`` examples)."""
+    problem = dataclasses.replace(untrained.problem)
+    per_example = problem.n_params * 8 + problem._graph_bytes_per_example()
+    problem.PASS_BYTES, problem.MIN_PASS_ROWS = min_rows * per_example, min_rows
+    passes: list[int] = []
+    example_gradients = problem._example_gradients
+
+    def spy(x, y):
+        passes.append(len(x))
+        return example_gradients(x, y)
+
+    monkeypatch.setattr(problem, "_example_gradients", spy)
+    vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    products = problem.train_gradient_products(vectors, chunk_size=chunk_size)
+    gradients = untrained.problem.train_gradients(list(range(problem.n_train)))
+    torch.testing.assert_close(products, vectors @ gradients.T, rtol=1e-12, atol=1e-14)
+    assert max(passes) == rows_per_pass and sum(passes) == problem.n_train
 
 
 # -- training: stacked models, one at a time, and torch.optim.SGD ---------------------------------------------------
