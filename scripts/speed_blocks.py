@@ -1,31 +1,35 @@
 """The building blocks of a fast iHVP, measured one against another on small MNIST (issue 8).
 
-    python scripts/speed_blocks.py [--model lenet] [--data-dir /tmp/benchdata] [--vectors 10] [--compile-timeout 300]
-                                   [--output leaderboards/speed-blocks.md]
+    python scripts/speed_blocks.py [--models lenet,small-cnn] [--data-dir /tmp/benchdata] [--vectors 10]
+                                   [--compile-timeout 300] [--output leaderboards/speed-blocks.md]
 
-On the task's trained optimum (``mnist``, ``cpu`` preset: 5,500 training images; from the cache), one torch thread:
+On each model's trained optimum (task ``mnist``, ``cpu`` preset: 5,500 training images; from the cache), one torch
+thread:
 
-* Hessian-vector products over the full training set: the kept double-backward graph (``Problem.hvp``: the
-  gradient's graph built once, one backward pass per vector, its convolutions of the data replaced by
-  ``benchmark.data_convolution``) against the same graph through torch's own convolutions and forward-over-reverse
-  (``jvp`` of ``grad``),
-  for one vector, for ``--vectors`` vectors one by one and for all of them at once (``vmap`` over vectors for
-  ``jvp``; ``is_grads_batched`` for the kept graph);
-* the training-side influence of every training point along ``--vectors`` vectors: one forward-mode ``jvp`` pass
-  per vector (``Problem.train_gradient_products``) against per-example gradients (``vmap(grad)`` in chunks of 500)
-  and a matrix product;
+* Hessian-vector products over the full training set: the kept double-backward graph as ``Problem.hvp`` keeps it
+  (built once, one backward pass per vector, its convolutions of the data replaced by
+  ``benchmark.data_convolution``, in pieces of ``Problem.PASS_BYTES`` on the CPU) against the same graph in one
+  piece, the one piece through torch's own convolutions and forward-over-reverse (``jvp`` of ``grad``), for one
+  vector, for ``--vectors`` vectors one by one and for all of them at once (``vmap`` over vectors for ``jvp``;
+  ``is_grads_batched`` for the kept graph);
+* the training-side influence of every training point along ``--vectors`` vectors: ``Problem.train_gradient_products``
+  against one forward-mode ``jvp`` pass per vector over the whole set, the same in passes of ``Problem.PASS_BYTES``,
+  and per-example gradients (``vmap(grad)``) in chunks of 500 and a matrix product;
 * ``torch.compile`` of the forward-over-reverse product (in a subprocess with a timeout; a failure is reported).
 
-Every variant's output is checked against the kept-graph product (or the jvp products) before its time is reported.
-Each time is the best of ``--repeats`` calls after one warm-up call.
+Every variant's output is checked against ``Problem.hvp`` (or ``Problem.train_gradient_products``) before its time
+is reported. Each time is the best of ``--repeats`` calls after one warm-up call; the kernel's share of it (system
+CPU time, mostly page faults of freshly mapped memory) is shown beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -40,18 +44,22 @@ from torch.func import grad, jvp, vmap
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
+from benchmark.data_convolution import data_convolutions  # noqa: E402
 from speed_vs_peers import MODELS, build_problem, current_commit, markdown_table  # noqa: E402
 
 
-def best_time(fn: Callable[[], Tensor], repeats: int) -> tuple[float, Tensor]:
-    """Best wall time of ``repeats`` calls after one warm-up call, and the last output."""
+def best_time(fn: Callable[[], Tensor], repeats: int) -> tuple[float, float, Tensor]:
+    """Best wall time of ``repeats`` calls after one warm-up call, the system CPU time of that call, and the last
+    output."""
     out = fn()
-    times = []
+    best = (float("inf"), 0.0)
     for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         start = time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+        seconds = time.perf_counter() - start
+        best = min(best, (seconds, resource.getrusage(resource.RUSAGE_SELF).ru_stime - before))
+    return best[0], best[1], out
 
 
 def hvp_function(problem: Any) -> Callable[[Tensor], Tensor]:
@@ -63,7 +71,7 @@ def hvp_function(problem: Any) -> Callable[[Tensor], Tensor]:
 def compiled_child(args: argparse.Namespace) -> None:
     """In a subprocess: time ``torch.compile`` of the forward-over-reverse product; print one ``RESULT`` line."""
     torch.set_num_threads(1)
-    _, problem = build_problem(MODELS[args.model], args.data_dir)
+    _, problem = build_problem(MODELS[args.models], args.data_dir)
     vector = torch.randn(problem.n_params, generator=torch.Generator().manual_seed(0))
     plain = hvp_function(problem)
     reference = plain(vector)
@@ -71,85 +79,94 @@ def compiled_child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out = compiled(vector)
     first = time.perf_counter() - start
-    seconds, out = best_time(lambda: compiled(vector), args.repeats)
-    plain_seconds, _ = best_time(lambda: plain(vector), args.repeats)
+    seconds, _, out = best_time(lambda: compiled(vector), args.repeats)
+    plain_seconds, _, _ = best_time(lambda: plain(vector), args.repeats)
     error = float(torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference))
     print("RESULT " + json.dumps({"first": first, "seconds": seconds, "plain": plain_seconds, "error": error}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lenet", choices=[m for m in MODELS if m != "iris"])
-    parser.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR"))
-    parser.add_argument("--vectors", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--compile-timeout", type=float, default=300.0)
-    parser.add_argument("--output", type=Path, default=REPO / "leaderboards" / "speed-blocks.md")
-    parser.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.compiled_child:
-        compiled_child(args)
-        return
-    torch.set_num_threads(1)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    _, problem = build_problem(MODELS[args.model], args.data_dir)
+def kept_graph(problem: Any, native: bool = False) -> tuple[Tensor, Tensor]:
+    """The gradient's graph over the whole training set in one piece: through the data convolutions of
+    ``Problem.hvp`` or, with ``native``, through torch's own convolutions."""
+    with torch.enable_grad(), (contextlib.nullcontext() if native else data_convolutions()):
+        theta = problem.theta.detach().requires_grad_()
+        return theta, torch.autograd.grad(problem.objective(theta), theta, create_graph=True)[0]
+
+
+def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]], str]:
+    """The rows of one model's table, and what ``torch.compile`` did."""
+    _, problem = build_problem(MODELS[model], args.data_dir)
+    problem.curvature_cache = None
     m = args.vectors
     vectors = torch.randn(m, problem.n_params, generator=torch.Generator().manual_seed(0))
     plain = hvp_function(problem)
     rows: list[list[str]] = []
 
-    def record(block: str, variant: str, seconds: float, out: Tensor, reference: Tensor, per: int) -> None:
+    def record(block: str, variant: str, timed: tuple[float, float, Tensor], reference: Tensor, per: int) -> Tensor:
+        seconds, kernel, out = timed
         error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
         if error > 1e-3:
             raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
-        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{error:.1e}"])
-        print(rows[-1], flush=True)
+        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}", f"{error:.1e}"])
+        print(model, rows[-1], flush=True)
+        return out
 
-    # Hessian-vector products: the reference is the kept graph, one vector at a time
-    seconds, kept_one = best_time(lambda: problem.hvp(vectors[:1]), args.repeats)
-    record("HVP, 1 vector", "kept double-backward graph (Problem.hvp)", seconds, kept_one, kept_one, 1)
-    with torch.enable_grad():  # the same graph through torch's own convolutions (no data_convolutions)
-        native_theta = problem.theta.detach().requires_grad_()
-        native = torch.autograd.grad(problem.objective(native_theta), native_theta, create_graph=True)[0]
+    def timed(fn: Callable[[], Tensor]) -> tuple[float, float, Tensor]:
+        return best_time(fn, args.repeats)
 
-    def kept_native() -> Tensor:
-        with torch.enable_grad():
-            return torch.autograd.grad(native, native_theta, vectors[0], retain_graph=True)[0][None]
+    # Hessian-vector products: the reference is Problem.hvp, one vector at a time
+    pieces = timed(lambda: problem.hvp(vectors[:1]))
+    one = pieces[2]
+    record("HVP, 1 vector", f"kept graph in {len(problem._gradient_graph)} pieces (Problem.hvp)", pieces, one, 1)
+    for native, variant in ((False, "kept graph in one piece"), (True, "kept graph in one piece, torch's own "
+                                                                       "convolution double backward")):
+        theta, gradient = kept_graph(problem, native)
 
-    seconds, out = best_time(kept_native, args.repeats)
-    record("HVP, 1 vector", "kept graph, torch's own convolution double backward", seconds, out, kept_one, 1)
-    del native, native_theta
-    seconds, out = best_time(lambda: plain(vectors[0])[None], args.repeats)
-    record("HVP, 1 vector", "forward-over-reverse (jvp of grad)", seconds, out, kept_one, 1)
-    seconds, kept_all = best_time(lambda: problem.hvp(vectors), args.repeats)
-    record(f"HVP, {m} vectors", "kept graph, one by one (Problem.hvp)", seconds, kept_all, kept_all, m)
-    theta, gradient = problem._gradient_graph
+        def whole(theta: Tensor = theta, gradient: Tensor = gradient) -> Tensor:
+            with torch.enable_grad():
+                return torch.autograd.grad(gradient, theta, vectors[0], retain_graph=True)[0][None]
+
+        record("HVP, 1 vector", variant, timed(whole), one, 1)
+        del theta, gradient, whole
+    record("HVP, 1 vector", "forward-over-reverse (jvp of grad)", timed(lambda: plain(vectors[0])[None]), one, 1)
+    every = timed(lambda: problem.hvp(vectors))
+    every = record(f"HVP, {m} vectors", "kept graph in pieces, one by one (Problem.hvp)", every, every[2], m)
 
     def kept_batched() -> Tensor:
+        total = problem.weight_decay * vectors
         with torch.enable_grad():
-            return torch.autograd.grad(gradient, theta, vectors, retain_graph=True, is_grads_batched=True)[0]
+            for theta, gradient in problem._gradient_graph:
+                total = total + torch.autograd.grad(gradient, theta, vectors, retain_graph=True,
+                                                    is_grads_batched=True)[0]
+        return total
 
-    seconds, out = best_time(kept_batched, args.repeats)
-    record(f"HVP, {m} vectors", "kept graph, batched (is_grads_batched)", seconds, out, kept_all, m)
-    seconds, out = best_time(lambda: torch.stack([plain(v) for v in vectors]), args.repeats)
-    record(f"HVP, {m} vectors", "forward-over-reverse, one by one", seconds, out, kept_all, m)
-    seconds, out = best_time(lambda: vmap(plain)(vectors), args.repeats)
-    record(f"HVP, {m} vectors", "forward-over-reverse, vmap over vectors", seconds, out, kept_all, m)
+    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched), every, m)
+    block = f"HVP, {m} vectors"
+    record(block, "forward-over-reverse, one by one", timed(lambda: torch.stack([plain(v) for v in vectors])), every, m)
+    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors)), every, m)
 
     # training side: every training point's product with each vector
-    seconds, products = best_time(lambda: problem.train_gradient_products(vectors), args.repeats)
-    record(f"training side, {m} vectors", "jvp per vector (Problem.train_gradient_products)", seconds, products,
+    block = f"training side, {m} vectors"
+    products = timed(lambda: problem.train_gradient_products(vectors))
+    products = record(block, "Problem.train_gradient_products", products, products[2], m)
+
+    def forward_mode(rows: int) -> Tensor:
+        out = vectors.new_empty(m, problem.n_train)
+        for part in problem.train_slices(rows):
+            x, y = problem.x_train[part], problem.y_train[part]
+            out[:, part] = vmap(lambda v: jvp(lambda t: problem.losses(t, x, y), (problem.theta,), (v,))[1])(vectors)
+        return out
+
+    passes = problem._pass_rows(m * problem._graph_bytes_per_example())
+    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train)), products, m)
+    record(block, f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
+           timed(lambda: forward_mode(passes)), products, m)
+    record(block, "per-example gradients (vmap(grad), chunks of 500) @ vectors",
+           timed(lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T),
            products, m)
 
-    def per_example() -> Tensor:
-        return torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T
-
-    seconds, out = best_time(per_example, args.repeats)
-    record(f"training side, {m} vectors", "per-example gradients (vmap(grad), chunks of 500) @ vectors", seconds,
-           out, products, m)
-
     # torch.compile, isolated: it may fail or hang
-    command = [sys.executable, str(Path(__file__).resolve()), "--compiled-child", "--model", args.model,
+    command = [sys.executable, str(Path(__file__).resolve()), "--compiled-child", "--models", model,
                "--repeats", str(args.repeats)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.compile_timeout,
@@ -166,6 +183,29 @@ def main() -> None:
     except subprocess.TimeoutExpired:
         compiled = f"torch.compile did not finish within {args.compile_timeout:.0f} s (compiling and timing)"
     print(compiled, flush=True)
+    return problem, rows, compiled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="lenet,small-cnn",
+                        help="comma-separated, from: " + ", ".join(m for m in MODELS if m != "iris"))
+    parser.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR"))
+    parser.add_argument("--vectors", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--compile-timeout", type=float, default=300.0)
+    parser.add_argument("--output", type=Path, default=REPO / "leaderboards" / "speed-blocks.md")
+    parser.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.compiled_child:
+        compiled_child(args)
+        return
+    models = args.models.split(",")
+    for model in models:
+        if model not in MODELS or model == "iris":
+            parser.error(f"unknown model {model!r}; choose from {', '.join(m for m in MODELS if m != 'iris')}")
+    torch.set_num_threads(1)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
 
     from importlib.metadata import version
 
@@ -175,18 +215,24 @@ def main() -> None:
         "<!-- generated by `python scripts/speed_blocks.py`, do not edit -->",
         f"Generated by `python scripts/speed_blocks.py {' '.join(sys.argv[1:])}`; do not edit.",
         "",
-        f"Model: {args.model} ({problem.n_params:,} parameters) on {problem.n_train:,} MNIST training images (task "
-        f"`mnist`, preset `cpu`), float32, one torch thread, best of {args.repeats} after a warm-up call. Device: "
-        f"CPU, {os.cpu_count()} cores, {platform.system()}, load average at the start {load} (the machine is "
+        f"5,500 MNIST training images (task `mnist`, preset `cpu`), float32, one torch thread, best of {args.repeats} "
+        f"after a warm-up call; kernel: the system CPU time of that call (page faults of freshly mapped memory). "
+        f"Device: CPU, {os.cpu_count()} cores, {platform.system()}, load average at the start {load} (the machine is "
         f"shared). torch {version('torch')}. Commit: {current_commit()}. Date: {time.strftime('%Y-%m-%d')}.",
-        "",
-        markdown_table(["block", "variant", "time (s)", "per vector (s)", "rel. error"], rows),
-        "",
-        f"torch.compile: {compiled}.",
-        "",
     ]
+    for model in models:
+        problem, rows, compiled = measure(model, args)
+        text += [
+            "",
+            f"## {model} ({problem.n_params:,} parameters)",
+            "",
+            markdown_table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "rel. error"], rows),
+            "",
+            f"torch.compile: {compiled}.",
+        ]
+        del problem
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(text))
+    args.output.write_text("\n".join(text) + "\n")
     print(f"wrote {args.output}")
 
 
