@@ -7,7 +7,8 @@ Needs the peers extra (``pip install -e '.[peers]'``). For every model it runs o
 (independent CG per test point, the algorithm the peers run, for agreement at equal iterations; block CG, our
 default; block CG preconditioned by a Nyström sketch) and ``lissa``,
 dattri's ``IFAttributorExplicit``, ``IFAttributorCG`` and ``IFAttributorLiSSA`` and pyDVL's ``DirectInfluence``,
-``CgInfluence`` and ``LissaInfluence`` on the same trained parameters (built through the task, so they come from the
+``CgInfluence`` (independent CG as by default, and its block CG, ``solve_simultaneously``) and ``LissaInfluence``
+on the same trained parameters (built through the task, so they come from the
 cache), the same training set and the 10 highest-loss test points, at damping 0.01 on top of the task's weight decay.
 Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
 blow-up does not end the script; its time covers everything from the trained model to the ``10 x n`` scores (test
@@ -15,7 +16,10 @@ gradients, iHVPs, training-side products), and its peak memory is the process's 
 measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
 one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the out-of-memory killer
 on this 24 GB machine, whether it gets the 10 test points at once or one at a time. dattri's LiSSA fails on the
-float64 Iris model (a float32 tensor of its own meets the model's float64 ones).
+float64 Iris model (a float32 tensor of its own meets the model's float64 ones). pyDVL averages the
+Hessian-vector products of its loader's batches, which is exact for any batch size, so on the MNIST models its CG
+runs both with the whole training set as one batch and in batches of :data:`PYDVL_BATCH`, the size at which this
+CPU's allocator reuses memory (ours takes pieces of a similar size, ``Problem.PASS_BYTES``).
 
 Every finished measurement is kept in ``--workdir`` (default ``$BENCH_CACHE_DIR/speed-vs-peers``, else
 ``~/.cache/bench/speed-vs-peers``) under a digest of its job, so an interrupted run resumes where it stopped and a
@@ -59,6 +63,8 @@ REFERENCE_TOL = 1e-6
 REFERENCE_MAX_ITER = 2000
 LISSA_BATCH = 32
 TRAIN_CHUNK = 1000
+PYDVL_BATCH = 256
+"""Training examples per batch of pyDVL's loader in its batched CG runs (its default-like runs take the whole set)."""
 """Training points per pyDVL ``influences_from_factors`` call (one iHVP solve is shared by all chunks)."""
 
 TOOLS = ("ours", "dattri", "pydvl")
@@ -67,6 +73,7 @@ METHOD_NAMES = {
     ("dattri", "exact"): "IFAttributorExplicit", ("dattri", "cg"): "IFAttributorCG",
     ("dattri", "lissa"): "IFAttributorLiSSA",
     ("pydvl", "exact"): "DirectInfluence", ("pydvl", "cg"): "CgInfluence", ("pydvl", "lissa"): "LissaInfluence",
+    ("pydvl", "bcg"): "CgInfluence (block)",
     ("ours", "bcg"): "cg (block)", ("ours", "pcg"): "cg (block, nystrom)",
 }
 OUR_CG = {"cg": {"block": False}, "bcg": {}, "pcg": {"preconditioner": "nystrom"}}
@@ -116,7 +123,8 @@ class Job:
     ``tol`` > 0 runs our CG to that relative residual (the reference) instead of a fixed iteration count; ``scale`` is
     the LiSSA scale shared by all tools (ours picks it by power iteration when it is ``None``). ``code`` is the
     digest of our sources that one of our measurements ran (:func:`our_code`), so that it is redone when they
-    change; empty for the peers, whose code is their pinned release.
+    change; empty for the peers, whose code is their pinned release. ``batch`` is the training examples per batch
+    of a peer's data loader, 0 for the whole set in one batch.
     """
 
     model: str
@@ -127,10 +135,12 @@ class Job:
     scale: float | None = None
     data_dir: str | None = None
     code: str = ""
+    batch: int = 0
 
     @property
     def name(self) -> str:
-        return METHOD_NAMES[self.tool, self.method]
+        name = METHOD_NAMES[self.tool, self.method]
+        return f"{name}, batches of {self.batch}" if self.batch else name
 
     @property
     def setting_label(self) -> str:
@@ -261,9 +271,9 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                 + reference_caveat(ref) + result.get("cross_check", ""), "",
                 "### Time to a correlation >= 0.99 with the reference", ""]
         rows = []
-        for (tool, method), sweep in result["sweeps"].items():
+        for (tool, _), sweep in result["sweeps"].items():
             hit = first_reaching(sweep)
-            name = METHOD_NAMES[tool, method]
+            name = sweep[0].job.name
             if hit is not None:
                 rows.append([tool, name, hit.job.setting_label, fmt(hit.seconds, ".3g"), fmt(hit.peak_mib, ".0f"),
                              fmt(worst(hit.correlation), ".4f")])
@@ -388,11 +398,12 @@ def run_pydvl(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) -> 
     if job.method == "exact":
         model = DirectInfluence(module, mean_loss, regularization=regularization)
         loader = DataLoader(data, batch_size=n)
-    elif job.method == "cg":
+    elif job.method in ("cg", "bcg"):
         # rtol = atol = 0: exactly `maxiter` iterations, like the other tools at this setting
         model = CgInfluence(module, mean_loss, regularization=regularization, rtol=0.0, atol=0.0,
-                            maxiter=job.setting, warn_on_max_iteration=False)
-        loader = DataLoader(data, batch_size=n)
+                            maxiter=job.setting, solve_simultaneously=job.method == "bcg",
+                            warn_on_max_iteration=False)
+        loader = DataLoader(data, batch_size=job.batch or n)
     else:
         model = LissaInfluence(module, mean_loss, regularization=regularization, maxiter=job.setting,
                                scale=job.scale, dampen=0.0, rtol=0.0, warn_on_max_iteration=False)
@@ -473,10 +484,12 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
 
 
 def job_fields(job: Job) -> dict[str, Any]:
-    """``job`` as a dict, without an empty ``code`` (so a peer's job keeps the name it had before the field)."""
+    """``job`` as a dict, without an empty ``code`` or a zero ``batch`` (so a job keeps the name it had before
+    those fields)."""
     fields = dataclasses.asdict(job)
-    if not fields["code"]:
-        del fields["code"]
+    for name in ("code", "batch"):
+        if not fields[name]:
+            del fields[name]
     return fields
 
 
@@ -595,30 +608,36 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
     for method in methods:
         scale = None
         for tool in TOOLS:
-            if method in ("bcg", "pcg") and tool != "ours":
+            if method == "pcg" and tool != "ours" or method == "bcg" and tool == "dattri":
                 continue
-            if method == "exact":
-                jobs = [Job(spec.label, tool, "exact", data_dir=data_dir)]
-                if tool == "ours":
-                    sweeps[tool, method] = [reference]
-                    reference.agreement = reference.correlation
-                    ours_at["exact", 0] = reference
-                    continue
-            elif method == "cg":
-                jobs = [Job(spec.label, tool, "cg", setting=k, data_dir=data_dir)
-                        for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations]
-            elif method in ("bcg", "pcg"):
-                jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir) for k in spec.block_iterations]
-            else:
-                jobs = [Job(spec.label, tool, "lissa", setting=d, scale=scale, data_dir=data_dir)
-                        for d in (not spec.dense and args.lissa_depths) or spec.lissa_depths]
-            # every tool sweeps the same grid until it reaches the threshold: agreement is measured at every setting
-            # both ran, and each tool's time to 0.99 is its own, not cut short where ours stopped
-            sweeps[tool, method] = sweep(jobs, run, score)
-            if method == "lissa" and tool == "ours" and scale is None:
-                scale = next((o.diagnostics.get("scale") for o in sweeps[tool, method] if o.status == "ok"), None)
-                if scale is None:
-                    raise SystemExit(f"our LiSSA failed on {spec.label}; no scale to share with the peers")
+            batches = [0]
+            if tool == "pydvl" and method in ("cg", "bcg") and not spec.dense:  # Iris fits one batch of 256
+                batches = [0, PYDVL_BATCH] if method == "cg" else [PYDVL_BATCH]
+            for batch in batches:
+                key = (tool, f"{method}, batches of {batch}" if batch else method)
+                if method == "exact":
+                    jobs = [Job(spec.label, tool, "exact", data_dir=data_dir)]
+                    if tool == "ours":
+                        sweeps[key] = [reference]
+                        reference.agreement = reference.correlation
+                        ours_at["exact", 0] = reference
+                        continue
+                elif method == "cg":
+                    jobs = [Job(spec.label, tool, "cg", setting=k, data_dir=data_dir, batch=batch)
+                            for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations]
+                elif method in ("bcg", "pcg"):
+                    jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
+                            for k in spec.block_iterations]
+                else:
+                    jobs = [Job(spec.label, tool, "lissa", setting=d, scale=scale, data_dir=data_dir)
+                            for d in (not spec.dense and args.lissa_depths) or spec.lissa_depths]
+                # every tool sweeps the same grid until it reaches the threshold: agreement is measured at every
+                # setting both ran, and each tool's time to 0.99 is its own, not cut short where ours stopped
+                sweeps[key] = sweep(jobs, run, score)
+                if method == "lissa" and tool == "ours" and scale is None:
+                    scale = next((o.diagnostics.get("scale") for o in sweeps[key] if o.status == "ok"), None)
+                    if scale is None:
+                        raise SystemExit(f"our LiSSA failed on {spec.label}; no scale to share with the peers")
     summary = summarise(spec, sweeps)
     if skipped:
         summary += f" Not measured in this invocation (--methods): {', '.join(skipped)}."
@@ -684,11 +703,11 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
                          f"{peer.seconds / frugal.seconds:.1f}x faster.")
         elif frugal is None:
             parts.append("No setting of ours reaches 0.99 within that peer's peak memory.")
-    agreements = [(o.job, worst(o.agreement)) for (t, m), s in sweeps.items() if t != "ours" and m == "cg"
-                  for o in s if o.status == "ok" and o.agreement is not None]
+    agreements = [(o.job, worst(o.agreement)) for (t, _), s in sweeps.items() if t != "ours"
+                  for o in s if o.status == "ok" and o.agreement is not None and o.job.method in ("cg", "bcg")]
     if agreements:
-        parts.append("CG at equal iteration counts, worst r with ours: " + ", ".join(
-            f"{job.tool} {job.setting_label} {r:.4f}" for job, r in agreements) + ".")
+        parts.append("CG at equal iteration counts, worst r with ours (block CG with our block CG): " + ", ".join(
+            f"{job.tool} {job.name} {job.setting_label} {r:.4f}" for job, r in agreements) + ".")
     return " ".join(parts)
 
 

@@ -231,3 +231,36 @@ def test_summary_names_our_fastest_answer_within_the_peers_memory(speed):
     sweeps.pop(("ours", "bcg"))
     assert "No setting of ours reaches 0.99 within that peer's peak memory" in speed.summarise(
         speed.MODELS["small-cnn"], sweeps)
+
+
+def test_pydvl_cg_runs_whole_and_in_batches_and_as_block_cg_on_the_mnist_models(speed, monkeypatch):
+    """On the MNIST models pyDVL's CG runs with the whole set as one batch and in batches of ``PYDVL_BATCH`` (its
+    averaging over batches is exact), and its block CG in batches; Iris (one batch either way) and dattri (whose CG
+    sums per-batch iHVPs) run whole. A batched job has its own name and digest; an unbatched one keeps its pinned
+    digest."""
+    jobs = []
+
+    def fake(job, timeout, workdir):
+        jobs.append(job)
+        scores = torch.ones(2, 3, dtype=torch.float64) + torch.arange(3.0, dtype=torch.float64)
+        return speed.Outcome(job, "ok", 1.0, 10.0, 5.0, scores, {"scale": 2.0}, commit="abc")
+
+    monkeypatch.setattr(speed, "measure", fake)
+    monkeypatch.setattr(speed, "dense_cross_check", lambda spec, data_dir, reference: "")
+    args = speed.argparse.Namespace(timeout=1.0, data_dir=None, reference_max_iter=5, cg_iterations=[10],
+                                    lissa_depths=[100], methods=("cg", "lissa"))
+    for label, expected in (("lenet", {("cg", 0), ("cg", speed.PYDVL_BATCH), ("bcg", speed.PYDVL_BATCH),
+                                       ("lissa", 0)}), ("iris", {("exact", 0), ("cg", 0), ("bcg", 0), ("lissa", 0)})):
+        jobs.clear()
+        result = speed.benchmark_model(speed.MODELS[label], args, None)
+        assert {(job.method, job.batch) for job in jobs if job.tool == "pydvl"} == expected
+        assert all(job.batch == 0 for job in jobs if job.tool != "pydvl")
+        assert {job.method for job in jobs if job.tool == "dattri"} == {"cg", "lissa"} | (
+            {"exact"} if label == "iris" else set())
+        names = [sweep[0].job.name for (tool, _), sweep in result["sweeps"].items() if tool == "pydvl"]
+        assert len(names) == len(set(names)) == len(expected)
+    batched = speed.Job("lenet", "pydvl", "cg", 10, batch=256)
+    assert batched.name == "CgInfluence, batches of 256"
+    assert speed.Job("lenet", "pydvl", "bcg", 5, batch=256).name == "CgInfluence (block), batches of 256"
+    assert speed.job_digest(speed.Job("lenet", "pydvl", "cg", 10)) == "265c55e56206410681cf"
+    assert speed.job_digest(batched) != "265c55e56206410681cf"
