@@ -44,6 +44,10 @@ class CGConfig:
             span of every right-hand side's Krylov vectors) instead of one CG each. Each iteration still costs one
             product per right-hand side, but each solution draws on all of them: on LeNet with 10 test points, half
             the iterations of independent CG for the same residual. One right-hand side is plain CG either way.
+        start: the initial guess, ``zero`` or ``rhs`` (``t_0 = v``, what dattri's and pyDVL's CG start from, at
+            one more product per right-hand side; for comparing iterates with theirs at equal iteration counts).
+            From ``rhs`` the solver runs on the residual system ``(H + lambda I) d = v - (H + lambda I) v`` and
+            returns ``v + d``; ``tol`` stays relative to ``||v||``.
     """
 
     damping: float = 0.001
@@ -54,6 +58,7 @@ class CGConfig:
     sketch_size: int = 1000
     seed: int = 0
     block: bool = True
+    start: str = dataclasses.field(default="zero", metadata={"choices": ("zero", "rhs")})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping, sketch_size=self.sketch_size)
@@ -151,15 +156,19 @@ class ConjugateGradient(Estimator):
 
         tol = max(self.config.tol, 10 * torch.finfo(vectors.dtype).eps)
         relative = None
+        norms = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1).clamp_min(1e-300)
+        start = vectors if self.config.start == "rhs" else None
+        system = vectors if start is None else vectors - apply(start)
         if self.config.block and len(vectors) > 1:
-            solution, iterations, stalled, relative = self._block_solve(apply, vectors)
+            solution, iterations, stalled, relative = self._block_solve(apply, system, norms)
             if stalled or bool((relative <= tol).all()):
                 relative = None  # at the precision floor the basis's residual is below the true one: check it
         else:
-            (solution, iterations), stalled = self._solve(apply, vectors), None
+            (solution, iterations), stalled = self._solve(apply, system, norms), None
+        if start is not None:
+            solution = start + solution
         if relative is None:  # one more product each; in float32 CG's recurrence goes on below the true residual
-            true_residual = torch.linalg.vector_norm(vectors - apply(solution), dim=1)
-            relative = true_residual / torch.linalg.vector_norm(vectors, dim=1).clamp_min(1e-300)
+            relative = torch.linalg.vector_norm(vectors - apply(solution), dim=1) / norms
         if not bool(torch.isfinite(solution).all()):
             raise EstimatorFailed(f"CG produced non-finite values after {iterations} iterations")
         self.diagnostics = {
@@ -171,8 +180,9 @@ class ConjugateGradient(Estimator):
         }
         return solution
 
-    def _solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int]:
-        """Independent preconditioned CG for each row of ``vectors`` (batched); the solutions and iterations."""
+    def _solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor, norms: Tensor) -> tuple[Tensor, int]:
+        """Independent preconditioned CG for each row of ``vectors`` (batched), each until its residual is ``tol``
+        times its row of ``norms``; the solutions and iterations."""
         precondition = self._preconditioner or (lambda r: r)
 
         def row_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -184,7 +194,7 @@ class ConjugateGradient(Estimator):
         direction = preconditioned.clone()
         squared = row_dot(residual, residual)
         inner = row_dot(residual, preconditioned)
-        target = self.config.tol**2 * squared
+        target = (self.config.tol * norms) ** 2
         iterations = 0
         while iterations < self.config.max_iter:
             active = squared > target
@@ -207,13 +217,14 @@ class ConjugateGradient(Estimator):
             inner = new_inner
         return solution, iterations
 
-    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor) -> tuple[Tensor, int, bool, Tensor]:
+    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor,
+                     norms: Tensor) -> tuple[Tensor, int, bool, Tensor]:
         """Block CG as a Galerkin method: build an orthonormal basis ``Q`` of the block Krylov space of the residuals
         (block Lanczos with full re-orthogonalisation; directions that became dependent are dropped), and take
         ``t = Q (Q^T A Q)^-1 Q^T v`` on it, which is what block CG computes in exact arithmetic. With a preconditioner
         ``M`` it runs on the symmetric system ``M^-1/2 A M^-1/2``. Restarts from the current residual when the basis
         outgrows :data:`BLOCK_BASIS_BYTES`; stops early at the precision floor (:data:`STALL_BLOCKS`). Returns the
-        solutions, the iterations, whether it stopped there, and the relative residuals ``||v - A t|| / ||v||`` as the
+        solutions, the iterations, whether it stopped there, and the relative residuals ``||v - A t|| / norms`` as the
         products of the basis give them (``A t = (A Q) y``): at no further product, and equal to the true ones while
         they are far above the rounding of the products. Near that floor they fall below the truth (float32 LeNet:
         1.2e-5 where a further product gives 3.3e-5), so :meth:`ihvp` checks a claimed convergence or stall with one
@@ -228,7 +239,6 @@ class ConjugateGradient(Estimator):
         def operator(x: Tensor) -> Tensor:  # M^-1/2 A M^-1/2
             return root(apply(root(x, -0.5).to(dtype)), -0.5)
 
-        norms = torch.linalg.vector_norm(vectors.to(torch.float64), dim=1).clamp_min(1e-300)
         solution = torch.zeros_like(vectors, dtype=torch.float64)  # of the transformed system
         residual = root(vectors, -0.5)
         max_blocks = max(1, BLOCK_BASIS_BYTES // (2 * 8 * vectors.numel()))

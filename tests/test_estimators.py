@@ -483,3 +483,42 @@ def test_block_cg_reports_the_true_residual_and_checks_a_claimed_convergence(sma
         counts[tol] = cg.diagnostics["iterations"], sum(calls), cg.diagnostics["converged"]
     assert counts[1e-8][2] and not counts[1e-30][2]
     assert counts[1e-8][0] == counts[1e-30][0] and counts[1e-8][1] == counts[1e-30][1] + len(vectors)
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_cg_from_the_right_hand_side_follows_the_peers_iterates_and_reaches_the_same_solution(small_mlp, block):
+    """``start: rhs`` gives, at each iteration count, the iterates of textbook CG started at ``t_0 = v`` (what
+    dattri and pyDVL run; here on the dense Hessian), not those started at zero (independent CG; block CG's differ
+    from both), and the same converged solution; residuals and tolerance stay relative to ``||v||``."""
+    problem = small_mlp.problem
+    vectors = problem.test_gradients([0, 1])
+    system = problem.hessian() + 0.01 * torch.eye(problem.n_params, dtype=problem.dtype)
+
+    def textbook(v, iterations):
+        x = v.clone()
+        r = v - system @ x
+        p = r.clone()
+        for _ in range(iterations):
+            ap = system @ p
+            alpha = r.dot(r) / p.dot(ap)
+            x, r_new = x + alpha * p, r - alpha * ap
+            p, r = r_new + (r_new.dot(r_new) / r.dot(r)) * p, r_new
+        return x
+
+    for iterations in (1, 3):
+        cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-30, max_iter=iterations, start="rhs", block=block))
+        cg.prepare(problem)
+        solution = cg.ihvp(vectors)
+        true = torch.linalg.vector_norm(vectors - solution @ system, dim=1) / torch.linalg.vector_norm(vectors, dim=1)
+        assert cg.diagnostics["relative_residual"] == pytest.approx(float(true.max()), rel=1e-6)
+        if not block:
+            expected = torch.stack([textbook(v, iterations) for v in vectors])
+            assert float(relative_errors(solution, expected).max()) < 1e-9
+            zero = ConjugateGradient(CGConfig(damping=0.01, tol=1e-30, max_iter=iterations, block=False))
+            zero.prepare(problem)
+            assert float(relative_errors(zero.ihvp(vectors), expected).min()) > 1e-3
+    cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-10, start="rhs", block=block))
+    cg.prepare(problem)
+    exact = torch.linalg.solve(system, vectors.T).T
+    assert float(relative_errors(cg.ihvp(vectors), exact).max()) < 1e-6 and cg.diagnostics["converged"]
+    assert cg.diagnostics["relative_residual"] <= 1e-10
