@@ -3,9 +3,11 @@
     python scripts/speed_vs_peers.py [--models iris,small-cnn,lenet] [--data-dir /tmp/benchdata] [--timeout 600]
                                      [--workdir DIR] [--output leaderboards/speed.md]
 
-Needs the peers extra (``pip install -e '.[peers]'``). For every model it runs our ``exact``, ``cg`` three ways
-(independent CG per test point, the algorithm the peers run, for agreement at equal iterations; block CG, our
-default; block CG preconditioned by a Nyström sketch) and ``lissa``,
+Needs the peers extra (``pip install -e '.[peers]'``). For every model it runs our ``exact``, ``cg`` five ways
+(independent CG per test point, the algorithm the peers run by default; block CG, our default; block CG
+preconditioned by a Nyström sketch; and independent and block CG started, like dattri's and pyDVL's CG, from
+``t_0 = v`` instead of zero, which the peers' CG is compared with at equal iterations: from different starts the
+iterates differ even in exact arithmetic) and ``lissa``,
 dattri's ``IFAttributorExplicit``, ``IFAttributorCG`` and ``IFAttributorLiSSA`` and pyDVL's ``DirectInfluence``,
 ``CgInfluence`` (independent CG as by default, and its block CG, ``solve_simultaneously``) and ``LissaInfluence``
 on the same trained parameters (built through the task, so they come from the
@@ -75,9 +77,14 @@ METHOD_NAMES = {
     ("pydvl", "exact"): "DirectInfluence", ("pydvl", "cg"): "CgInfluence", ("pydvl", "lissa"): "LissaInfluence",
     ("pydvl", "bcg"): "CgInfluence (block)",
     ("ours", "bcg"): "cg (block)", ("ours", "pcg"): "cg (block, nystrom)",
+    ("ours", "rcg"): "cg (from v)", ("ours", "rbcg"): "cg (block, from v)",
 }
-OUR_CG = {"cg": {"block": False}, "bcg": {}, "pcg": {"preconditioner": "nystrom"}}
-"""Our CG variants: ``cg`` options over the defaults (``block: true``)."""
+OUR_CG = {"cg": {"block": False}, "bcg": {}, "pcg": {"preconditioner": "nystrom"},
+          "rcg": {"block": False, "start": "rhs"}, "rbcg": {"start": "rhs"}}
+"""Our CG variants: ``cg`` options over the defaults (``block: true``, ``start: zero``)."""
+SAME_START = {"cg": "rcg", "bcg": "rbcg"}
+"""The variant of ours that a peer's CG method is compared with at equal iterations: started, like the peers' CG, from
+``t_0 = v`` (so that the iterates agree in exact arithmetic)."""
 
 
 
@@ -260,7 +267,8 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
         "machine's 1-minute load average as it ended (about 1: it ran alone; about 2: beside another one-thread "
         "measurement on the 2 cores; blank: measured before loads were recorded). Correlation: "
         "Pearson over training points, worst of the test points, against the reference (r ref) and against our "
-        "result at the same setting (r ours). Sign conventions are aligned to ours (see the script's docstring).",
+        "result at the same setting (r ours; for the peers' CG, ours started like theirs from t0 = v). Sign "
+        "conventions are aligned to ours (see the script's docstring).",
         "",
     ]
     for label, result in results.items():
@@ -596,19 +604,22 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
         key = (outcome.job.method, outcome.job.setting)
         if outcome.job.tool == "ours":
             ours_at[key] = outcome
-        elif key in ours_at:
+            return
+        key = (SAME_START.get(outcome.job.method, outcome.job.method), outcome.job.setting)
+        if key in ours_at:
             outcome.agreement = pearson_rows(outcome.scores, ours_at[key].scores)
 
     sweeps: dict[tuple[str, str], list[Outcome]] = {}
-    methods = (["exact"] if spec.dense else []) + ["cg", "bcg", "pcg", "lissa"]
-    family = {"cg": "cg", "bcg": "cg", "pcg": "cg", "lissa": "lissa"}
+    # ours from the peers' start first, so that each peer's CG is compared with it at every setting both ran
+    methods = (["exact"] if spec.dense else []) + ["rcg", "cg", "rbcg", "bcg", "pcg", "lissa"]
+    family = {"cg": "cg", "rcg": "cg", "bcg": "cg", "rbcg": "cg", "pcg": "cg", "lissa": "lissa"}
     # like --cg-iterations and --lissa-depths, --methods is for the MNIST models: Iris runs everything in seconds
     skipped = sorted({family[m] for m in methods if m != "exact" and not spec.dense and family[m] not in args.methods})
     methods = [m for m in methods if m == "exact" or spec.dense or family[m] in args.methods]
     for method in methods:
         scale = None
         for tool in TOOLS:
-            if method == "pcg" and tool != "ours" or method == "bcg" and tool == "dattri":
+            if method in ("pcg", "rcg", "rbcg") and tool != "ours" or method == "bcg" and tool == "dattri":
                 continue
             batches = [0]
             if tool == "pydvl" and method in ("cg", "bcg") and not spec.dense:  # Iris fits one batch of 256
@@ -622,10 +633,10 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
                         reference.agreement = reference.correlation
                         ours_at["exact", 0] = reference
                         continue
-                elif method == "cg":
-                    jobs = [Job(spec.label, tool, "cg", setting=k, data_dir=data_dir, batch=batch)
+                elif method in ("cg", "rcg"):
+                    jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
                             for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations]
-                elif method in ("bcg", "pcg"):
+                elif method in ("bcg", "rbcg", "pcg"):
                     jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
                             for k in spec.block_iterations]
                 else:
@@ -704,9 +715,10 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
         elif frugal is None:
             parts.append("No setting of ours reaches 0.99 within that peer's peak memory.")
     agreements = [(o.job, worst(o.agreement)) for (t, _), s in sweeps.items() if t != "ours"
-                  for o in s if o.status == "ok" and o.agreement is not None and o.job.method in ("cg", "bcg")]
+                  for o in s if o.status == "ok" and o.agreement is not None and o.job.method in SAME_START]
     if agreements:
-        parts.append("CG at equal iteration counts, worst r with ours (block CG with our block CG): " + ", ".join(
+        parts.append("CG at equal iteration counts, worst r with ours from the same start (t0 = v; block CG with "
+                     "our block CG): " + ", ".join(
             f"{job.tool} {job.name} {job.setting_label} {r:.4f}" for job, r in agreements) + ".")
     return " ".join(parts)
 

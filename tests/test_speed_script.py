@@ -233,16 +233,18 @@ def test_summary_names_our_fastest_answer_within_the_peers_memory(speed):
         speed.MODELS["small-cnn"], sweeps)
 
 
-def test_pydvl_cg_runs_whole_and_in_batches_and_as_block_cg_on_the_mnist_models(speed, monkeypatch):
+def test_pydvl_cg_variants_and_their_comparison_with_ours_from_the_same_start(speed, monkeypatch):
     """On the MNIST models pyDVL's CG runs with the whole set as one batch and in batches of ``PYDVL_BATCH`` (its
     averaging over batches is exact), and its block CG in batches; Iris (one batch either way) and dattri (whose CG
     sums per-batch iHVPs) run whole. A batched job has its own name and digest; an unbatched one keeps its pinned
-    digest."""
+    digest. Each peer CG's agreement is with ours started like it (``t0 = v``), not with ours from zero."""
     jobs = []
 
     def fake(job, timeout, workdir):
         jobs.append(job)
         scores = torch.ones(2, 3, dtype=torch.float64) + torch.arange(3.0, dtype=torch.float64)
+        if job.tool == "ours" and job.method in ("cg", "bcg"):  # from zero: anti-correlated with the peers here
+            scores = -scores
         return speed.Outcome(job, "ok", 1.0, 10.0, 5.0, scores, {"scale": 2.0}, commit="abc")
 
     monkeypatch.setattr(speed, "measure", fake)
@@ -259,6 +261,11 @@ def test_pydvl_cg_runs_whole_and_in_batches_and_as_block_cg_on_the_mnist_models(
             {"exact"} if label == "iris" else set())
         names = [sweep[0].job.name for (tool, _), sweep in result["sweeps"].items() if tool == "pydvl"]
         assert len(names) == len(set(names)) == len(expected)
+        # the peers' CG is compared with ours started like theirs (t0 = v), which runs before it
+        assert {job.method for job in jobs if job.tool == "ours"} >= {"cg", "rcg", "bcg", "rbcg"}
+        peer_cg = [o for (tool, _), sweep in result["sweeps"].items() if tool != "ours" for o in sweep
+                   if o.job.method in ("cg", "bcg")]
+        assert peer_cg and all(speed.worst(o.agreement) == pytest.approx(1.0) for o in peer_cg)
     batched = speed.Job("lenet", "pydvl", "cg", 10, batch=256)
     assert batched.name == "CgInfluence, batches of 256"
     assert speed.Job("lenet", "pydvl", "bcg", 5, batch=256).name == "CgInfluence (block), batches of 256"
