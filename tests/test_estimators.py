@@ -305,6 +305,11 @@ def test_exact_rejects_an_unknown_hessian_dtype():
         configuration.build(ExactConfig, {"hessian_dtype": "float16"}, "exact")
 
 
+def test_cg_rejects_an_unknown_start():
+    with pytest.raises(UnknownNameError, match=r"cg.start 'middle' \(choices: rhs, zero\)"):
+        configuration.build(CGConfig, {"start": "middle"}, "cg")
+
+
 def test_dense_hessian_is_kept_on_disk_under_the_problem_key(tmp_path, monkeypatch):
     """A problem with a curvature cache builds its Hessian once; a later run on the same optimum loads it."""
     problem = dataclasses.replace(
