@@ -18,10 +18,11 @@ gradients, iHVPs, training-side products), and its peak memory is the process's 
 measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
 one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the out-of-memory killer
 on this 24 GB machine, whether it gets the 10 test points at once or one at a time. dattri's LiSSA fails on the
-float64 Iris model (a float32 tensor of its own meets the model's float64 ones). pyDVL averages the
-Hessian-vector products of its loader's batches, which is exact for any batch size, so on the MNIST models its CG
-runs both with the whole training set as one batch and in batches of :data:`PYDVL_BATCH`, the size at which this
-CPU's allocator reuses memory (ours takes pieces of a similar size, ``Problem.PASS_BYTES``).
+float64 Iris model (a float32 tensor of its own meets the model's float64 ones). pyDVL's Hessian averages the
+products of its loader's batches with equal weights, which is the full-data Hessian when the batches are of one
+size, so on the MNIST models its CG runs both with the whole training set as one batch and in batches of
+:func:`pydvl_batch` (the largest divisor of ``n`` up to :data:`PYDVL_BATCH`, about the size at which this CPU's
+allocator reuses memory; ours takes pieces of a similar size, ``Problem.PASS_BYTES``).
 
 Every finished measurement is kept in ``--workdir`` (default ``$BENCH_CACHE_DIR/speed-vs-peers``, else
 ``~/.cache/bench/speed-vs-peers``) under a digest of its job, so an interrupted run resumes where it stopped and a
@@ -65,9 +66,10 @@ REFERENCE_TOL = 1e-6
 REFERENCE_MAX_ITER = 2000
 LISSA_BATCH = 32
 TRAIN_CHUNK = 1000
-PYDVL_BATCH = 256
-"""Training examples per batch of pyDVL's loader in its batched CG runs (its default-like runs take the whole set)."""
 """Training points per pyDVL ``influences_from_factors`` call (one iHVP solve is shared by all chunks)."""
+PYDVL_BATCH = 256
+"""At most this many training examples per batch of pyDVL's loader in its batched CG runs (:func:`pydvl_batch`; its
+default-like runs take the whole set)."""
 
 TOOLS = ("ours", "dattri", "pydvl")
 METHOD_NAMES = {
@@ -582,6 +584,12 @@ def sweep(jobs: Sequence[Job], run: Callable[[Job], Outcome], score: Callable[[O
     return outcomes
 
 
+def pydvl_batch(n_train: int) -> int:
+    """The largest divisor of ``n_train`` up to :data:`PYDVL_BATCH`: pyDVL's ``HessianOperator`` averages its batches'
+    products with equal weights (``ChunkAveraging``), so a smaller last batch would weigh its examples more."""
+    return max(d for d in range(1, min(PYDVL_BATCH, n_train) + 1) if n_train % d == 0)
+
+
 def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     def run(job: Job) -> Outcome:
         return measure(job, args.timeout, workdir)
@@ -623,7 +631,8 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
                 continue
             batches = [0]
             if tool == "pydvl" and method in ("cg", "bcg") and not spec.dense:  # Iris fits one batch of 256
-                batches = [0, PYDVL_BATCH] if method == "cg" else [PYDVL_BATCH]
+                n_train = reference.scores.shape[-1]
+                batches = [0, pydvl_batch(n_train)] if method == "cg" else [pydvl_batch(n_train)]
             for batch in batches:
                 key = (tool, f"{method}, batches of {batch}" if batch else method)
                 if method == "exact":

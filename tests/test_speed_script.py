@@ -234,15 +234,15 @@ def test_summary_names_our_fastest_answer_within_the_peers_memory(speed):
 
 
 def test_pydvl_cg_variants_and_their_comparison_with_ours_from_the_same_start(speed, monkeypatch):
-    """On the MNIST models pyDVL's CG runs with the whole set as one batch and in batches of ``PYDVL_BATCH`` (its
-    averaging over batches is exact), and its block CG in batches; Iris (one batch either way) and dattri (whose CG
+    """On the MNIST models pyDVL's CG runs with the whole set as one batch and in batches of equal size (its
+    average over batches weighs each batch alike), and its block CG in batches; Iris (one batch either way) and dattri (whose CG
     sums per-batch iHVPs) run whole. A batched job has its own name and digest; an unbatched one keeps its pinned
     digest. Each peer CG's agreement is with ours started like it (``t0 = v``), not with ours from zero."""
     jobs = []
 
     def fake(job, timeout, workdir):
         jobs.append(job)
-        scores = torch.ones(2, 3, dtype=torch.float64) + torch.arange(3.0, dtype=torch.float64)
+        scores = torch.ones(2, 5500, dtype=torch.float64) + torch.arange(5500.0, dtype=torch.float64)
         if job.tool == "ours" and job.method in ("cg", "bcg"):  # from zero: anti-correlated with the peers here
             scores = -scores
         return speed.Outcome(job, "ok", 1.0, 10.0, 5.0, scores, {"scale": 2.0}, commit="abc")
@@ -251,7 +251,7 @@ def test_pydvl_cg_variants_and_their_comparison_with_ours_from_the_same_start(sp
     monkeypatch.setattr(speed, "dense_cross_check", lambda spec, data_dir, reference: "")
     args = speed.argparse.Namespace(timeout=1.0, data_dir=None, reference_max_iter=5, cg_iterations=[10],
                                     lissa_depths=[100], methods=("cg", "lissa"))
-    for label, expected in (("lenet", {("cg", 0), ("cg", speed.PYDVL_BATCH), ("bcg", speed.PYDVL_BATCH),
+    for label, expected in (("lenet", {("cg", 0), ("cg", 250), ("bcg", 250),
                                        ("lissa", 0)}), ("iris", {("exact", 0), ("cg", 0), ("bcg", 0), ("lissa", 0)})):
         jobs.clear()
         result = speed.benchmark_model(speed.MODELS[label], args, None)
@@ -271,3 +271,12 @@ def test_pydvl_cg_variants_and_their_comparison_with_ours_from_the_same_start(sp
     assert speed.Job("lenet", "pydvl", "bcg", 5, batch=256).name == "CgInfluence (block), batches of 256"
     assert speed.job_digest(speed.Job("lenet", "pydvl", "cg", 10)) == "265c55e56206410681cf"
     assert speed.job_digest(batched) != "265c55e56206410681cf"
+
+
+def test_pydvl_batch_divides_the_training_set(speed):
+    """pyDVL weighs each batch's product alike, so its batches must all be of one size: the largest divisor of ``n``
+    up to ``PYDVL_BATCH``."""
+    assert speed.pydvl_batch(5500) == 250
+    assert speed.pydvl_batch(1024) == speed.PYDVL_BATCH == 256
+    assert speed.pydvl_batch(150) == 150
+    assert all(n % speed.pydvl_batch(n) == 0 and speed.pydvl_batch(n) <= speed.PYDVL_BATCH for n in range(1, 2000))
