@@ -133,7 +133,8 @@ class Job:
     the LiSSA scale shared by all tools (ours picks it by power iteration when it is ``None``). ``code`` is the
     digest of our sources that one of our measurements ran (:func:`our_code`), so that it is redone when they
     change; empty for the peers, whose code is their pinned release. ``batch`` is the training examples per batch
-    of a peer's data loader, 0 for the whole set in one batch.
+    of a peer's data loader, 0 for the whole set in one batch. ``dtype`` (``float64``) casts the problem, model and
+    data before the measurement (:func:`rounding_check`); empty for the task's own precision.
     """
 
     model: str
@@ -145,11 +146,14 @@ class Job:
     data_dir: str | None = None
     code: str = ""
     batch: int = 0
+    dtype: str = ""
 
     @property
     def name(self) -> str:
         name = METHOD_NAMES[self.tool, self.method]
-        return f"{name}, batches of {self.batch}" if self.batch else name
+        if self.batch:
+            name += f", batches of {self.batch}"
+        return f"{name}, {self.dtype}" if self.dtype else name
 
     @property
     def setting_label(self) -> str:
@@ -250,7 +254,8 @@ def reference_caveat(ref: Outcome) -> str:
 def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     """The Markdown report: per model, time to 0.99 and every measurement, with a banner and the environment."""
     commits = sorted({o.commit for result in results.values() for o in [result["reference"]]
-                      + [o for sweep in result["sweeps"].values() for o in sweep] if o.commit})
+                      + [o for sweep in result["sweeps"].values() for o in sweep]
+                      + [o for check in result.get("rounding", []) for o in check[1:]] if o.commit})
     out = [
         "# Speed against dattri and pyDVL",
         "",
@@ -304,6 +309,18 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                              json.dumps(outcome.diagnostics, sort_keys=True) if outcome.diagnostics else ""])
         out += [markdown_table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
                                 "baseline (MiB)", "load", "diagnostics"], rows), ""]
+        if result.get("rounding"):
+            out += ["### CG agreement in float64", "",
+                    "Each peer CG sweep's first setting whose worst r with ours from the same start is below "
+                    f"{THRESHOLD} in float32, rerun by both tools in float64 (problem, model and data cast; the same "
+                    "test points). Equal in exact arithmetic, the two agree in float64 where float32 rounding was "
+                    "what separated them.", ""]
+            rows = [[peer.job.tool, below.job.name, below.job.setting_label, fmt(worst(below.agreement), ".4f"),
+                     fmt(worst(peer.agreement), ".4f") if peer.status == "ok" and ours.status == "ok"
+                     else f"ours {ours.status}, peer {peer.status}", *(fmt(o.seconds, ".3g") for o in (ours, peer))]
+                    for below, ours, peer in result["rounding"]]
+            out += [markdown_table(["tool", "method", "setting", "r ours (float32)", "r ours (float64)",
+                                    "ours float64 (s)", "peer float64 (s)"], rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -335,11 +352,12 @@ def module_at(spec: ModelSpec, task: Any, problem: Any) -> torch.nn.Module:
         from tasks.iris import mlp
 
         c = task.config
-        module = mlp(c.depth, c.width, c.activation).to(torch.float64)
+        module = mlp(c.depth, c.width, c.activation)
     else:
         from tasks.models import build_model
 
         module = build_model(task.config.model, task.channels, task.image_size)
+    module = module.to(problem.dtype)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             parameter.copy_(problem.params[name])
@@ -474,6 +492,8 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
     # no Hessian from an earlier run's cache: every measurement times the whole computation
     problem = dataclasses.replace(problem, curvature_cache=None)
     test = test_points(problem)
+    if job.dtype:
+        problem = problem.to(dtype=getattr(torch, job.dtype))
     module = module_at(spec, task, problem) if job.tool != "ours" else None
     warm_up(job.tool, problem)
     reset = reset_peak()
@@ -494,10 +514,10 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
 
 
 def job_fields(job: Job) -> dict[str, Any]:
-    """``job`` as a dict, without an empty ``code`` or a zero ``batch`` (so a job keeps the name it had before
-    those fields)."""
+    """``job`` as a dict, without an empty ``code`` or ``dtype`` or a zero ``batch`` (so a job keeps the name it had
+    before those fields)."""
     fields = dataclasses.asdict(job)
-    for name in ("code", "batch"):
+    for name in ("code", "batch", "dtype"):
         if not fields[name]:
             del fields[name]
     return fields
@@ -662,7 +682,31 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
     if skipped:
         summary += f" Not measured in this invocation (--methods): {', '.join(skipped)}."
     return {"reference": reference, "sweeps": sweeps, "summary": summary,
-            "cross_check": dense_cross_check(spec, data_dir, reference)}
+            "cross_check": dense_cross_check(spec, data_dir, reference), "rounding": rounding_check(sweeps, run)}
+
+
+def rounding_check(sweeps: dict[tuple[str, str], list[Outcome]],
+                   run: Callable[[Job], Outcome]) -> list[tuple[Outcome, Outcome, Outcome]]:
+    """Each peer CG sweep's first setting whose worst r with ours from the same start is below :data:`THRESHOLD`,
+    rerun by both in float64: ``(float32 peer, float64 ours, float64 peer)``, the last with its agreement.
+
+    Both run the same algorithm on the same system from the same start, so in exact arithmetic their iterates agree;
+    if they agree in float64 and not in float32, the float32 rounding of their different summation orders, which CG
+    amplifies on an ill-conditioned system, is what separates them.
+    """
+    checks = []
+    for (tool, _), sweep in sweeps.items():
+        below = next((o for o in sweep if tool != "ours" and o.status == "ok" and o.job.method in SAME_START
+                      and o.agreement is not None and worst(o.agreement) < THRESHOLD), None)
+        if below is None:
+            continue
+        ours = run(Job(below.job.model, "ours", SAME_START[below.job.method], setting=below.job.setting,
+                       data_dir=below.job.data_dir, dtype="float64"))
+        peer = run(dataclasses.replace(below.job, dtype="float64"))
+        if ours.status == "ok" and peer.status == "ok":
+            peer.agreement = pearson_rows(peer.scores, ours.scores)
+        checks.append((below, ours, peer))
+    return checks
 
 
 class _NotCached(Exception):

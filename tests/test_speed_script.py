@@ -280,3 +280,33 @@ def test_pydvl_batch_divides_the_training_set(speed):
     assert speed.pydvl_batch(1024) == speed.PYDVL_BATCH == 256
     assert speed.pydvl_batch(150) == 150
     assert all(n % speed.pydvl_batch(n) == 0 and speed.pydvl_batch(n) <= speed.PYDVL_BATCH for n in range(1, 2000))
+
+
+def test_rounding_check_reruns_a_disagreeing_peer_cg_and_ours_in_float64(speed, monkeypatch):
+    """A peer CG setting below 0.99 with ours from the same start is rerun by both in float64, once per sweep; the
+    report shows both agreements. Settings that agree are not rerun."""
+    jobs = []
+    base = torch.stack([torch.arange(5500.0), torch.arange(5500.0).flip(0)]).to(torch.float64)
+
+    def fake(job, timeout, workdir):
+        jobs.append(job)
+        scores = base.clone()
+        if job.tool == "pydvl" and job.method == "cg" and not job.batch and job.dtype != "float64":
+            scores += 3000.0 * torch.sin(torch.arange(5500.0, dtype=torch.float64))  # float32 rounding, say
+        return speed.Outcome(job, "ok", 1.0, 10.0, 5.0, scores, {"scale": 2.0}, commit="abc")
+
+    monkeypatch.setattr(speed, "measure", fake)
+    monkeypatch.setattr(speed, "dense_cross_check", lambda spec, data_dir, reference: "")
+    args = speed.argparse.Namespace(timeout=1.0, data_dir=None, reference_max_iter=5, cg_iterations=[10],
+                                    lissa_depths=[100], methods=("cg", "lissa"))
+    result = speed.benchmark_model(speed.MODELS["lenet"], args, None)
+    assert [(j.tool, j.method, j.setting, j.batch) for j in jobs if j.dtype == "float64"] == [
+        ("ours", "rcg", 10, 0), ("pydvl", "cg", 10, 0)]
+    [(below, ours, peer)] = result["rounding"]
+    assert speed.worst(below.agreement) < 0.99 and speed.worst(peer.agreement) == pytest.approx(1.0)
+    assert peer.job.name == "CgInfluence, float64"
+    assert speed.job_digest(peer.job) != speed.job_digest(below.job)
+    report = speed.render({"command": "c", "device": "d", "load": "1", "versions": "v", "commit": "abc",
+                           "date": "today"}, {"lenet": result})
+    section = report.split("### CG agreement in float64")[1]
+    assert f"| pydvl | CgInfluence | 10 it | {speed.worst(below.agreement):.4f} | 1.0000 |" in section
