@@ -19,7 +19,9 @@ thread:
 
 Every variant's output is checked against ``Problem.hvp`` (or ``Problem.train_gradient_products``) before its time
 is reported. Each time is the best of ``--repeats`` calls after one warm-up call; the kernel's share of it (system
-CPU time, mostly page faults of freshly mapped memory) is shown beside it.
+CPU time, mostly page faults of freshly mapped memory) is shown beside it, and so are the floating-point operations
+of one call (``torch.utils.flop_counter``: convolutions and matrix products, the bulk of the work) and their rate,
+against the rate of a large one-thread matrix product, the practical ceiling of this CPU core.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -60,6 +63,20 @@ def best_time(fn: Callable[[], Tensor], repeats: int) -> tuple[float, float, Ten
         seconds = time.perf_counter() - start
         best = min(best, (seconds, resource.getrusage(resource.RUSAGE_SELF).ru_stime - before))
     return best[0], best[1], out
+
+
+def counted_flops(fn: Callable[[], Tensor]) -> int:
+    """The floating-point operations of one call of ``fn`` that ``torch.utils.flop_counter`` counts."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(size: int = 2048, repeats: int = 3) -> float:
+    """GFLOP/s of a ``size``-square float32 matrix product on the current threads: the core's practical ceiling."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds, _, _ = best_time(lambda: a @ b, repeats)
+    return 2 * size**3 / seconds / 1e9
 
 
 def hvp_function(problem: Any) -> Callable[[Tensor], Tensor]:
@@ -102,17 +119,19 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
     plain = hvp_function(problem)
     rows: list[list[str]] = []
 
-    def record(block: str, variant: str, timed: tuple[float, float, Tensor], reference: Tensor, per: int) -> Tensor:
-        seconds, kernel, out = timed
+    def record(block: str, variant: str, timed: tuple[float, float, Tensor, int], reference: Tensor,
+               per: int) -> Tensor:
+        seconds, kernel, out, flops = timed
         error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
         if error > 1e-3:
             raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
-        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}", f"{error:.1e}"])
+        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}",
+                     f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}", f"{error:.1e}"])
         print(model, rows[-1], flush=True)
         return out
 
-    def timed(fn: Callable[[], Tensor]) -> tuple[float, float, Tensor]:
-        return best_time(fn, args.repeats)
+    def timed(fn: Callable[[], Tensor]) -> tuple[float, float, Tensor, int]:
+        return *best_time(fn, args.repeats), counted_flops(fn)
 
     # Hessian-vector products: the reference is Problem.hvp, one vector at a time
     pieces = timed(lambda: problem.hvp(vectors[:1]))
@@ -219,6 +238,9 @@ def main() -> None:
         f"after a warm-up call; kernel: the system CPU time of that call (page faults of freshly mapped memory). "
         f"Device: CPU, {os.cpu_count()} cores, {platform.system()}, load average at the start {load} (the machine is "
         f"shared). torch {version('torch')}. Commit: {current_commit()}. Date: {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"A 2048 x 2048 float32 matrix product on this thread runs at {matmul_rate():.0f} GFLOP/s, the practical "
+        "ceiling of the GFLOP/s column (which counts the convolutions' and matrix products' operations).",
     ]
     for model in models:
         problem, rows, compiled = measure(model, args)
@@ -226,7 +248,8 @@ def main() -> None:
             "",
             f"## {model} ({problem.n_params:,} parameters)",
             "",
-            markdown_table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "rel. error"], rows),
+            markdown_table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "GFLOP per vector",
+                            "GFLOP/s", "rel. error"], rows),
             "",
             f"torch.compile: {compiled}.",
         ]
