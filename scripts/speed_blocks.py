@@ -21,7 +21,9 @@ Every variant's output is checked against ``Problem.hvp`` (or ``Problem.train_gr
 is reported. Each time is the best of ``--repeats`` calls after one warm-up call; the kernel's share of it (system
 CPU time, mostly page faults of freshly mapped memory) is shown beside it, and so are the floating-point operations
 of one call (``torch.utils.flop_counter``: convolutions and matrix products, the bulk of the work) and their rate,
-against the rate of a large one-thread matrix product, the practical ceiling of this CPU core.
+against the rate of a large one-thread matrix product, the practical ceiling of this CPU core. Operations are
+counted only where no ``vmap`` batches the convolutions: ``vmap`` turns them into grouped convolutions, whose weight
+gradient torch's counter counts as if ungrouped (``groups`` times too many).
 """
 
 from __future__ import annotations
@@ -119,19 +121,21 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
     plain = hvp_function(problem)
     rows: list[list[str]] = []
 
-    def record(block: str, variant: str, timed: tuple[float, float, Tensor, int], reference: Tensor,
+    def record(block: str, variant: str, timed: tuple[float, float, Tensor, int | None], reference: Tensor,
                per: int) -> Tensor:
         seconds, kernel, out, flops = timed
         error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
         if error > 1e-3:
             raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
-        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}",
-                     f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}", f"{error:.1e}"])
+        counts = ["", ""] if flops is None else [f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}"]
+        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}", *counts,
+                     f"{error:.1e}"])
         print(model, rows[-1], flush=True)
         return out
 
-    def timed(fn: Callable[[], Tensor]) -> tuple[float, float, Tensor, int]:
-        return *best_time(fn, args.repeats), counted_flops(fn)
+    def timed(fn: Callable[[], Tensor], count: bool = True) -> tuple[float, float, Tensor, int | None]:
+        """Best time, kernel time and output of ``fn``, and its operations where ``count`` (no ``vmap`` inside)."""
+        return *best_time(fn, args.repeats), counted_flops(fn) if count else None
 
     # Hessian-vector products: the reference is Problem.hvp, one vector at a time
     pieces = timed(lambda: problem.hvp(vectors[:1]))
@@ -159,14 +163,14 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
                                                     is_grads_batched=True)[0]
         return total
 
-    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched), every, m)
+    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched, count=False), every, m)
     block = f"HVP, {m} vectors"
     record(block, "forward-over-reverse, one by one", timed(lambda: torch.stack([plain(v) for v in vectors])), every, m)
-    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors)), every, m)
+    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), count=False), every, m)
 
     # training side: every training point's product with each vector
     block = f"training side, {m} vectors"
-    products = timed(lambda: problem.train_gradient_products(vectors))
+    products = timed(lambda: problem.train_gradient_products(vectors), count=False)  # per-example: vmap
     products = record(block, "Problem.train_gradient_products", products, products[2], m)
 
     def forward_mode(rows: int) -> Tensor:
@@ -177,12 +181,13 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
         return out
 
     passes = problem._pass_rows(m * problem._graph_bytes_per_example())
-    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train)), products, m)
-    record(block, f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
-           timed(lambda: forward_mode(passes)), products, m)
-    record(block, "per-example gradients (vmap(grad), chunks of 500) @ vectors",
-           timed(lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T),
+    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train), count=False),
            products, m)
+    record(block, f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
+           timed(lambda: forward_mode(passes), count=False), products, m)
+    record(block, "per-example gradients (vmap(grad), chunks of 500) @ vectors",
+           timed(lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T,
+                 count=False), products, m)
 
     # torch.compile, isolated: it may fail or hang
     command = [sys.executable, str(Path(__file__).resolve()), "--compiled-child", "--models", model,

@@ -29,3 +29,14 @@ def test_counted_flops_are_the_textbook_counts_forward_and_backward(blocks):
     # weight gradient, one convolution's worth, since the images need none
     loss = F.conv2d(x, w).sum()
     assert blocks.counted_flops(lambda: torch.autograd.grad(loss, w, retain_graph=True)[0]) == conv
+
+
+def test_why_nothing_under_vmap_is_counted(blocks):
+    """``vmap`` over examples makes a convolution grouped, and torch's counter counts a grouped convolution's weight
+    gradient ``groups`` times too high; the script leaves such rows uncounted (this fails once torch counts them
+    right)."""
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    out = F.conv2d(torch.randn(1, 8, 9, 9), w, groups=8)
+    forward = blocks.counted_flops(lambda: F.conv2d(torch.randn(1, 8, 9, 9), w.detach(), groups=8))
+    assert forward == 2 * 8 * 7 * 7 * 3 * 3
+    assert blocks.counted_flops(lambda: torch.autograd.grad(out.sum(), w, retain_graph=True)[0]) == 8 * forward
