@@ -530,13 +530,29 @@ def job_digest(job: Job) -> str:
     return hashlib.sha256(json.dumps(job_fields(job), sort_keys=True).encode()).hexdigest()[:20]
 
 
-def our_code() -> str:
-    """A digest of the sources of our measurements (the harness, the built-in estimators and tasks)."""
+def our_code(root: Path = REPO) -> str:
+    """A digest of the code of our measurements (the harness, the built-in estimators and tasks): of each module's
+    syntax tree without its docstrings (every bare string statement), so that editing a docstring or a comment does
+    not redo an hour of measurements."""
+    import ast
     import hashlib
 
+    def code_only(node: ast.AST) -> ast.AST:
+        for field in ("body", "orelse", "finalbody"):
+            statements = getattr(node, field, None)
+            if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
+                kept = [s for s in statements
+                        if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                and isinstance(s.value.value, str))]
+                setattr(node, field, kept or [ast.Pass()])
+        for child in ast.iter_child_nodes(node):
+            code_only(child)
+        return node
+
     digest = hashlib.sha256()
-    for path in sorted(p for folder in ("benchmark", "estimators", "tasks") for p in (REPO / folder).rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for folder in ("benchmark", "estimators", "tasks") for p in (root / folder).rglob("*.py")):
+        tree = code_only(ast.parse(path.read_bytes()))
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + ast.dump(tree).encode())
     return digest.hexdigest()[:12]
 
 

@@ -310,3 +310,20 @@ def test_rounding_check_reruns_a_disagreeing_peer_cg_and_ours_in_float64(speed, 
                            "date": "today"}, {"lenet": result})
     section = report.split("### CG agreement in float64")[1]
     assert f"| pydvl | CgInfluence | 10 it | {speed.worst(below.agreement):.4f} | 1.0000 |" in section
+
+
+def test_our_code_digest_ignores_docstrings_and_comments_but_not_code(speed, tmp_path):
+    module = tmp_path / "benchmark" / "m.py"
+    module.parent.mkdir()
+
+    def digest(source: str) -> str:
+        module.write_text(source)
+        return speed.our_code(tmp_path)
+
+    base = digest('"""Module."""\n\ndef f(x):\n    """Twice x."""\n    return 2 * x\n')
+    assert digest('"""Module, reworded."""\n\ndef f(x):\n    """Doubles x."""\n    # why\n    return 2 * x\n') == base
+    assert digest('def f(x):\n    return 2 * x\n') == base
+    assert digest('def f(x):\n    return 2 * x\nLIMIT = 3\n"""An attribute docstring."""\n') == digest(
+        'def f(x):\n    return 2 * x\nLIMIT = 3\n')
+    assert digest('"""Module."""\n\ndef f(x):\n    """Twice x."""\n    return 3 * x\n') != base
+    assert digest('"""Module."""\n\ndef g(x):\n    """Twice x."""\n    return 2 * x\n') != base
