@@ -15,6 +15,7 @@ thread:
 * the training-side influence of every training point along ``--vectors`` vectors: ``Problem.train_gradient_products``
   against one forward-mode ``jvp`` pass per vector over the whole set, the same in passes of ``Problem.PASS_BYTES``,
   and per-example gradients (``vmap(grad)``) in chunks of 500 and a matrix product;
+* for scale, one gradient of the objective (forward and backward pass) over the full training set;
 * ``torch.compile`` of the forward-over-reverse product (in a subprocess with a timeout; a failure is reported).
 
 Every variant's output is checked against ``Problem.hvp`` (or ``Problem.train_gradient_products``) before its time
@@ -152,6 +153,15 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
         record("HVP, 1 vector", variant, timed(whole), one, 1)
         del theta, gradient, whole
     record("HVP, 1 vector", "forward-over-reverse (jvp of grad)", timed(lambda: plain(vectors[0])[None]), one, 1)
+
+    def gradient() -> Tensor:
+        with torch.enable_grad(), data_convolutions():
+            theta = problem.theta.detach().requires_grad_()
+            return torch.autograd.grad(problem.objective(theta), theta)[0][None]
+
+    # for scale: what one gradient costs beside a product
+    record("gradient, for scale", "forward and backward (reverse mode)", timed(gradient),
+           grad(problem.objective)(problem.theta)[None], 1)
     every = timed(lambda: problem.hvp(vectors))
     every = record(f"HVP, {m} vectors", "kept graph in pieces, one by one (Problem.hvp)", every, every[2], m)
 
