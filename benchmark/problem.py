@@ -66,7 +66,7 @@ class Problem:
     CPU, the training-side passes): 32 MiB, glibc's largest threshold for serving an allocation with fresh pages.
     Larger tensors are mapped from the kernel on every allocation and handed back on every free, so a backward pass
     over all 5,500 MNIST images spent most of its time in page faults (``leaderboards/speed-blocks.md``, small CNN:
-    0.88 s of a 1.45 s product in the kernel); in pieces of this size the heap reuses its memory (0.60 s)."""
+    0.95 s of a 1.55 s product in the kernel); in pieces of this size the heap reuses its memory (0.59 s)."""
     MIN_PASS_ROWS: ClassVar[int] = 64
     """The fewest examples in such a pass, so that the per-pass overhead of autograd stays small."""
 
@@ -184,8 +184,8 @@ class Problem:
 
         Where per-example gradients are small (:attr:`MIN_PASS_ROWS` of them and their graphs fit in
         :attr:`PASS_BYTES`), they are taken chunk by chunk (``vmap(grad)``) and multiplied with ``vectors``: the
-        fastest way measured (``leaderboards/speed-blocks.md``: LeNet on 5,500 images, 10 vectors, 0.64 s against
-        0.99 s for forward-mode passes; small CNN 0.53 s against 1.43 s). Otherwise nothing of size ``P`` per
+        fastest way measured (``leaderboards/speed-blocks.md``: LeNet on 5,500 images, 10 vectors, 0.65 s against
+        1.01 s for forward-mode passes; small CNN 0.51 s against 1.46 s). Otherwise nothing of size ``P`` per
         example is formed: ``g_i^T v`` is the directional derivative of the ``i``-th loss along ``v``, so one
         forward-mode pass (``jvp`` of the per-example losses) per chunk and vector gives all ``n`` products at the
         cost of about two forward passes; the ``m`` passes over a chunk run side by side (``vmap``), so a chunk is
@@ -260,9 +260,9 @@ class Problem:
         backward passes. Its convolutions of the data are :func:`~benchmark.data_convolution.data_convolutions`,
         whose second backward skips torch's unneeded gradient with respect to the images. On the CPU the graph is
         kept in pieces of :attr:`PASS_BYTES`, whose products are summed; together they hold what one graph would.
-        Measured on 5,500 MNIST images (``leaderboards/speed-blocks.md``), per product: small CNN 0.60 s, against
-        1.45 s in one piece, 1.75 s in one piece through torch's own convolutions and 2.72 s for ``jvp`` of
-        ``grad``; LeNet 0.28 s, 0.70 s, 1.12 s and 1.38 s.
+        Measured on 5,500 MNIST images (``leaderboards/speed-blocks.md``), per product: small CNN 0.59 s, against
+        1.55 s in one piece, 1.82 s in one piece through torch's own convolutions and 2.78 s for ``jvp`` of
+        ``grad``; LeNet 0.26 s, 0.67 s, 1.05 s and 1.32 s.
         Over several chunks (:attr:`chunk_size`) the products are summed chunk by chunk, forward-over-reverse, so
         memory stays at one chunk's activations (on the CPU, in passes of :attr:`PASS_BYTES` within a chunk); a
         minibatch (``indices``) takes the same path.
