@@ -12,7 +12,8 @@ dattri's ``IFAttributorExplicit``, ``IFAttributorCG`` and ``IFAttributorLiSSA`` 
 ``CgInfluence`` (independent CG as by default, and its block CG, ``solve_simultaneously``) and ``LissaInfluence``
 on the same trained parameters (built through the task, so they come from the
 cache), the same training set and the 10 highest-loss test points, at damping 0.01 on top of the task's weight decay.
-Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
+Where a peer's CG disagrees with ours from the same start (r < 0.99), both rerun that setting in float64
+(:func:`rounding_check`). Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
 blow-up does not end the script; its time covers everything from the trained model to the ``10 x n`` scores (test
 gradients, iHVPs, training-side products), and its peak memory is the process's peak resident set size during the
 measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
