@@ -173,7 +173,8 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
                                                     is_grads_batched=True)[0]
         return total
 
-    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched, count=False), every, m)
+    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched, count=False),
+           every, m)
     block = f"HVP, {m} vectors"
     record(block, "forward-over-reverse, one by one", timed(lambda: torch.stack([plain(v) for v in vectors])), every, m)
     record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), count=False), every, m)

@@ -13,14 +13,14 @@ dattri's ``IFAttributorExplicit``, ``IFAttributorCG`` and ``IFAttributorLiSSA`` 
 on the same trained parameters (built through the task, so they come from the
 cache), the same training set and the 10 highest-loss test points, at damping 0.01 on top of the task's weight decay.
 Where a peer's CG disagrees with ours from the same start (r < 0.99), both rerun that setting in float64
-(:func:`rounding_check`). Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one crash, hang or memory
-blow-up does not end the script; its time covers everything from the trained model to the ``10 x n`` scores (test
-gradients, iHVPs, training-side products), and its peak memory is the process's peak resident set size during the
-measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet (5,500 images in
-one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the out-of-memory killer
-on this 24 GB machine, whether it gets the 10 test points at once or one at a time. dattri's LiSSA fails on the
-float64 Iris model (a float32 tensor of its own meets the model's float64 ones). pyDVL's Hessian averages the
-products of its loader's batches with equal weights, which is the full-data Hessian when the batches are of one
+(:func:`rounding_check`). Each measurement runs in a fresh subprocess with one torch thread and a timeout, so that one
+crash, hang or memory blow-up does not end the script; its time covers everything from the trained model to the
+``10 x n`` scores (test gradients, iHVPs, training-side products), and its peak memory is the process's peak resident
+set size during the measurement (``VmHWM`` after resetting it through ``/proc/self/clear_refs``). dattri's CG on LeNet
+(5,500 images in one training batch, as its CG needs: it sums the iHVPs of separate batches) is killed by the
+out-of-memory killer on this 24 GB machine, whether it gets the 10 test points at once or one at a time. dattri's LiSSA
+fails on the float64 Iris model (a float32 tensor of its own meets the model's float64 ones). pyDVL's Hessian averages
+the products of its loader's batches with equal weights, which is the full-data Hessian when the batches are of one
 size, so on the MNIST models its CG runs both with the whole training set as one batch and in batches of
 :func:`pydvl_batch` (the largest divisor of ``n`` up to :data:`PYDVL_BATCH`, about the size at which this CPU's
 allocator reuses memory; ours takes pieces of a similar size, ``Problem.PASS_BYTES``).
@@ -668,8 +668,8 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
                 continue
             batches = [0]
             if tool == "pydvl" and method in ("cg", "bcg") and not spec.dense:  # Iris fits one batch of 256
-                n_train = reference.scores.shape[-1]
-                batches = [0, pydvl_batch(n_train)] if method == "cg" else [pydvl_batch(n_train)]
+                batch = pydvl_batch(reference.scores.shape[-1])
+                batches = [0, batch] if method == "cg" else [batch]
             for batch in batches:
                 key = (tool, f"{method}, batches of {batch}" if batch else method)
                 if method == "exact":
@@ -713,8 +713,8 @@ def rounding_check(sweeps: dict[tuple[str, str], list[Outcome]],
     """
     checks = []
     for (tool, _), sweep in sweeps.items():
-        below = next((o for o in sweep if tool != "ours" and o.status == "ok" and o.job.method in SAME_START
-                      and o.agreement is not None and worst(o.agreement) < THRESHOLD), None)
+        below = next((o for o in sweep if o.status == "ok" and o.job.method in SAME_START and o.agreement is not None
+                      and worst(o.agreement) < THRESHOLD), None) if tool != "ours" else None
         if below is None:
             continue
         ours = run(Job(below.job.model, "ours", SAME_START[below.job.method], setting=below.job.setting,

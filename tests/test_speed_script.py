@@ -235,9 +235,9 @@ def test_summary_names_our_fastest_answer_within_the_peers_memory(speed):
 
 def test_pydvl_cg_variants_and_their_comparison_with_ours_from_the_same_start(speed, monkeypatch):
     """On the MNIST models pyDVL's CG runs with the whole set as one batch and in batches of equal size (its
-    average over batches weighs each batch alike), and its block CG in batches; Iris (one batch either way) and dattri (whose CG
-    sums per-batch iHVPs) run whole. A batched job has its own name and digest; an unbatched one keeps its pinned
-    digest. Each peer CG's agreement is with ours started like it (``t0 = v``), not with ours from zero."""
+    average over batches weighs each batch alike), and its block CG in batches; Iris (one batch either way) and dattri
+    (whose CG sums per-batch iHVPs) run whole. A batched job has its own name and digest; an unbatched one keeps its
+    pinned digest. Each peer CG's agreement is with ours started like it (``t0 = v``), not with ours from zero."""
     jobs = []
 
     def fake(job, timeout, workdir):
