@@ -113,6 +113,7 @@ def build_parser(pm: Any) -> Parser:
     board.add_argument("--task", help="only this task (default: every task with records)")
     board.add_argument("--results-dir", type=Path, help=f"default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR}")
     board.add_argument("--output-dir", type=Path, help="where <task>.md goes (default: the results dir's parent)")
+    board.add_argument("--strict", action="store_true", help="a bad result record is an error (default: skipped)")
 
     study = sub.add_parser("study", parents=[common], help="run a declared sweep (tasks/studies/NAME.yaml): CSV + figures")
     study_command.add_arguments(study)
@@ -235,11 +236,14 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     )
 
 
-def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str | None) -> list[str]:
+def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str | None,
+            strict: bool = False) -> list[str]:
     tasks = [task] if task else sorted(p.name for p in results_dir.glob("*") if p.is_dir())
+    if not tasks:
+        raise UsageError(f"nothing to render: no result records under {str(results_dir)!r}")
     texts = []
     for name in tasks:
-        found = records.load(results_dir, name)
+        found = records.load(results_dir, name, strict=strict)
         if not found:
             raise UsageError(f"no result records for task {name!r} under {results_dir}")
         defaults, reference_rows = None, []
@@ -300,7 +304,7 @@ def _command_leaderboard(args: argparse.Namespace, registry: Registry) -> int:
     if not results_dir.is_dir():
         raise UsageError(f"no results directory {str(results_dir)!r}: run `bench run` first or pass --results-dir")
     output_dir = args.output_dir or results_dir.parent
-    for text in _render(registry, results_dir, output_dir, args.task):
+    for text in _render(registry, results_dir, output_dir, args.task, args.strict):
         print(text)
     return 0
 
