@@ -45,9 +45,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config with the safe loader; malformed files raise :class:`UsageError` naming file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                         f"offset {error.start}); save it as UTF-8") from None
     try:
         data = safe_load(text)
     except yaml.MarkedYAMLError as error:
