@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import shlex
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from benchmark import report as report_command
 from benchmark import study as study_command
 from benchmark import timing as timing_command
 from benchmark.cache import Cache
-from benchmark.errors import BenchError, UnknownNameError, UsageError
+from benchmark.errors import BenchError, UnknownNameError, UsageError, user_interrupts
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.executors import EXECUTORS
 from benchmark.runner import DEFAULT_SELECTIONS, DEVICES, Run, RunConfig
@@ -258,13 +259,29 @@ def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str |
 
 def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     config = run_config(args, registry)
-    written = Run(config, registry, pm).execute()
+    run = Run(config, registry, pm)
+    written = run.execute()
     failed = [r for r in written if r["status"] != "ok"]
     if not args.no_leaderboard:
         print(_render(registry, config.results_dir, config.results_dir.parent, config.task)[0])
     for record in failed:
         log.warning("%s (%s): failed: %s", record["estimator"]["name"], record["selection"]["kind"], record["failure"])
+    for failure in run.hook_failures:
+        _report(failure, args.verbose)
+    if run.hook_failures:
+        return 1
+    if written and not any(r["status"] == "ok" for r in written):
+        print(f"bench: error: no estimator produced a score: all {len(written)} records failed", file=sys.stderr)
+        return 1
     return 0
+
+
+def _report(error: BenchError, verbose: bool) -> None:
+    """Print ``error`` as one line; with ``-v`` first the traceback of the plugin exception behind it."""
+    cause = getattr(error, "error", None) or error.__cause__
+    if verbose and cause is not None:
+        print("".join(traceback.format_exception(cause)).rstrip(), file=sys.stderr)
+    print(f"bench: error: {error}", file=sys.stderr)
 
 
 def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
@@ -315,32 +332,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's forward-mode AD scripts its decompositions on first use and warns about its own deprecated API
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     logging.basicConfig(format="bench: %(message)s", level=logging.INFO, stream=sys.stderr, force=True)
+    verbose = any(arg in ("-v", "--verbose") for arg in argv)
     try:
-        pm = plugin_manager(_plugin_args(argv))
-        registry = Registry(pm)
-        args = build_parser(pm).parse_args(argv)
-        args.argv = argv
-        if args.verbose:
-            logging.getLogger("bench").setLevel(logging.DEBUG)
-        if args.command == "list":
-            return _command_list(args, registry)
-        if args.command == "run":
-            return _command_run(args, registry, pm)
-        if args.command == "gt":
-            return _command_gt(args, registry, pm)
-        if args.command == "study":
-            return study_command.command(args, registry, pm)
-        if args.command == "report":
-            return report_command.command(args)
-        if args.command == "timing":
-            return timing_command.command(args)
-        return _command_leaderboard(args, registry)
+        with user_interrupts():
+            return _main(argv)
     except BenchError as error:
-        print(f"bench: error: {error}", file=sys.stderr)
+        _report(error, verbose)
         return error.exit_code
     except KeyboardInterrupt:
         print("bench: interrupted (finished ground-truth entries are cached; rerun to resume)", file=sys.stderr)
         return 130
+
+
+def _main(argv: list[str]) -> int:
+    pm = plugin_manager(_plugin_args(argv))
+    registry = Registry(pm)
+    args = build_parser(pm).parse_args(argv)
+    args.argv = argv
+    if args.verbose:
+        logging.getLogger("bench").setLevel(logging.DEBUG)
+    if args.command == "list":
+        return _command_list(args, registry)
+    if args.command == "run":
+        return _command_run(args, registry, pm)
+    if args.command == "gt":
+        return _command_gt(args, registry, pm)
+    if args.command == "study":
+        return study_command.command(args, registry, pm)
+    if args.command == "report":
+        return report_command.command(args)
+    if args.command == "timing":
+        return timing_command.command(args)
+    return _command_leaderboard(args, registry)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ with :attr:`BenchError.exit_code`, without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 
 
 class BenchError(Exception):
@@ -34,6 +37,56 @@ class UnknownNameError(UsageError):
 
 class PluginError(BenchError):
     """A plugin that cannot be imported, registered or used."""
+
+
+class PluginHookError(PluginError):
+    """An exception (``SystemExit`` and ``KeyboardInterrupt`` included) raised by a plugin's hook implementation.
+
+    The CLI prints one line naming the plugin and the hook; with ``-v`` also the traceback of :attr:`error`.
+    """
+
+    def __init__(self, plugin: str, hook: str, error: BaseException, calls: int = 1):
+        self.plugin, self.hook, self.error = plugin, hook, error
+        times = f" ({calls} calls)" if calls > 1 else ""
+        super().__init__(f'plugin "{plugin}" failed in hook {hook}{times}: {describe(error)}')
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user's Ctrl-C (SIGINT) inside :func:`user_interrupts`, told apart from a ``KeyboardInterrupt`` that plugin
+    code raised itself: the former stops the run, the latter is that plugin's failure like any other exception."""
+
+
+PLUGIN_FAULTS = (Exception, SystemExit, KeyboardInterrupt)
+"""What a plugin's code may raise and the harness turns into that plugin's failure (after re-raising
+:class:`Interrupted`, the user's own Ctrl-C)."""
+
+
+def describe(error: BaseException) -> str:
+    """``"Type: message"`` of ``error``, saying so where plugin code called ``sys.exit``."""
+    text = str(error)
+    name = type(error).__name__
+    if isinstance(error, SystemExit):
+        return f"{name}: {text or None} (plugin code called sys.exit)"
+    return f"{name}: {text}" if text else name
+
+
+@contextlib.contextmanager
+def user_interrupts() -> Iterator[None]:
+    """Within the block, SIGINT raises :class:`Interrupted` (where this is the main thread and SIGINT has Python's
+    default handler), so that the user's Ctrl-C still stops a run while plugin code's ``KeyboardInterrupt`` does not."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class DataError(BenchError):

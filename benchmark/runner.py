@@ -24,11 +24,12 @@ from benchmark import config as configuration
 from benchmark import records
 from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian, top_eigenvalue
-from benchmark.errors import BenchError, EstimatorFailed, UnknownNameError, UsageError
+from benchmark.errors import (PLUGIN_FAULTS, BenchError, EstimatorFailed, Interrupted, PluginError, PluginHookError,
+                              UnknownNameError, UsageError, describe)
 from benchmark.estimator import Estimator
 from benchmark.executors import EXECUTORS, WorkerSpec, make_executor
 from benchmark.groundtruth import GroundTruth, LooEffect
-from benchmark.plugins import Registry
+from benchmark.plugins import Registry, call_each
 from benchmark.problem import Problem
 from benchmark.scoring import bootstrap_interval, correlations, repeat_ceiling
 from benchmark.task import BuildContext, Protocol, Task
@@ -184,7 +185,30 @@ def _failure(error: BaseException) -> str:
     if isinstance(error, EstimatorFailed):
         return error.reason
     log.debug("estimator error:\n%s", "".join(traceback.format_exception(error)))
-    return f"{type(error).__name__}: {error}"
+    return describe(error)
+
+
+def check_output(method: str, value: Any, shape: tuple[int, ...], dtype: torch.dtype, meaning: str) -> torch.Tensor:
+    """``value`` if it is a finite ``Tensor`` of ``shape`` and ``dtype``; :class:`EstimatorFailed` naming ``method``,
+    the expected and the actual type, shape or dtype otherwise (``meaning`` says what the expected shape holds)."""
+    if not isinstance(value, torch.Tensor):
+        raise EstimatorFailed(f"{method} returned a {type(value).__name__}, expected a torch.Tensor of shape {shape}")
+    if tuple(value.shape) != shape:
+        raise EstimatorFailed(f"{method} returned shape {tuple(value.shape)}, expected {shape} ({meaning})")
+    if value.dtype != dtype:
+        raise EstimatorFailed(f"{method} returned dtype {value.dtype}, expected {dtype} (the problem's dtype)")
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise EstimatorFailed(f"{method} returned values that are not finite ({bad} of {value.numel()})")
+    return value
+
+
+def _merge(failures: list[PluginHookError]) -> list[PluginHookError]:
+    """One failure per plugin and hook, counting its calls."""
+    merged: dict[tuple[str, str], list[PluginHookError]] = {}
+    for failure in failures:
+        merged.setdefault((failure.plugin, failure.hook), []).append(failure)
+    return [PluginHookError(plugin, hook, group[0].error, len(group)) for (plugin, hook), group in merged.items()]
 
 
 class Run:
@@ -194,7 +218,9 @@ class Run:
         self.config, self.registry, self.pm = config, registry, pm
         self.device = resolve_device(config.device)
         task_cls = registry.task(config.task)
-        self.task: Task = task_cls(configuration.build(task_cls.Config, config.task_options, config.task))
+        task_config = configuration.build(task_cls.Config, config.task_options, config.task)
+        self.task: Task = self._plugin_call(f"task {config.task!r}", registry.tasks[config.task].plugin, "__init__",
+                                            task_cls, task_config)
         for name in sorted(set(config.estimator_options) - set(config.estimators)):
             if name in registry.estimators:
                 raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
@@ -203,16 +229,38 @@ class Run:
         for name in config.estimators:
             cls = registry.estimator(name)
             hyper = configuration.build(cls.Config, config.estimator_options.get(name), name)
-            self.estimators.append(Evaluation(cls(hyper, progress=config.progress), registry.estimators[name].plugin,
-                                              dataclasses.asdict(hyper)))
+            plugin = registry.estimators[name].plugin
+            estimator = self._plugin_call(f"estimator {name!r}", plugin, "__init__", cls, hyper,
+                                          progress=config.progress)
+            self.estimators.append(Evaluation(estimator, plugin, dataclasses.asdict(hyper)))
         for selection in config.selections:
             selection_description(selection)
-        parse_test_point(self.task.protocol().test_point)
+        parse_test_point(self._protocol().test_point)
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
         # taken now, not when the records are written: the code that runs is the code of this moment
         self.environment = records.environment(self.device)
+        self.written: list[Path] = []
+        """The paths of the records written so far."""
+        self.hook_failures: list[PluginHookError] = []
+        """Reporting hooks that failed (every record is written regardless), one per plugin and hook."""
+
+    @staticmethod
+    def _plugin_call(what: str, plugin: str, method: str, function: Callable[..., Any], *args: Any,
+                     **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)`` of a task's or estimator's code outside the scored steps: its exception is
+        one line naming it, its plugin and the method (the traceback with ``-v``)."""
+        try:
+            return function(*args, **kwargs)
+        except (Interrupted, BenchError):
+            raise
+        except PLUGIN_FAULTS as error:
+            raise PluginError(f'{what} (plugin "{plugin}") failed in {method}: {describe(error)}') from error
+
+    def _protocol(self) -> Protocol:
+        plugin = self.registry.tasks[self.config.task].plugin
+        return self._plugin_call(f"task {self.config.task!r}", plugin, "protocol", self.task.protocol)
 
     def build_problem(self) -> tuple[Problem, Protocol, int, float]:
         """Build the task's problem at its optimum; returns it, the protocol, the test index and its loss."""
@@ -224,10 +272,15 @@ class Run:
         if threads:
             torch.set_num_threads(threads)
         log.info("building task %s (seed %d, %s)", config.task, config.seed, self.device)
-        problem = self.task.build(BuildContext(self.device, config.seed, self.cache, config.progress))
+        context = BuildContext(self.device, config.seed, self.cache, config.progress)
+        problem = self._plugin_call(f"task {config.task!r}", self.registry.tasks[config.task].plugin, "build",
+                                    self.task.build, context)
+        if not isinstance(problem, Problem):
+            raise PluginError(f"task {config.task!r}: build returned a {type(problem).__name__}, expected a "
+                              "benchmark.Problem")
         if not bool(torch.isfinite(problem.theta).all()):
             raise BenchError(f"training the {config.task} optimum diverged (non-finite parameters); lower its lr")
-        protocol = self.task.protocol()
+        protocol = self._protocol()
         test_index, test_loss = select_test_point(problem, protocol.test_point)
         return problem, protocol, test_index, test_loss
 
@@ -307,14 +360,16 @@ class Run:
             "ground_truth": gt_summary,
         }
         out = []
+        hook_failures: list[PluginHookError] = []
         for evaluation in self.estimators:
             for selection in config.selections:
                 record = self._record(common, evaluation, selection, chosen.get((evaluation.estimator.name, selection)),
                                       effects, k, problem_diagnostics, task_diagnostics)
-                records.write(record, config.results_dir)
-                self.pm.hook.bench_report_result(record=record)
+                self.written.append(records.write(record, config.results_dir))
+                hook_failures += call_each(self.pm.hook.bench_report_result, record=record)
                 out.append(record)
-        self.pm.hook.bench_run_finished(records=out)
+        hook_failures += call_each(self.pm.hook.bench_run_finished, records=out)
+        self.hook_failures = _merge(hook_failures)
         return out
 
     def _ground_truth_summary(self, ground_truths: list[GroundTruth], effects: list[dict[int, LooEffect]],
@@ -365,6 +420,9 @@ class Run:
 
     def _evaluate(self, evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor) -> None:
         estimator = evaluation.estimator
+        ihvp_shape = tuple(test_gradient.shape)
+        influence_shape = (1, problem.n_train)
+        rows = "one row per test point, one column per training point"
         try:
             start = time.perf_counter()
             estimator.prepare(problem)
@@ -372,18 +430,21 @@ class Run:
             overrides_influence = type(estimator).influence is not Estimator.influence
             start = time.perf_counter()
             if overrides_influence:
-                scores = estimator.influence([test_index])[0]
+                scores = estimator.influence([test_index])
             else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
-                evaluation.solution = estimator.ihvp(test_gradient)
-                scores = estimator.influence_from_solutions(evaluation.solution)[0]
+                evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
+                                                   test_gradient.dtype, "one row per vector, one column per parameter")
+                scores = estimator.influence_from_solutions(evaluation.solution)
             evaluation.timings["query_s"] = time.perf_counter() - start
             evaluation.diagnostics = dict(estimator.diagnostics)
-            if not bool(torch.isfinite(scores).all()):
-                raise EstimatorFailed("influence scores are not finite")
+            scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
             evaluation.scores = scores.detach().cpu().double().numpy()
             if overrides_influence:  # untimed: only for the residual
-                evaluation.solution = estimator.ihvp(test_gradient)
-        except Exception as error:
+                evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
+                                                   test_gradient.dtype, "one row per vector, one column per parameter")
+        except Interrupted:
+            raise
+        except PLUGIN_FAULTS as error:
             evaluation.failure = _failure(error)
             log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
             return
@@ -394,10 +455,14 @@ class Run:
                           problem: Problem) -> None:
         indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
         try:
-            changes = evaluation.estimator.parameter_change(indices)
+            changes = check_output("parameter_change", evaluation.estimator.parameter_change(indices),
+                                   (len(indices), problem.n_params), problem.dtype,
+                                   "one row per training point, one column per parameter")
             norms = torch.linalg.vector_norm(changes, dim=1).tolist()
             evaluation.param_norms = dict(zip(indices, norms))
-        except Exception as error:
+        except Interrupted:
+            raise
+        except PLUGIN_FAULTS as error:
             evaluation.param_failure = _failure(error)
 
     def _record(self, common: dict[str, Any], evaluation: Evaluation, selection: str, indices: list[int] | None,

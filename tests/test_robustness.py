@@ -1,0 +1,168 @@
+"""Nothing a plugin does takes a run down (issue 17): bad estimator output, exceptions and ``SystemExit`` in plugin
+hooks and estimator methods, unknown ``-p no:NAME``, unwritable paths, and the exit-status rule."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error
+
+BAD_ESTIMATOR = '''
+import torch
+from benchmark import Estimator, hookimpl
+
+
+class Bad(Estimator):
+    """A test estimator whose output is deliberately wrong: {what}."""
+
+    name = "bad"
+
+    def ihvp(self, vectors):
+        {ihvp}
+
+{extra}
+
+@hookimpl
+def bench_estimators():
+    return [Bad]
+'''
+
+
+def bad_estimator(what: str, ihvp: str = "return vectors.clone()", extra: str = "") -> str:
+    return BAD_ESTIMATOR.format(what=what, ihvp=ihvp, extra=extra)
+
+
+def run_args(tmp_path: Path, tiny: list[str], *extra: str) -> list:
+    return ["run", "--task", "iris", *tiny, "--selection", "random", "--no-leaderboard",
+            "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", *extra]
+
+
+# -- defect 3: estimator output is validated ---------------------------------------------------------------------------
+
+INFLUENCE_OVERRIDE = '''
+    def influence(self, test_indices):
+        problem = self._require_problem()
+        scores = problem.train_gradient_products(problem.test_gradients(test_indices)) / problem.n_train
+        {body}
+'''
+
+BAD_OUTPUTS = {
+    "ihvp-extra-column": (dict(ihvp="return torch.cat([vectors, vectors[:, :1]], dim=1)"),
+                          ["ihvp", "(1, 44)", "expected (1, 43)"]),
+    "ihvp-float32": (dict(ihvp="return vectors.float()"), ["ihvp", "torch.float32", "torch.float64"]),
+    "ihvp-integer": (dict(ihvp="return vectors.long()"), ["ihvp", "torch.int64"]),
+    "ihvp-nan": (dict(ihvp="return vectors * float('nan')"), ["ihvp", "not finite"]),
+    "ihvp-not-a-tensor": (dict(ihvp="return vectors.tolist()"), ["ihvp", "list", "Tensor"]),
+    "influence-too-few-columns": (dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[:, :-5]")),
+                                  ["influence", "(1, 115)", "expected (1, 120)"]),
+    "influence-extra-rows": (dict(extra=INFLUENCE_OVERRIDE.format(body="return torch.cat([scores, scores, scores])")),
+                             ["influence", "(3, 120)", "expected (1, 120)"]),
+    "influence-1d": (dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[0]")),
+                     ["influence", "(120,)", "expected (1, 120)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUTPUTS))
+def test_bad_estimator_output_is_that_estimators_failure(bench, plugin_module, tiny, tmp_path, read_records, case):
+    source, fragments = BAD_OUTPUTS[case]
+    plugin_module("bad_output_plugin", bad_estimator(case, **source))
+    result = bench("-p", "bad_output_plugin", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
+    assert "Traceback" not in result.err
+    records = {r["estimator"]["name"]: r for r in read_records(tmp_path / "results")}
+    assert set(records) == {"bad", "first-order"}, result.err
+    assert records["first-order"]["status"] == "ok"
+    bad = records["bad"]
+    assert bad["status"] == "failed" and bad["metrics"] is None
+    for fragment in fragments:
+        assert fragment in bad["failure"], (fragment, bad["failure"])
+    assert "bad" in result.err and bad["failure"] in result.err
+    assert result.code == 0  # an estimator produced a score
+
+
+def test_bad_parameter_change_shape_is_recorded_not_scored(bench, plugin_module, tiny, tmp_path, read_records):
+    extra = '''
+    def parameter_change(self, train_indices):
+        return super().parameter_change(train_indices)[:, :-1]
+'''
+    plugin_module("bad_change_plugin", bad_estimator("parameter change", extra=extra))
+    result = bench("-p", "bad_change_plugin", *run_args(tmp_path, tiny, "--estimator", "bad"))
+    assert result.code == 0, result.err
+    (record,) = read_records(tmp_path / "results")
+    assert record["status"] == "ok"
+    reason = record["metrics"]["param_norm_spearman"]["undefined"]
+    assert record["metrics"]["param_norm_spearman"]["value"] is None
+    assert "parameter_change" in reason and "(20, 42)" in reason and "expected (20, 43)" in reason
+
+
+# -- defect 4: SystemExit and KeyboardInterrupt from plugin code ------------------------------------------------------
+
+@pytest.mark.parametrize("statement", ["raise SystemExit(0)", "import sys; sys.exit(0)", "raise KeyboardInterrupt"])
+@pytest.mark.parametrize("method", ["prepare", "ihvp"])
+def test_system_exit_in_an_estimator_is_its_failure(bench, plugin_module, tiny, tmp_path, read_records, method,
+                                                    statement):
+    if method == "ihvp":
+        source = bad_estimator("exits", ihvp=statement)
+    else:
+        source = bad_estimator("exits", extra=f"    def prepare(self, problem):\n        {statement}\n")
+    plugin_module("exiting_plugin", source)
+    result = bench("-p", "exiting_plugin", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
+    records = {r["estimator"]["name"]: r for r in read_records(tmp_path / "results")}
+    assert set(records) == {"bad", "first-order"}, result.err
+    assert records["first-order"]["status"] == "ok"
+    assert records["bad"]["status"] == "failed"
+    exception = statement.split()[-1].split("(")[0] if "raise" in statement else "SystemExit"
+    assert exception in records["bad"]["failure"]
+    assert result.code == 0
+
+
+@pytest.mark.parametrize("statement", ["import sys; sys.exit(0)", "raise SystemExit(3)", "raise KeyboardInterrupt"])
+def test_system_exit_on_plugin_import_is_that_plugins_error(bench, plugin_module, statement):
+    plugin_module("exit_on_import", statement)
+    result = bench("list", "-p", "exit_on_import")
+    assert_one_line_error(result, 'Error importing plugin "exit_on_import"')
+
+
+# -- defect 2: an exception in any plugin hook ------------------------------------------------------------------------
+
+HOOKS = {
+    "bench_estimators": "def bench_estimators():\n    raise RuntimeError('boom in hook')\n",
+    "bench_tasks": "def bench_tasks():\n    raise RuntimeError('boom in hook')\n",
+    "bench_addoption": "def bench_addoption(parser):\n    raise RuntimeError('boom in hook')\n",
+    "bench_configure": "def bench_configure(config):\n    raise RuntimeError('boom in hook')\n",
+}
+
+
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_exception_in_a_plugin_hook_is_one_line(bench, plugin_module, tiny, tmp_path, hook):
+    plugin_module("raising_hooks", "from benchmark import hookimpl\n\n@hookimpl\n" + HOOKS[hook])
+    result = bench("-p", "raising_hooks", *run_args(tmp_path, tiny, "--estimator", "first-order"))
+    assert_one_line_error(result, '"raising_hooks"', hook, "RuntimeError: boom in hook")
+    verbose = bench("-v", "-p", "raising_hooks", *run_args(tmp_path, tiny, "--estimator", "first-order"))
+    assert verbose.code == result.code
+    assert "Traceback" in verbose.err and "boom in hook" in verbose.err
+
+
+def test_system_exit_in_a_plugin_hook_is_one_line(bench, plugin_module, tiny, tmp_path):
+    plugin_module("exiting_hooks", "from benchmark import hookimpl\n\n@hookimpl\n"
+                  "def bench_configure(config):\n    raise SystemExit(0)\n")
+    result = bench("-p", "exiting_hooks", *run_args(tmp_path, tiny, "--estimator", "first-order"))
+    assert_one_line_error(result, '"exiting_hooks"', "bench_configure", "SystemExit")
+
+
+@pytest.mark.parametrize("hook", ["bench_report_result", "bench_run_finished"])
+def test_failing_reporting_hook_loses_no_record(bench, plugin_module, tiny, tmp_path, read_records, hook):
+    argument = "record" if hook == "bench_report_result" else "records"
+    plugin_module("failing_reporter", f"from benchmark import hookimpl\n\n@hookimpl\n"
+                                      f"def {hook}({argument}):\n    raise ValueError('reporter broke')\n")
+    result = bench("-p", "failing_reporter", *run_args(tmp_path, tiny, "--estimator", "exact,first-order"))
+    assert "Traceback" not in result.err
+    assert len(read_records(tmp_path / "results")) == 2  # every record written despite the failing reporter
+    assert result.code == 1
+    errors = [line for line in result.err_lines if line.startswith("bench: error:")]
+    assert len(errors) == 1, result.err
+    assert '"failing_reporter"' in errors[0] and hook in errors[0] and "ValueError: reporter broke" in errors[0]
