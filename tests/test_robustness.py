@@ -166,3 +166,98 @@ def test_failing_reporting_hook_loses_no_record(bench, plugin_module, tiny, tmp_
     errors = [line for line in result.err_lines if line.startswith("bench: error:")]
     assert len(errors) == 1, result.err
     assert '"failing_reporter"' in errors[0] and hook in errors[0] and "ValueError: reporter broke" in errors[0]
+
+
+# -- defect 12: -p no:NAME with an unknown NAME ------------------------------------------------------------------------
+
+def test_unknown_plugin_in_dash_p_no_is_an_error(bench):
+    result = bench("list", "-p", "no:lisa")
+    assert result.code == 2
+    assert_one_line_error(result, "'lisa'", "-p no:", "did you mean 'lissa'?")
+
+
+def test_dash_p_no_accepts_every_kind_of_plugin_name(bench, plugin_module):
+    plugin_module("named_plugin", "x = 1\n")
+    assert bench("list", "-p", "no:lissa", "-p", "no:first-order").code == 0
+    assert bench("list", "-p", "named_plugin", "-p", "no:named_plugin").code == 0
+
+
+# -- friction (h): -p takes a .py file ---------------------------------------------------------------------------------
+
+def test_dash_p_takes_a_python_file(bench, tmp_path, monkeypatch):
+    from tests.test_plugins import estimator_source, listed
+
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    (workdir / "my_plugin.py").write_text(estimator_source("from-file"))
+    monkeypatch.chdir(workdir)
+    for arg in ("./my_plugin.py", "my_plugin.py", str(workdir / "my_plugin.py")):
+        result = bench("list", "-p", arg)
+        assert result.code == 0, result.err
+        assert listed(result.out)["from-file"] == "my_plugin"
+    result = bench("list", "-p", "./my_plugin.py", "-p", "no:my_plugin")
+    assert result.code == 0, result.err
+    assert "from-file" not in listed(result.out)
+    missing = bench("list", "-p", "./absent_plugin.py")
+    assert_one_line_error(missing, '"./absent_plugin.py"', "no such file")
+
+
+# -- defect 13: exit status ---------------------------------------------------------------------------------------------
+
+def test_exit_1_when_no_estimator_produced_a_score(bench, tiny, tmp_path, read_records):
+    result = bench(*run_args(tmp_path, tiny, "--estimator", "lissa", "--set", "lissa.scale=0.001"))
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    records = read_records(tmp_path / "results")
+    assert len(records) == 1 and records[0]["status"] == "failed"  # the failure is still recorded
+    errors = [line for line in result.err_lines if line.startswith("bench: error:")]
+    assert errors == ["bench: error: no estimator produced a score: all 1 records failed"]
+
+
+def test_exit_0_when_one_estimator_of_several_produced_a_score(bench, tiny, tmp_path):
+    result = bench(*run_args(tmp_path, tiny, "--estimator", "lissa,first-order", "--set", "lissa.scale=0.001"))
+    assert result.code == 0, result.err
+
+
+# -- friction (g): an exception in a task's code ------------------------------------------------------------------------
+
+BROKEN_TASK = '''
+import dataclasses
+from benchmark import BuildContext, Protocol, Recipe, Task, hookimpl
+
+
+@dataclasses.dataclass
+class BrokenConfig:
+    size: int = 3
+
+
+class Broken(Task):
+    """A task whose build rejects its option."""
+
+    name = "broken"
+    Config = BrokenConfig
+
+    def build(self, context: BuildContext):
+        raise ValueError(f"size {self.config.size} is not supported")
+
+    def protocol(self) -> Protocol:
+        return Protocol(test_point="max-loss", eval_size=5, retrain=Recipe(steps=10, lr=0.1))
+
+
+@hookimpl
+def bench_tasks():
+    return [Broken]
+'''
+
+
+def test_exception_in_a_tasks_build_is_one_line(bench, plugin_module, tmp_path):
+    plugin_module("broken_task", BROKEN_TASK)
+    result = bench("run", "-p", "broken_task", "--task", "broken", "--estimator", "first-order", "--no-progress",
+                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    assert result.code == 1 and "Traceback" not in result.err
+    errors = [line for line in result.err_lines if line.startswith("bench: error:")]
+    assert errors == ["bench: error: task 'broken' (plugin \"broken_task\") failed in build: ValueError: size 3 is not "
+                      "supported"], result.err
+    verbose = bench("run", "-v", "-p", "broken_task", "--task", "broken", "--estimator", "first-order",
+                    "--no-progress", "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    assert verbose.code == result.code and "Traceback" in verbose.err
