@@ -6,6 +6,10 @@ sequence, on the full data, so that the optimiser's own drift is not counted as 
 
     loss_change_i = loss_test(theta_-i) - loss_test(theta_ref)
 
+where ``theta_-i`` minimises the training objective with point ``i`` re-weighted to 0 and the ``1/n`` normalisation
+kept, ``(1/n) sum_{j != i} l_j + (weight_decay / 2) ||theta||^2``: the objective whose minimiser the influence
+function linearises (:mod:`benchmark.training`).
+
 Each removed point is one cache entry, written atomically as soon as its chunk of models finishes: an interrupted run
 loses only the chunk in flight, a rerun computes only what is missing, and every estimator shares the entries. Each
 entry is claimed with an OS file lock before it is computed, so processes sharing a cache directory never compute
@@ -33,8 +37,11 @@ from benchmark.training import descend
 
 log = logging.getLogger("bench")
 
-RECIPE_VERSION = 1
-"""Version of the re-training code: bump it whenever a change alters what the re-training computes."""
+RECIPE_VERSION = 2
+"""Version of the re-training code: bump it whenever a change alters what the re-training computes.
+
+2: a removed point is re-weighted to 0 with the ``1/n`` normalisation kept (:mod:`benchmark.training`); version 1
+divided by the ``n - 1`` remaining points, which adds a common shift to every leave-one-out model."""
 
 
 @dataclasses.dataclass(frozen=True)

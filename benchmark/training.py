@@ -5,6 +5,12 @@
 ``k`` weights training example ``i`` by ``weights[k, i]`` (0 removes it), and all models see the same minibatch
 sequence (common random numbers).
 
+Removing a point re-weights it to 0 and keeps the ``1/n`` normalisation (a minibatch's weighted losses are divided by
+its size, not by its total weight): model ``k`` minimises ``(1/n) sum_i w_ki l_i + (weight_decay / 2) ||theta||^2``.
+That is the objective whose minimiser the influence function linearises, ``theta_-i - theta* ~ (1/n) H^-1 g_i``.
+Dividing by the ``n - 1`` remaining points instead would move every leave-one-out model by a further common term
+``(1/(n-1)) H^-1 (weight_decay theta*)`` that no influence estimate predicts (``docs/ground-truth.md``).
+
 The minibatches come from the problem's tensors in memory, or, for a problem whose data does not fit there (one
 with a ``load_batches`` method, :class:`StreamedBatches`), from its loader, which decodes them ahead of use.
 """
@@ -76,12 +82,13 @@ def descend(
 
     Returns:
         ``Tensor[K, P]``: the parameters after ``recipe.steps`` updates of
-        ``sum_i w_ki l_i / sum_i w_ki + (weight_decay / 2) ||theta_k||^2`` (sums over the minibatch).
+        ``(1/B) sum_i w_ki l_i + (weight_decay / 2) ||theta_k||^2`` (sums over the minibatch of size ``B``, the full
+        set for full-batch recipes): an unbiased estimate of ``(1/n) sum_i w_ki l_i + ...`` at every step.
     """
     weight_decay = problem.weight_decay
 
     def model_objective(theta: Tensor, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return (problem.losses(theta, x, y) * w).sum() / w.sum().clamp_min(1.0)
+        return (problem.losses(theta, x, y) * w).sum() / len(w)
 
     if len(thetas) == 1:  # a plain call is about twice as fast as vmap over a single model
 

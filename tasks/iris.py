@@ -108,7 +108,7 @@ def mlp_descend(
 ) -> Tensor:
     """Full-batch gradient descent of ``K`` MLPs at once, backpropagation written out (no autograd).
 
-    Each model minimises ``sum_i w_ki l_ki / max(sum_i w_ki, 1) + (weight_decay_k / 2) ||theta_k||^2`` with cross-entropy
+    Each model minimises ``(1/n) sum_i w_ki l_ki + (weight_decay_k / 2) ||theta_k||^2`` with cross-entropy
     ``l``, updating ``theta -= lr * (gradient + weight_decay * theta)``: the objective and update of
     :func:`benchmark.training.descend` (equal to rounding; ``tests/test_study.py`` checks it).
 
@@ -155,7 +155,7 @@ def mlp_descend(
     inputs_t = x.to(thetas).expand(models, n, x.shape[-1]).transpose(1, 2)
     classes = shapes[-1][0]
     onehot = nn.functional.one_hot(y, classes).to(thetas).expand(models, n, classes).transpose(1, 2)
-    coefficients = (weights / weights.sum(1, keepdim=True).clamp_min(1.0)).to(thetas).unsqueeze(1)
+    coefficients = (weights / n).to(thetas).unsqueeze(1)
     decay = torch.as_tensor(weight_decay, dtype=thetas.dtype, device=thetas.device).reshape(-1, 1).expand(models, 1)
     relu = activation == "relu"
     act = torch.relu if relu else torch.tanh if reproducible else _fast_tanh

@@ -310,7 +310,8 @@ def test_stacked_descent_equals_each_model_alone(untrained, name):
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_descend_matches_torch_sgd(untrained, name):
-    """One model without point 3: ``torch.optim.SGD`` (momentum, weight decay) on the weighted minibatch mean."""
+    """One model without point 3: ``torch.optim.SGD`` (momentum, weight decay) on the weighted minibatch losses over
+    the minibatch size (removal re-weights a point to 0 and keeps the normalisation)."""
     problem, recipe = untrained.problem, RECIPES[name]
     weights = torch.ones(problem.n_train, dtype=torch.float64)
     weights[3] = 0.0
@@ -321,7 +322,7 @@ def test_descend_matches_torch_sgd(untrained, name):
         batch = torch.arange(problem.n_train) if batch is None else batch
         losses = nn.functional.cross_entropy(module(problem.x_train[batch]), problem.y_train[batch], reduction="none")
         w = weights[batch]
-        loss = (losses * w).sum() / w.sum().clamp_min(1.0)
+        loss = (losses * w).sum() / len(w)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -1,0 +1,100 @@
+"""The leave-one-out definition, checked against exact refits on a strictly convex task.
+
+Removal re-weights a point to 0 and keeps the ``1/n`` normalisation (``benchmark.training``): the leave-one-out model
+minimises ``(1/n) sum_{j != i} l_j + (wd / 2) ||theta||^2``, whose minimiser the influence function linearises. On
+L2-regularised logistic regression (``examples/logistic_task.py``) the minimiser is unique, Newton's method finds it
+to rounding, and so the harness's ground truth and the ``exact`` estimator can both be held against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from scipy import stats
+from torch.func import grad, hessian
+
+from benchmark.cache import Cache
+from benchmark.groundtruth import GroundTruth
+from benchmark.task import BuildContext
+from examples.logistic_task import Logistic, LogisticConfig
+
+REMOVED = [0, 7, 19, 101, 240, 333, 454]
+
+
+@pytest.fixture(scope="module")
+def logistic(tmp_path_factory):
+    cache = Cache(tmp_path_factory.mktemp("logistic-cache"))
+    task = Logistic(LogisticConfig())
+    problem = task.build(BuildContext(device="cpu", seed=0, cache=cache, progress=False))
+    return task, problem, cache
+
+
+def newton_refit(problem, weights: torch.Tensor, normaliser: float) -> torch.Tensor:
+    """The exact minimiser of ``sum_j w_j l_j / normaliser + (wd / 2) ||theta||^2`` by Newton's method from theta*."""
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        losses = problem.losses(theta, problem.x_train, problem.y_train)
+        return (losses * weights).sum() / normaliser + 0.5 * problem.weight_decay * theta.dot(theta)
+
+    theta = problem.theta.clone()
+    for _ in range(20):
+        step = torch.linalg.solve(hessian(objective)(theta), grad(objective)(theta))
+        theta = theta - step
+        if float(step.norm()) < 1e-15:
+            break
+    assert float(grad(objective)(theta).norm()) < 1e-12
+    return theta
+
+
+def test_optimum_is_stationary(logistic):
+    _, problem, _ = logistic
+    assert problem.gradient_norm() < 1e-12
+
+
+def test_ground_truth_equals_exact_refits(logistic):
+    """Each re-trained leave-one-out model is the exact minimiser of the re-weighted objective (1/n kept), and not
+    that of the objective renormalised over the n - 1 remaining points."""
+    task, problem, cache = logistic
+    protocol = task.protocol()
+    truth = GroundTruth(problem, protocol.retrain, cache, task.problem_key(0), test_index=3)
+    effects = truth.effects(REMOVED)
+    reference = truth.reference()
+    assert float((reference.theta - problem.theta).norm()) < 1e-12  # re-training alone does not move theta*
+    test_x, test_y = problem.x_test[3:4], problem.y_test[3:4]
+    n = problem.n_train
+    for i in REMOVED:
+        weights = torch.ones(n, dtype=torch.float64)
+        weights[i] = 0.0
+        kept = newton_refit(problem, weights, n)
+        renormalised = newton_refit(problem, weights, n - 1)
+        expected_loss = float(problem.losses(kept, test_x, test_y)[0]) - reference.test_loss
+        assert effects[i].loss_change == pytest.approx(expected_loss, abs=1e-11, rel=1e-8)
+        assert effects[i].param_change_norm == pytest.approx(float((kept - reference.theta).norm()), rel=1e-8)
+        # the other definition differs by the common term (1/(n-1)) H^-1 (wd theta*): far more than rounding
+        assert float((renormalised - kept).norm()) > 1e3 * abs(effects[i].param_change_norm - float(
+            (kept - reference.theta).norm()))
+
+
+def test_exact_predicts_parameter_changes(bench, tmp_path):
+    """``exact`` ranks the re-trained parameter-change norms almost perfectly (Spearman > 0.99), and the loss
+    changes too: what the influence function linearises is what the ground truth measures."""
+    results = tmp_path / "results"
+    result = bench("run", "--task", "logistic", "-p", "examples.logistic_task", "--estimator", "exact",
+                   "--selection", "random", "--no-progress", "--cache-dir", tmp_path / "cache",
+                   "--results-dir", results)
+    assert result.code == 0, result.err
+    (record,) = [json.loads(path.read_text()) for path in sorted((results / "logistic").glob("*.json"))]
+    assert record["status"] == "ok"
+    metrics = record["metrics"]
+    assert metrics["param_norm_spearman"]["value"] > 0.99
+    assert metrics["spearman"]["value"] > 0.99
+    assert metrics["pearson"]["value"] > 0.99
+    assert record["ground_truth"]["points"] == LogisticConfig().eval_size
+
+
+def test_config_rejects_a_non_convex_setting():
+    with pytest.raises(ValueError, match="weight_decay must be > 0"):
+        dataclasses.replace(LogisticConfig(), weight_decay=0.0)
