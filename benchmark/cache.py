@@ -2,7 +2,8 @@
 
 Everything is keyed by the sha256 of a canonical JSON of the fields that determine it, written atomically (temporary
 file, fsync, rename), verified by checksum on load, and loaded without executing code: JSON for records and
-``torch.load(weights_only=True)`` for tensors.
+``torch.load(weights_only=True)`` for tensors. A missing or corrupt entry is computed under an OS file lock, so that
+processes sharing a cache compute it once; reading a valid entry takes no lock and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from torch import Tensor
 
 from benchmark.errors import CacheError
@@ -63,8 +65,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 class Cache:
     """A cache directory.
 
-    Layout: ``optima/<digest>.pt`` (+ ``.json`` with its key and checksum) and ``loo/<digest>/`` (one JSON entry per
-    removed training point, see :mod:`benchmark.groundtruth`).
+    Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum, ``.<digest>.pt.lock`` while it is
+    computed) for tensors (kinds ``optima``, ``hessians``, ``loo-reference``) and ``loo/<digest>/`` (one JSON entry
+    per removed training point, see :mod:`benchmark.groundtruth`).
     """
 
     def __init__(self, root: Path | str | None = None):
@@ -104,20 +107,82 @@ class Cache:
         return entry
 
     # -- tensors -----------------------------------------------------------------------------------------------------
-    def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Load the tensors cached under ``kind``/``key``, or compute, store and return them."""
+    def load_tensors(self, kind: str, key: dict[str, Any], warn: bool = True) -> dict[str, Tensor] | None:
+        """The tensors cached under ``kind``/``key``; ``None`` if absent or corrupt (logged if ``warn``).
+
+        Corrupt: a damaged or missing file, a checksum that does not match, metadata written for another key, or a
+        file that the safe loader (``torch.load(weights_only=True)``) refuses or that is not a mapping of tensors.
+        Reading takes no lock and writes nothing, so a read-only but complete cache is usable.
+        """
         stem = self.root / kind / digest(key)
         blob_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
-        meta = self.read_json(meta_path, key)
-        if meta is not None and blob_path.exists():
-            blob = blob_path.read_bytes()
-            if hashlib.sha256(blob).hexdigest() == meta["blob_sha256"]:
-                return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
-            log.warning("corrupt cache file %s: recomputing it", blob_path)
-        tensors = compute()
-        buffer = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
-        blob = buffer.getvalue()
-        atomic_write(blob_path, blob)
-        self.write_json(meta_path, key, {"blob_sha256": hashlib.sha256(blob).hexdigest()})
+        if not meta_path.exists():
+            return None
+        try:
+            meta = self.read_json(meta_path, key)
+        except CacheError:
+            meta = None
+        problem = None
+        if meta is None or not isinstance(meta.get("blob_sha256"), str):
+            problem = f"corrupt cache entry {meta_path}"
+        elif not blob_path.exists():
+            problem = f"corrupt cache entry {meta_path} (its tensor file is missing)"
+        else:
+            try:
+                blob = blob_path.read_bytes()
+            except OSError as error:
+                blob, problem = b"", f"corrupt cache file {blob_path} (unreadable: {error.strerror})"
+            if problem is None and hashlib.sha256(blob).hexdigest() != meta["blob_sha256"]:
+                problem = f"corrupt cache file {blob_path} (checksum mismatch)"
+            if problem is None:
+                try:
+                    tensors = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+                except Exception as error:  # noqa: BLE001 - any refusal of the safe loader means a corrupt file
+                    # torch's own message advises weights_only=False, which would execute the file: never shown
+                    problem = f"corrupt cache file {blob_path} (not a plain tensor file: {type(error).__name__})"
+                else:
+                    if isinstance(tensors, dict) and tensors and all(
+                        isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()
+                    ):
+                        return tensors
+                    problem = f"corrupt cache file {blob_path} (not a mapping of names to tensors)"
+        if warn:
+            log.warning("%s: recomputing it", problem)
+        return None
+
+    def lock(self, path: Path) -> FileLock:
+        """The OS file lock that guards computing the entry at ``path`` (``.<name>.lock`` beside it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path.parent / f".{path.name}.lock")
+
+    def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Load the tensors cached under ``kind``/``key``, or compute, store and return them.
+
+        A valid entry is read without locking. Otherwise the entry is claimed with an OS file lock first, so that
+        processes sharing the cache compute it once: one computes while the others wait and then read its result (a
+        killed process's lock is released by the OS, and the next one computes the entry).
+        """
+        found = self.load_tensors(kind, key)
+        if found is not None:
+            return found
+        stem = self.root / kind / digest(key)
+        blob_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
+        lock = self.lock(blob_path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process computing %s", blob_path)
+            lock.acquire()
+        try:
+            found = self.load_tensors(kind, key, warn=False)  # written meanwhile by the process that held the lock
+            if found is not None:
+                return found
+            tensors = compute()
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+            blob = buffer.getvalue()
+            atomic_write(blob_path, blob)
+            self.write_json(meta_path, key, {"blob_sha256": hashlib.sha256(blob).hexdigest()})
+        finally:
+            lock.release()
         return tensors

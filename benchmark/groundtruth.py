@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from benchmark.cache import Cache, digest
+from benchmark.errors import CacheError
 from benchmark.problem import Problem
 from benchmark.task import Recipe
 from benchmark.training import descend
@@ -160,9 +162,8 @@ class GroundTruth:
             weights = torch.ones(1, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
             return {"theta": self.retrain(weights, "re-training reference")[0]}
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.directory / ".reference.lock"):
-            theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain_reference)["theta"]
+        # Cache.tensors locks the entry only to compute it: a complete read-only cache is read without writing.
+        theta = self.cache.tensors("loo-reference", self._entry_key("reference"), retrain_reference)["theta"]
         theta = theta.to(device=self.problem.device, dtype=self.problem.dtype)
         losses = self._test_losses(torch.stack([theta, self.problem.theta]))
         self._reference = Reference(float(losses[0]), float(losses[1]), theta)
@@ -215,6 +216,7 @@ class GroundTruth:
         and computed here if that process died without writing them.
         """
         reference = self.reference()
+        self.directory.mkdir(parents=True, exist_ok=True)
         held: list[tuple[int, FileLock]] = []
         waiting: list[tuple[int, FileLock]] = []
         for i in sorted({int(i) for i in indices}):
@@ -330,9 +332,20 @@ class GroundTruth:
         return {**self.key, "removed": removed}
 
     def _load(self, i: int) -> LooEffect | None:
-        payload = self.cache.read_json(self.directory / f"{i}.json", self._entry_key(i))
+        """The entry of point ``i``; ``None`` if absent or corrupt (damaged, or intact but written for another point or
+        ground truth, e.g. copied or renamed by hand: counted in :attr:`stats` and recomputed)."""
+        path = self.directory / f"{i}.json"
+        try:
+            payload = self.cache.read_json(path, self._entry_key(i))
+        except CacheError:
+            log.warning("cache entry %s was written for another point or ground truth: recomputing it", path)
+            payload = None
+        else:
+            if payload is not None and not _valid_payload(payload):
+                log.warning("corrupt cache entry %s (unexpected fields): recomputing it", path)
+                payload = None
         if payload is None:
-            if (self.directory / f"{i}.json").exists():
+            if path.exists():
                 self._corrupt.add(i)
                 self.stats.corrupt = len(self._corrupt)
             return None
@@ -344,13 +357,34 @@ class GroundTruth:
         self.cache.write_json(self.directory / f"{effect.removed}.json", self._entry_key(effect.removed), payload)
 
 
+_PAYLOAD_FIELDS = {field.name for field in dataclasses.fields(LooEffect)} - {"removed"}
+
+
+def _valid_payload(payload: Any) -> bool:
+    return (isinstance(payload, dict) and set(payload) == _PAYLOAD_FIELDS
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values()))
+
+
+def _entry_key_if_valid(cache: Cache, directory: Path, path: Path) -> dict[str, Any] | None:
+    """The key of the entry at ``path`` if it passes its checksum, belongs to this ``directory``'s ground truth and is
+    filed under its own index; else ``None`` (corrupt, as :meth:`GroundTruth._load` would find it)."""
+    entry = cache.verified_entry(path)
+    if entry is None or not isinstance(entry["key"], dict) or not _valid_payload(entry["payload"]):
+        return None
+    key = dict(entry["key"])
+    if key.pop("removed", None) != int(path.stem) or digest(key) != directory.name:
+        return None
+    return entry["key"]
+
+
 def cache_status(cache: Cache) -> list[dict[str, Any]]:
-    """One summary row per ground truth in ``cache``: what it is for, how many entries it holds, how many are corrupt."""
+    """One summary row per ground truth in ``cache``: what it is for, how many entries it holds, how many are corrupt
+    (damaged, or intact but filed under another index or another ground truth's directory)."""
     rows = []
     for directory in sorted(p for p in (cache.root / "loo").glob("*") if p.is_dir()):
         entries = [p for p in directory.glob("*.json") if p.stem.isdigit()]
-        verified = [cache.verified_entry(p) for p in entries]
-        keys = [entry["key"] for entry in verified if entry is not None]
+        verified = [_entry_key_if_valid(cache, directory, p) for p in entries]
+        keys = [key for key in verified if key is not None]
         if not keys:
             rows.append({"directory": directory.name[:12], "task": "?", "entries": 0, "corrupt": len(entries)})
             continue

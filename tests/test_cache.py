@@ -156,15 +156,27 @@ def test_corrupt_entry_is_recomputed(bench, cache_copy, tmp_path, damage):
     assert record["points"]["retrained"][position] == stored
 
 
-def test_intact_entry_of_another_request_is_refused(bench, cache_copy, tmp_path):
-    names = sorted(loo_entries(cache_copy))
+def test_intact_entry_filed_under_another_index_is_reported_and_recomputed(bench, cache_copy, tmp_path):
+    original = loo_entries(cache_copy)
+    names = sorted(original)
     directory = loo_dir(cache_copy)
     shutil.copyfile(directory / names[0], directory / names[1])  # intact JSON, checksum fine, key of another point
+
+    status = bench("gt", "--status", "--cache-dir", cache_copy)
+    assert status.code == 0, status.err
+    (row,) = [line for line in status.out.splitlines() if line.startswith("| " + directory.name[:12])]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    header = [cell.strip() for cell in status.out.splitlines()[1].strip("|").split("|")]
+    assert (int(cells[header.index("entries")]), int(cells[header.index("corrupt")])) == (GT_POINTS - 1, 1)
+
     result = bench(*RUN, "--cache-dir", cache_copy, "--results-dir", tmp_path / "results")
-    assert result.code == 1
+    assert result.code == 0, result.err
     assert "Traceback" not in result.err
-    assert result.err_lines[-1].startswith("bench: error: cache entry")
-    assert names[1] in result.err_lines[-1] and "another request" in result.err_lines[-1]
+    assert any(names[1] in line and "recomputing" in line for line in result.err_lines), result.err
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results" / "iris").glob("*.json")]
+    assert record["ground_truth"]["corrupt_recomputed"] == 1
+    assert record["ground_truth"]["computed"] == 1
+    assert loo_entries(cache_copy) == original  # recomputed to the same value, filed under its own index
 
 
 def count_optimum_trainings(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -5,13 +5,22 @@ Each is one line naming the file (and the field), never a traceback; a damaged c
 
 from __future__ import annotations
 
+import fractions
+import hashlib
+import io
 import json
+import logging
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark import records
+from benchmark.cache import Cache, digest
 from benchmark.errors import DataError
 from conftest import REPO_ROOT, assert_one_line_error
 
@@ -133,3 +142,155 @@ def test_config_file_that_is_not_utf8_is_one_line(bench, tmp_path):
     result = bench("run", "--config", config, "--cache-dir", tmp_path / "cache")
     assert result.code == 2
     assert_one_line_error(result, str(config), "UTF-8")
+
+
+# -- defect 8: a tensor file the safe loader refuses, its checksum rewritten to match ----------------------------
+
+
+def _forge(cache: Cache, kind: str, key: dict, obj: object) -> Path:
+    """Store ``obj`` as the tensor file of ``kind``/``key`` with a matching checksum (a tampered, re-signed entry)."""
+    stem = cache.root / kind / digest(key)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    blob = buffer.getvalue()
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".pt").write_bytes(blob)
+    cache.write_json(stem.with_suffix(".json"), key, {"blob_sha256": hashlib.sha256(blob).hexdigest()})
+    return stem.with_suffix(".pt")
+
+
+FORGED = {
+    "foreign-class": {"theta": fractions.Fraction(1, 3)},
+    "not-a-mapping": [torch.ones(3)],
+    "not-tensors": {"theta": 3},
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_re_signed_tensor_file_is_a_corrupt_entry_recomputed(tmp_path, caplog, case):
+    cache = Cache(tmp_path / "cache")
+    key = {"task": "forged", "case": case}
+    path = _forge(cache, "optima", key, FORGED[case])
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"theta": torch.arange(3.0)}
+
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        result = cache.tensors("optima", key, compute)
+    assert calls == [1]
+    assert torch.equal(result["theta"], torch.arange(3.0))
+    assert "weights_only" not in caplog.text
+    assert f"corrupt cache file {path}" in caplog.text
+    assert len(caplog.records) == 1
+
+    def never():
+        raise AssertionError("recomputed a second time")
+
+    assert torch.equal(cache.tensors("optima", key, never)["theta"], torch.arange(3.0))  # stored again
+
+
+def test_re_signed_optimum_is_retrained_by_bench_run_without_a_traceback(bench, tiny, tmp_path):
+    common = ("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
+              "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", "--no-leaderboard")
+    assert bench(*common).code == 0
+    (meta,) = (tmp_path / "cache" / "optima").glob("*.json")
+    key = json.loads(meta.read_text())["key"]
+    _forge(Cache(tmp_path / "cache"), "optima", key, {"theta": fractions.Fraction(1, 3)})
+    result = bench(*common)
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err and "weights_only" not in result.err
+    assert any("corrupt cache file" in line for line in result.err_lines), result.err
+
+
+# -- defect 9: a leave-one-out entry filed under another index ---------------------------------------------------
+
+
+def test_misfiled_entry_is_corrupt_when_read_and_in_the_status(tmp_path):
+    from benchmark.groundtruth import cache_status
+
+    cache = Cache(tmp_path / "cache")
+    base = {"task": "iris", "version": 1, "config": {"width": 5}, "seed": 0, "test_index": 7,
+            "recipe": {"steps": 50, "seed": None}, "recipe_version": 1, "dtype": "torch.float64"}
+    directory = cache.root / "loo" / digest(base)
+    payload = {"loss_change": 0.5, "test_loss": 1.0, "param_change_norm": 0.1}
+    for i in (0, 1, 2):
+        cache.write_json(directory / f"{i}.json", {**base, "removed": i}, payload)
+    shutil.copyfile(directory / "0.json", directory / "1.json")  # intact, checksum fine, but the entry of point 0
+    foreign = {**base, "seed": 99}
+    cache.write_json(directory / "2.json", {**foreign, "removed": 2}, payload)  # another ground truth's entry
+    (row,) = cache_status(cache)
+    assert (row["entries"], row["corrupt"]) == (1, 2)
+    assert row["task"] == "iris v1"
+
+
+def test_misfiled_entry_is_recomputed_by_the_ground_truth(tmp_path, caplog):
+    from benchmark.groundtruth import GroundTruth
+
+    cache = Cache(tmp_path / "cache")
+    ground_truth = GroundTruth.__new__(GroundTruth)  # only the cache-entry methods are exercised
+    ground_truth.cache, ground_truth.key = cache, {"task": "iris", "test_index": 7}
+    ground_truth.directory = cache.root / "loo" / digest(ground_truth.key)
+    ground_truth._corrupt = set()
+    from benchmark.groundtruth import GroundTruthStats, LooEffect
+
+    ground_truth.stats = GroundTruthStats()
+    ground_truth._store(LooEffect(0, 0.5, 1.0, 0.1))
+    assert ground_truth._load(0) == LooEffect(0, 0.5, 1.0, 0.1)
+    shutil.copyfile(ground_truth.directory / "0.json", ground_truth.directory / "1.json")
+    with caplog.at_level(logging.WARNING, logger="bench"):
+        assert ground_truth._load(1) is None
+        assert ground_truth.missing([0, 1]) == [1]
+    assert ground_truth.stats.corrupt == 1
+    assert "1.json" in caplog.text and "recomputing" in caplog.text
+
+
+# -- defect 10: every cached artefact is computed once by concurrent processes ------------------------------------
+
+_CONCURRENT = """
+import sys, time, torch
+from pathlib import Path
+from benchmark.cache import Cache
+log = Path(sys.argv[2])
+def compute():
+    with log.open("a") as f:
+        f.write("computed\\n")
+    time.sleep(3)
+    return {"theta": torch.arange(4.0)}
+Path(sys.argv[3]).touch()
+while not Path(sys.argv[4]).exists():
+    time.sleep(0.01)
+out = Cache(sys.argv[1]).tensors("optima", {"task": "shared"}, compute)
+assert torch.equal(out["theta"], torch.arange(4.0))
+"""
+
+
+def test_two_processes_compute_a_cached_optimum_once(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_CONCURRENT)
+    computed, go = tmp_path / "computed.log", tmp_path / "go"
+    workers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(computed),
+                                 str(tmp_path / f"ready{k}"), str(go)], cwd=REPO_ROOT) for k in range(2)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{k}").exists() for k in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    assert computed.read_text().splitlines() == ["computed"]
+
+
+def test_reading_a_complete_cache_creates_no_file(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    cache.tensors("hessians", {"task": "h"}, lambda: {"hessian": torch.eye(3)})
+    before = sorted(p.relative_to(cache.root) for p in cache.root.rglob("*") if p.is_file())
+    for path in cache.root.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    cache.root.chmod(0o555)
+    try:
+        loaded = cache.tensors("hessians", {"task": "h"}, lambda: pytest.fail("recomputed a valid entry"))
+    finally:
+        for path in [cache.root, *cache.root.rglob("*")]:
+            path.chmod(0o755)
+    assert torch.equal(loaded["hessian"], torch.eye(3))
+    assert sorted(p.relative_to(cache.root) for p in cache.root.rglob("*") if p.is_file()) == before
