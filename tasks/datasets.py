@@ -110,6 +110,8 @@ def _read_idx(path: Path, magic: int, dims: int) -> tuple[tuple[int, ...], bytes
 def _read_mnist_split(images_path: Path, labels_path: Path) -> tuple[Tensor, Tensor]:
     shape, raw, offset = _read_idx(images_path, _IDX_IMAGES_MAGIC, 3)
     n, rows, cols = shape
+    if n == 0:
+        raise DataError(f"{images_path}: holds no images (its IDX header says 0); replace it with the MNIST file")
     if (rows, cols) != (_MNIST_SIDE, _MNIST_SIDE):
         raise DataError(f"{images_path}: images of {rows}x{cols}, expected {_MNIST_SIDE}x{_MNIST_SIDE}")
     (n_labels,), raw_labels, label_offset = _read_idx(labels_path, _IDX_LABELS_MAGIC, 1)
@@ -138,7 +140,8 @@ def load_mnist(root: str | Path | None = None, download: bool = False) -> tuple[
 
     Raises:
         DataError: files missing (the message says how to get them), or malformed: wrong magic number, wrong image
-            size, a file length that does not match its header, image and label counts that differ, a label > 9.
+            size, a file length that does not match its header, image and label counts that differ, no images, a
+            label > 9.
     """
     root = data_dir(root)
     raw = root / "MNIST" / "raw"

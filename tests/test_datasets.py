@@ -243,6 +243,18 @@ def test_mnist_malformed(tmp_path: Path, fault: str, needle: str) -> None:
     assert "train-" in message
 
 
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_mnist_with_zero_images_is_one_line_naming_the_file(tmp_path: Path, split: str) -> None:
+    make_mnist(tmp_path)
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw / f"{split}-images-idx3-ubyte", 2051, (0, 28, 28), b"")
+    write_idx(raw / f"{split}-labels-idx1-ubyte", 2049, (0,), b"")
+    with pytest.raises(DataError) as exc:
+        load_mnist(tmp_path)
+    message = single_line(exc)
+    assert f"{split}-images-idx3-ubyte" in message and "no images" in message
+
+
 # -- CIFAR-10 ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "style, bytes_keys",
