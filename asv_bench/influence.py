@@ -18,9 +18,11 @@ every estimator once and computes the leave-one-out ground truth; the benchmarks
 
 asv re-runs ``setup`` before every sample: each ``time_prepare`` sample prepares a freshly built problem (nothing an
 estimator keeps on the problem, like ``exact``'s Hessian, survives into the next sample), while the samples of
-``time_influence`` share one prepared estimator per process. No warm-up call: a slow call runs once, a fast one up
-to ten times (asv reports the median). CUDA work is synchronised before a timing ends. The clock is the wall clock,
-or the process's CPU time with ``BENCH_ASV_TIMER=process`` (for a CPU shared with other work).
+``time_influence`` share one prepared estimator per process. Every ``setup`` pays torch's one-off start-up
+(per-example gradients, forward-mode AD) before anything is timed, as ``bench run`` does (``Problem.warm_up``). No
+warm-up call of the timed body: a slow call runs once, a fast one up to ten times (asv reports the median). CUDA
+work is synchronised before a timing ends. The clock is the wall clock, or the process's CPU time with
+``BENCH_ASV_TIMER=process`` (for a CPU shared with other work).
 """
 
 from __future__ import annotations
