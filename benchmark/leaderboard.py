@@ -22,7 +22,7 @@ def _correlation(entry: Mapping[str, Any] | None) -> str:
     if not entry:
         return "-"
     if entry.get("value") is None:
-        reason = entry.get("undefined", "no value")
+        reason = entry.get("undefined") or "no value"
         return "not computed" if reason.startswith("not computed") else f"undefined ({reason})"
     interval = entry.get("interval")
     return f"{entry['value']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")

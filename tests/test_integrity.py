@@ -294,3 +294,12 @@ def test_reading_a_complete_cache_creates_no_file(tmp_path):
             path.chmod(0o755)
     assert torch.equal(loaded["hessian"], torch.eye(3))
     assert sorted(p.relative_to(cache.root) for p in cache.root.rglob("*") if p.is_file()) == before
+
+
+def test_undefined_correlation_without_a_reason_renders(bench, tmp_path):
+    record = _valid()
+    record["metrics"]["spearman"] = {"value": None, "undefined": None}
+    results, path = _results_with(tmp_path, record)
+    result = bench("leaderboard", "--results-dir", results, "--strict")
+    assert result.code == 0, result.err
+    assert "undefined (no value)" in (results.parent / "iris.md").read_text()
