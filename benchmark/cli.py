@@ -1,6 +1,15 @@
-"""The ``bench`` command line: ``list``, ``run`` and ``leaderboard``.
+"""The ``bench`` command line: ``list``, ``run``, ``gt``, ``leaderboard``, ``study``, ``report`` and ``timing``.
 
-A user's mistake is one line on stderr (``bench: error: ...``) and exit code 2; a failed run exits 1.
+Exit status: 0 on success; 2 for a user's mistake (one line on stderr, ``bench: error: ...``, before any work);
+1 for a failure found while working: a plugin's fault outside the scored steps (one line naming plugin and hook), an
+unwritable cache or results directory, and a ``bench run`` in which **no estimator produced a score** (every record
+failed: the failed records are still written) or a reporting hook failed (every record is still written); 130 when
+interrupted. A run in which some estimators fail and at least one scores exits 0: the failures are results.
+
+Where results go: ``bench run`` writes its records to ``--results-dir``, else ``$BENCH_RESULTS_DIR``, else
+``$XDG_DATA_HOME/bench/results`` (``~/.local/share/bench/results``), and its leaderboard beside that directory, never
+into the source tree unless told: ``--publish`` writes the repository's committed ``leaderboards/results`` and
+``leaderboards/<task>.md`` (``bench leaderboard --publish`` re-renders them).
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError, user_interrupts
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.executors import EXECUTORS
-from benchmark.runner import DEFAULT_SELECTIONS, DEVICES, Run, RunConfig
+from benchmark.runner import DEFAULT_SELECTIONS, DEVICES, Run, RunConfig, default_results_dir, writable_directory
 
 log = logging.getLogger("bench")
 
-DEFAULT_RESULTS_DIR = Path("leaderboards") / "results"
+PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
+"""The committed leaderboards of a source checkout (``--publish``): ``<task>.md`` here, records under ``results/``."""
+DEFAULT_RESULTS_HELP = f"${records.RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
 RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size",
                "gt_seeds", "executor", "workers", "ray_address", "threads")
 """Top-level keys a YAML config may hold besides per-task and per-estimator sections."""
@@ -101,7 +112,9 @@ def build_parser(pm: Any) -> Parser:
                      help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
                           "the estimated influence) (default top,random)")
     run.add_argument("--results-dir", type=Path,
-                     help=f"where result records go (default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR})")
+                     help=f"where result records go (default {DEFAULT_RESULTS_HELP}); the leaderboard goes beside it")
+    run.add_argument("--publish", action="store_true", help="write to the repository's committed leaderboards: "
+                     "records under leaderboards/results, the table leaderboards/<task>.md")
     run.add_argument("--no-leaderboard", action="store_true", help="do not re-render the task's leaderboard")
     pm.hook.bench_addoption.call_historic(kwargs={"parser": run})
 
@@ -112,8 +125,10 @@ def build_parser(pm: Any) -> Parser:
 
     board = sub.add_parser("leaderboard", parents=[common], help="render leaderboards from result records")
     board.add_argument("--task", help="only this task (default: every task with records)")
-    board.add_argument("--results-dir", type=Path, help=f"default ${records.RESULTS_ENV} or {DEFAULT_RESULTS_DIR}")
+    board.add_argument("--results-dir", type=Path, help=f"default {DEFAULT_RESULTS_HELP}")
     board.add_argument("--output-dir", type=Path, help="where <task>.md goes (default: the results dir's parent)")
+    board.add_argument("--publish", action="store_true", help="re-render the repository's committed leaderboards: "
+                       "leaderboards/results -> leaderboards/<task>.md")
     board.add_argument("--strict", action="store_true", help="a bad result record is an error (default: skipped)")
 
     study = sub.add_parser("study", parents=[common], help="run a declared sweep (tasks/studies/NAME.yaml): CSV + figures")
@@ -128,10 +143,17 @@ def build_parser(pm: Any) -> Parser:
 
 
 def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
-    import os
-
-    value = getattr(args, "results_dir", None) or from_yaml or os.environ.get(records.RESULTS_ENV) or DEFAULT_RESULTS_DIR
-    return Path(value)
+    if getattr(args, "publish", False):
+        for flag, value in (("--results-dir", getattr(args, "results_dir", None)),
+                            ("--output-dir", getattr(args, "output_dir", None)), ("results_dir in --config", from_yaml)):
+            if value is not None:
+                raise UsageError(f"--publish writes {PUBLISHED_DIR}; it cannot be combined with {flag} {value}")
+        if not PUBLISHED_DIR.is_dir():
+            raise UsageError(f"--publish writes a source checkout's committed leaderboards, and there are none at "
+                             f"{PUBLISHED_DIR}: pass --results-dir DIR instead")
+        return PUBLISHED_DIR / "results"
+    value = getattr(args, "results_dir", None) or from_yaml
+    return Path(value).expanduser() if value else default_results_dir()
 
 
 def _command_list(args: argparse.Namespace, registry: Registry) -> int:
@@ -238,7 +260,8 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
 
 
 def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str | None,
-            strict: bool = False) -> list[str]:
+            strict: bool = False) -> list[tuple[str, Path, int]]:
+    """Render and write the leaderboard of ``task`` (or of every task); ``(text, path, records)`` for each."""
     tasks = [task] if task else sorted(p.name for p in results_dir.glob("*") if p.is_dir())
     if not tasks:
         raise UsageError(f"nothing to render: no result records under {str(results_dir)!r}")
@@ -252,18 +275,59 @@ def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str |
             defaults = dataclasses.asdict(registry.tasks[name].cls.Config())
             reference_rows = registry.tasks[name].cls.reference_rows()
         text = leaderboard.render(found, name, defaults, reference_rows)
-        leaderboard.write(text, output_dir, name)
-        texts.append(text)
+        texts.append((text, leaderboard.write(text, output_dir, name), len(found)))
     return texts
+
+
+def _correlation(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    if entry.get("value") is None:
+        return str(entry.get("undefined") or "undefined")
+    return f"{entry['value']:.3f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _summary(written: list[dict[str, Any]]) -> str:
+    """This run's results as a Markdown table (the leaderboard holds every run's)."""
+    rows = []
+    for record in written:
+        metrics = record.get("metrics") or {}
+        residual = metrics.get("ihvp_relative_residual")
+        residual_text = f"{residual:.1e}" if residual is not None else metrics.get("ihvp_residual_undefined", "-")
+        rows.append({
+            "estimator": f"`{record['estimator']['name']}`",
+            "selection": f"{record['selection']['kind']} {record['selection']['size']}",
+            "Pearson": _correlation(metrics.get("pearson")),
+            "Spearman": _correlation(metrics.get("spearman")),
+            "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
+            "iHVP residual": residual_text,
+            "prepare s": _seconds(record["timings"].get("prepare_s")),
+            "query s": _seconds(record["timings"].get("query_s")),
+            "status": "ok" if record["status"] == "ok" else f"failed: {record['failure']}",
+        })
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     config = run_config(args, registry)
-    run = Run(config, registry, pm)
+    run = Run(config, registry, pm)  # checks the results directory and the cache
+    board_dir = PUBLISHED_DIR if args.publish else config.results_dir.parent
+    if not args.no_leaderboard and not writable_directory(board_dir, "leaderboard directory"):
+        raise UsageError(f"leaderboard directory {board_dir} is not writable: pass --results-dir DIR (the leaderboard "
+                         "goes beside it) or --no-leaderboard")
     written = run.execute()
     failed = [r for r in written if r["status"] != "ok"]
+    if written:
+        print(f"{config.task}, run {written[0]['run_id']}:")
+        print(_summary(written))
+    print(f"records: {config.results_dir / config.task} ({len(run.written)} written)")
     if not args.no_leaderboard:
-        print(_render(registry, config.results_dir, config.results_dir.parent, config.task)[0])
+        for _, path, count in _render(registry, config.results_dir, board_dir, config.task):
+            print(f"leaderboard: {path} ({count} records)")
     for record in failed:
         log.warning("%s (%s): failed: %s", record["estimator"]["name"], record["selection"]["kind"], record["failure"])
     for failure in run.hook_failures:
@@ -298,6 +362,11 @@ def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
     config = run_config(args, registry)
     run = Run(config, registry, pm)
+    with run.write_errors():
+        return _ground_truth(args, config, run)
+
+
+def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
     problem, protocol, test_index, _ = run.build_problem()
     order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
     if args.points == "all":
@@ -320,9 +389,12 @@ def _command_leaderboard(args: argparse.Namespace, registry: Registry) -> int:
     results_dir = _results_dir(args)
     if not results_dir.is_dir():
         raise UsageError(f"no results directory {str(results_dir)!r}: run `bench run` first or pass --results-dir")
-    output_dir = args.output_dir or results_dir.parent
-    for text in _render(registry, results_dir, output_dir, args.task, args.strict):
+    output_dir = PUBLISHED_DIR if args.publish else args.output_dir or results_dir.parent
+    if not writable_directory(output_dir, "leaderboard directory"):
+        raise UsageError(f"leaderboard directory {output_dir} is not writable: pass --output-dir DIR")
+    for text, path, count in _render(registry, results_dir, output_dir, args.task, args.strict):
         print(text)
+        print(f"leaderboard: {path} ({count} records)")
     return 0
 
 

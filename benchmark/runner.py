@@ -8,11 +8,14 @@ from the shared cache; a failing estimator becomes a failed record with its reas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,31 @@ DENSE_LIMIT = 1_000
 only when the ``exact`` estimator of the same run computed it anyway (it is shared through the problem)."""
 
 
+def default_results_dir() -> Path:
+    """Where ``bench run`` writes its records unless told otherwise, outside any source tree: ``$BENCH_RESULTS_DIR``,
+    else ``$XDG_DATA_HOME/bench/results``, else ``~/.local/share/bench/results`` (the leaderboard goes beside it)."""
+    if os.environ.get(records.RESULTS_ENV):
+        return Path(os.environ[records.RESULTS_ENV]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "bench" / "results"
+
+
+def writable_directory(path: Path, what: str) -> bool:
+    """Whether ``path`` (or, where it does not exist yet, its nearest existing ancestor) is a writable directory.
+
+    Raises:
+        UsageError: ``path`` or an ancestor is not a directory (a file, say).
+    """
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        below = "" if probe == path else f" ({probe} is a file)"
+        raise UsageError(f"{what} {path} is not a directory{below}")
+    return os.access(probe, os.W_OK | os.X_OK)
+
+
 @dataclasses.dataclass
 class RunConfig:
     """A resolved ``bench run``.
@@ -64,7 +92,7 @@ class RunConfig:
         device: ``cpu``, ``cuda`` or ``auto``.
         selections: which training points are scored (keys of :data:`SELECTIONS`).
         cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
-        results_dir: where result records are written.
+        results_dir: where result records are written (default :func:`default_results_dir`).
         progress: show progress bars.
         gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
         gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).
@@ -86,7 +114,7 @@ class RunConfig:
     device: str = "cpu"
     selections: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SELECTIONS))
     cache_dir: Path | None = None
-    results_dir: Path = Path("leaderboards/results")
+    results_dir: Path = dataclasses.field(default_factory=default_results_dir)
     progress: bool = True
     gt_chunk_size: int | None = None
     gt_seeds: int = 1
@@ -239,6 +267,12 @@ class Run:
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
+        if not writable_directory(config.results_dir, "results directory"):
+            raise UsageError(f"results directory {config.results_dir} is not writable: pass --results-dir DIR or set "
+                             f"${records.RESULTS_ENV}")
+        self.read_only_cache = not writable_directory(self.cache.root, "cache directory")
+        if self.read_only_cache:
+            log.info("cache directory %s is read-only: this run can use only what it already holds", self.cache.root)
         # taken now, not when the records are written: the code that runs is the code of this moment
         self.environment = records.environment(self.device)
         self.written: list[Path] = []
@@ -253,9 +287,11 @@ class Run:
         one line naming it, its plugin and the method (the traceback with ``-v``)."""
         try:
             return function(*args, **kwargs)
-        except (Interrupted, BenchError):
-            raise
+        except (Interrupted, BenchError, PermissionError):
+            raise  # a refused write: one line naming the directory (see write_errors)
         except PLUGIN_FAULTS as error:
+            if isinstance(error, OSError) and error.errno == errno.EROFS:
+                raise
             raise PluginError(f'{what} (plugin "{plugin}") failed in {method}: {describe(error)}') from error
 
     def _protocol(self) -> Protocol:
@@ -305,8 +341,31 @@ class Run:
 
         return make_executor(config.executor, spec_for, config.workers, config.ray_address)
 
+    @contextlib.contextmanager
+    def write_errors(self) -> Iterator[None]:
+        """Turn a refused write under the cache or results directory into one line naming the directory."""
+        try:
+            yield
+        except OSError as error:
+            refused = isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+            if not refused or error.filename is None:
+                raise
+            path, reason = Path(os.fsdecode(error.filename)).expanduser(), f"{error.strerror}: {error.filename}"
+            root = self.cache.root
+            if path.is_relative_to(root):
+                state = "read-only" if self.read_only_cache else "not writable"
+                raise BenchError(f"cache directory {root} is {state} ({reason}) and lacks an entry this run needs: "
+                                 "make it writable or pass --cache-dir DIR") from error
+            if path.is_relative_to(self.config.results_dir):
+                raise BenchError(f"results directory {self.config.results_dir} is not writable ({reason})") from error
+            raise BenchError(f"cannot write {error.filename}: {error.strerror}") from error
+
     def execute(self) -> list[dict[str, Any]]:
         """Run everything; returns the records written."""
+        with self.write_errors():
+            return self._execute()
+
+    def _execute(self) -> list[dict[str, Any]]:
         config = self.config
         problem, protocol, test_index, test_loss = self.build_problem()
         k = min(protocol.eval_size, problem.n_train)

@@ -73,7 +73,13 @@ def test_run_end_to_end(bench, tiny, tmp_path, read_records):
         rows = table_rows(text, name)
         assert len(rows) == 2, text
         assert all(row.rstrip(" |").endswith("ok") for row in rows)
-    assert text.strip() in result.out
+    # printed: this run's four rows, where its records and the leaderboard are
+    printed = [line for line in result.out.splitlines() if line.startswith("| `")]
+    assert sorted(line.split("|")[1].strip() for line in printed) == ["`exact`", "`exact`", "`first-order`",
+                                                                      "`first-order`"]
+    assert all(line.rstrip(" |").endswith("ok") for line in printed)
+    assert f"records: {results / 'iris'} (4 written)" in result.out
+    assert f"leaderboard: {board} (4 records)" in result.out
 
     # re-rendering from the records gives the same leaderboard
     output = tmp_path / "rendered"

@@ -261,3 +261,140 @@ def test_exception_in_a_tasks_build_is_one_line(bench, plugin_module, tmp_path):
     verbose = bench("run", "-v", "-p", "broken_task", "--task", "broken", "--estimator", "first-order",
                     "--no-progress", "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
     assert verbose.code == result.code and "Traceback" in verbose.err
+
+
+# -- friction (a): a user's run never writes into the source tree -------------------------------------------------------
+
+def test_results_default_to_a_home_outside_the_source_tree(bench, tiny, tmp_path, monkeypatch, read_records):
+    monkeypatch.delenv("BENCH_RESULTS_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
+                   "--cache-dir", tmp_path / "cache")
+    assert result.code == 0, result.err
+    home = tmp_path / "data" / "bench"
+    assert len(read_records(home / "results")) == 1
+    assert (home / "iris.md").is_file()
+    assert list(elsewhere.iterdir()) == []  # no leaderboards/ in the working directory
+    assert f"records: {home / 'results' / 'iris'}" in result.out
+    assert f"leaderboard: {home / 'iris.md'}" in result.out
+
+
+def test_readme_first_command_leaves_a_fresh_clone_clean(tmp_path, repo_root):
+    """``bench run --task iris`` (tiny) with the working directory in a fresh clone of the committed code."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo_root), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_RESULTS_DIR", "PYTHONPATH")}
+    env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"), PYTHONPATH=str(clone),
+               BENCH_CACHE_DIR=str(tmp_path / "cache"), BENCH_DISABLE_PLUGIN_AUTOLOAD="1")
+    code = ("import sys, benchmark; from benchmark.cli import main; "
+            f"assert benchmark.__file__.startswith({str(clone)!r}), benchmark.__file__; "
+            "sys.exit(main(sys.argv[1:]))")
+    argv = ["run", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50",
+            "--no-progress", "--threads", "1", "--estimator", "first-order"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, check=True,
+                            capture_output=True, text=True).stdout
+    assert status == ""
+    assert list((tmp_path / "data" / "bench" / "results" / "iris").glob("*.json"))
+
+
+def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_path, monkeypatch):
+    import benchmark.cli
+
+    published = tmp_path / "checkout" / "leaderboards"
+    published.mkdir(parents=True)
+    monkeypatch.setattr(benchmark.cli, "PUBLISHED_DIR", published)
+    result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
+                   "--cache-dir", tmp_path / "cache", "--publish")
+    assert result.code == 0, result.err
+    assert len(list((published / "results" / "iris").glob("*.json"))) == 1
+    board = (published / "iris.md").read_text()
+    (published / "iris.md").unlink()
+    again = bench("leaderboard", "--task", "iris", "--publish")
+    assert again.code == 0, again.err
+    assert (published / "iris.md").read_text() == board
+    clash = bench("leaderboard", "--publish", "--results-dir", tmp_path / "other")
+    assert_one_line_error(clash, "--publish", "--results-dir")
+
+
+# -- friction (b): bench run prints this run's results -------------------------------------------------------------------
+
+def test_run_prints_this_runs_results_not_every_record_on_disk(bench, tiny, tmp_path):
+    common = ("--task", "iris", "--selection", "random", *tiny, "--cache-dir", tmp_path / "cache",
+              "--results-dir", tmp_path / "board" / "results")
+    assert bench("run", "--estimator", "exact", *common).code == 0
+    result = bench("run", "--estimator", "first-order", *common)
+    assert result.code == 0, result.err
+    rows = [line for line in result.out.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1 and rows[0].startswith("| `first-order`"), result.out
+    assert f"leaderboard: {tmp_path / 'board' / 'iris.md'} (2 records)" in result.out
+
+
+# -- defect 1: unwritable or non-directory paths --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag", ["--cache-dir", "--results-dir"])
+def test_a_file_where_a_directory_belongs_is_one_line_before_any_work(bench, tiny, tmp_path, flag):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    paths = {"--cache-dir": tmp_path / "cache", "--results-dir": tmp_path / "board" / "results"}
+    for target in (a_file, a_file / "below"):
+        paths[flag] = target
+        result = bench("run", "--task", "iris", "--estimator", "first-order", *tiny,
+                       *(str(x) for pair in paths.items() for x in pair))
+        assert result.code == 2
+        assert_one_line_error(result, str(target), "not a directory")
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "board").exists()
+
+
+def _read_only(monkeypatch, root: Path, below: bool = True) -> None:
+    """``os.access`` says no write access to ``root`` (and below it) (tests may run as root, whom a chmod would not
+    stop)."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        path = Path(path).resolve()
+        if mode & os.W_OK and (path == root.resolve() or below and path.is_relative_to(root.resolve())):
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("flag", ["--results-dir", "leaderboard"])
+def test_unwritable_results_or_leaderboard_directory_is_one_line_before_any_work(bench, tiny, tmp_path, monkeypatch,
+                                                                                  flag):
+    board = tmp_path / "board"
+    (board / "results").mkdir(parents=True)
+    _read_only(monkeypatch, board / "results" if flag == "--results-dir" else board, below=flag == "--results-dir")
+    argv = ["run", "--task", "iris", "--estimator", "first-order", *tiny, "--cache-dir", tmp_path / "cache",
+            "--results-dir", board / "results"]
+    result = bench(*argv)
+    assert result.code == 2
+    assert_one_line_error(result, str(board / "results") if flag == "--results-dir" else str(board), "not writable")
+    assert not (tmp_path / "cache").exists()
+    if flag == "leaderboard":
+        assert bench(*argv, "--no-leaderboard").code == 0
+
+
+def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, monkeypatch):
+    import benchmark.cache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _read_only(monkeypatch, cache)
+
+    def refuse(self, path):
+        raise PermissionError(13, "Permission denied", str(path.parent / f".{path.name}.lock"))
+
+    monkeypatch.setattr(benchmark.cache.Cache, "lock", refuse)
+    result = bench("run", "--task", "iris", "--estimator", "first-order", *tiny, "--cache-dir", cache,
+                   "--results-dir", tmp_path / "results")
+    assert result.code == 1 and "Traceback" not in result.err
+    errors = [line for line in result.err_lines if line.startswith("bench: error:")]
+    assert len(errors) == 1 and str(cache) in errors[0] and "read-only" in errors[0], result.err
+    assert any("read-only" in line and "warning" not in line for line in result.err_lines[:-1])
