@@ -303,3 +303,29 @@ def test_undefined_correlation_without_a_reason_renders(bench, tmp_path):
     result = bench("leaderboard", "--results-dir", results, "--strict")
     assert result.code == 0, result.err
     assert "undefined (no value)" in (results.parent / "iris.md").read_text()
+
+
+def test_records_a_run_writes_match_the_schema_ok_and_failed(bench, tiny, tmp_path, read_records):
+    results = tmp_path / "board" / "results"
+    result = bench("run", "--task", "iris", "--estimator", "exact,cg,lissa,first-order", "--set", "lissa.scale=0.001",
+                   *tiny, "--cache-dir", tmp_path / "cache", "--results-dir", results, "--no-leaderboard")
+    written = read_records(results)
+    assert {r["status"] for r in written} == {"ok", "failed"}, result.err
+    assert {(r["estimator"]["name"], r["selection"]["kind"]): records.validate(r) for r in written} == {
+        (r["estimator"]["name"], r["selection"]["kind"]): None for r in written}
+    strict = bench("leaderboard", "--results-dir", results, "--strict")
+    assert strict.code == 0, strict.err
+
+
+def test_a_run_on_a_complete_cache_writes_nothing_into_it(bench, tiny, tmp_path):
+    """A complete cache is only read: no lock file either (so a read-only copy of one works)."""
+    cache = tmp_path / "cache"
+    common = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny, "--cache-dir", cache,
+              "--results-dir", tmp_path / "results", "--no-leaderboard")
+    assert bench(*common).code == 0
+    for lock in cache.rglob("*.lock"):  # as a cache copied or unpacked without its lock files
+        lock.unlink()
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    result = bench(*common)
+    assert result.code == 0, result.err
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
