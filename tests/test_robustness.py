@@ -398,3 +398,19 @@ def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, mon
     errors = [line for line in result.err_lines if line.startswith("bench: error:")]
     assert len(errors) == 1 and str(cache) in errors[0] and "read-only" in errors[0], result.err
     assert any("read-only" in line and "warning" not in line for line in result.err_lines[:-1])
+
+
+# -- friction (c): every progress bar says what it computes ------------------------------------------------------------
+
+def test_lissa_progress_bars_are_labelled(bench, tmp_path):
+    result = bench("run", "--task", "iris", "--estimator", "lissa,first-order", "--selection", "random",
+                   "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50", "--set", "lissa.depth=200",
+                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", "--no-leaderboard")
+    assert result.code == 0, result.err
+    segments = [part.strip() for line in result.err.split("\n") for part in line.split("\r") if part.strip()]
+    bars = [i for i, part in enumerate(segments) if part.startswith("lissa")]
+    assert bars, result.err
+    assert all(segments[i].startswith(("lissa: 1 iHVP:", "lissa: 20 iHVPs:")) for i in bars), result.err
+    logs = [i for i, part in enumerate(segments) if part.startswith("bench: estimator lissa: parameter change")]
+    second = [i for i in bars if segments[i].startswith("lissa: 20 iHVPs")]
+    assert second and logs and logs[0] < second[0], result.err
