@@ -107,8 +107,8 @@ class Lissa(Estimator):
         total = torch.zeros_like(vectors)
         changes, steps = [], 0
         count = vectors.shape[0]  # the label says what this bar computes: the run shows more than one
-        bar = tqdm(total=c.repeats * c.depth, desc=f"lissa: {count} iHVP{'s' if count != 1 else ''}", unit="step", leave=False, mininterval=0.5,
-                   disable=not self.progress)
+        bar = tqdm(total=c.repeats * c.depth, desc=f"lissa: {count} iHVP{'s' if count != 1 else ''}", unit="step",
+                   leave=False, mininterval=0.5, disable=not self.progress)
         for repeat in range(c.repeats):
             estimate = vectors.clone()
             history = {0: estimate}  # estimates at multiples of CHECK_EVERY, to measure the change over the tail
