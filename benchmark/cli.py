@@ -144,8 +144,9 @@ def build_parser(pm: Any) -> Parser:
 
 def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
     if getattr(args, "publish", False):
-        for flag, value in (("--results-dir", getattr(args, "results_dir", None)),
-                            ("--output-dir", getattr(args, "output_dir", None)), ("results_dir in --config", from_yaml)):
+        given = (("--results-dir", getattr(args, "results_dir", None)),
+                 ("--output-dir", getattr(args, "output_dir", None)), ("results_dir in --config", from_yaml))
+        for flag, value in given:
             if value is not None:
                 raise UsageError(f"--publish writes {PUBLISHED_DIR}; it cannot be combined with {flag} {value}")
         if not PUBLISHED_DIR.is_dir():

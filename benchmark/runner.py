@@ -513,8 +513,8 @@ class Run:
     def _parameter_change(self, evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]],
                           problem: Problem) -> None:
         indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
-        log.info("estimator %s: parameter change of %d training points (the ‖Δθ‖ diagnostic)", evaluation.estimator.name,
-                 len(indices))
+        log.info("estimator %s: parameter change of %d training points (the ‖Δθ‖ diagnostic)",
+                 evaluation.estimator.name, len(indices))
         try:
             changes = check_output("parameter_change", evaluation.estimator.parameter_change(indices),
                                    (len(indices), problem.n_params), problem.dtype,

@@ -202,7 +202,7 @@ def test_dash_p_takes_a_python_file(bench, tmp_path, monkeypatch):
     assert_one_line_error(missing, '"./absent_plugin.py"', "no such file")
 
 
-# -- defect 13: exit status ---------------------------------------------------------------------------------------------
+# -- defect 13: exit status --------------------------------------------------------------------------------------------
 
 def test_exit_1_when_no_estimator_produced_a_score(bench, tiny, tmp_path, read_records):
     result = bench(*run_args(tmp_path, tiny, "--estimator", "lissa", "--set", "lissa.scale=0.001"))
@@ -219,7 +219,7 @@ def test_exit_0_when_one_estimator_of_several_produced_a_score(bench, tiny, tmp_
     assert result.code == 0, result.err
 
 
-# -- friction (g): an exception in a task's code ------------------------------------------------------------------------
+# -- friction (g): an exception in a task's code -----------------------------------------------------------------------
 
 BROKEN_TASK = '''
 import dataclasses
@@ -263,7 +263,7 @@ def test_exception_in_a_tasks_build_is_one_line(bench, plugin_module, tmp_path):
     assert verbose.code == result.code and "Traceback" in verbose.err
 
 
-# -- friction (a): a user's run never writes into the source tree -------------------------------------------------------
+# -- friction (a): a user's run never writes into the source tree ------------------------------------------------------
 
 def test_results_default_to_a_home_outside_the_source_tree(bench, tiny, tmp_path, monkeypatch, read_records):
     monkeypatch.delenv("BENCH_RESULTS_DIR")
@@ -322,7 +322,7 @@ def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_p
     assert_one_line_error(clash, "--publish", "--results-dir")
 
 
-# -- friction (b): bench run prints this run's results -------------------------------------------------------------------
+# -- friction (b): bench run prints this run's results -----------------------------------------------------------------
 
 def test_run_prints_this_runs_results_not_every_record_on_disk(bench, tiny, tmp_path):
     common = ("--task", "iris", "--selection", "random", *tiny, "--cache-dir", tmp_path / "cache",
@@ -335,7 +335,7 @@ def test_run_prints_this_runs_results_not_every_record_on_disk(bench, tiny, tmp_
     assert f"leaderboard: {tmp_path / 'board' / 'iris.md'} (2 records)" in result.out
 
 
-# -- defect 1: unwritable or non-directory paths --------------------------------------------------------------------------
+# -- defect 1: unwritable or non-directory paths -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--cache-dir", "--results-dir"])
 def test_a_file_where_a_directory_belongs_is_one_line_before_any_work(bench, tiny, tmp_path, flag):
