@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
+import re
 import shlex
 import sys
 import traceback
@@ -157,19 +159,60 @@ def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
     return Path(value).expanduser() if value else default_results_dir()
 
 
+def summary(cls: type) -> str:
+    """The first paragraph of ``cls``'s docstring, on one line (``bench list``)."""
+    text = inspect.cleandoc(cls.__doc__ or "")
+    return " ".join(text.split("\n\n")[0].split())
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> description from the ``Attributes:`` sections (Google style) of the docstrings of ``cls`` and
+    its base classes, one line each (``bench list --options``)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if "__doc__" in vars(base):
+            docs.update(_attributes_section(base.__doc__ or ""))
+    return docs
+
+
+def _attributes_section(docstring: str) -> dict[str, str]:
+    lines = inspect.cleandoc(docstring).splitlines()
+    docs: dict[str, str] = {}
+    inside, indent, current = False, None, None  # current: the names the description being read belongs to
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if width == 0:  # the next section or paragraph
+            break
+        match = re.match(r"(\w+(?:, *\w+)*)(?: \([^)]*\))?: (.*)", line.strip())
+        if (indent is None or width == indent) and match:  # "name: text" or "a, b, c: text shared by all"
+            indent, current = width, [name.strip() for name in match.group(1).split(",")]
+            docs.update({name: match.group(2).strip() for name in current})
+        elif current is not None and indent is not None and width > indent:
+            docs.update({name: docs[name] + " " + line.strip() for name in current})
+    return docs
+
+
 def _command_list(args: argparse.Namespace, registry: Registry) -> int:
     for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
         print(f"{kind}:")
         for name, entry in sorted(entries.items()):
-            summary = (entry.cls.__doc__ or "").strip().splitlines()[0] if entry.cls.__doc__ else ""
-            print(f"  {name:<14} [{entry.plugin}] {summary}")
+            print(f"  {name:<14} [{entry.plugin}] {summary(entry.cls)}")
             if args.models and kind == "tasks":
                 for model, count in entry.cls.models().items():
                     print(f"      {name} model {model:<10} {count:>12,} parameters")
             if args.options:
+                docs = attribute_docs(entry.cls.Config)
                 for field in dataclasses.fields(entry.cls.Config):
                     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-                    print(f"      {name}.{field.name} = {default!r}")
+                    meaning = docs.get(field.name)
+                    print(f"      {name}.{field.name} = {default!r}" + (f": {meaning}" if meaning else ""))
     return 0
 
 

@@ -414,3 +414,33 @@ def test_lissa_progress_bars_are_labelled(bench, tmp_path):
     logs = [i for i, part in enumerate(segments) if part.startswith("bench: estimator lissa: parameter change")]
     second = [i for i in bars if segments[i].startswith("lissa: 20 iHVPs")]
     assert second and logs and logs[0] < second[0], result.err
+
+
+# -- friction (d): bench list shows whole summaries and what each option means ----------------------------------------
+
+def test_list_shows_the_whole_first_paragraph(bench):
+    result = bench("list")
+    assert result.code == 0, result.err
+    line = next(line for line in result.out.splitlines() if line.strip().startswith("first-order"))
+    assert line.endswith("(cost: one gradient per training point, no curvature). Exact when ``H`` is a multiple of the "
+                         "identity."), line
+
+
+def test_list_options_say_what_each_option_means(bench):
+    import dataclasses
+
+    from benchmark.cli import attribute_docs
+    from benchmark.plugins import Registry, plugin_manager
+
+    result = bench("list", "--options")
+    assert result.code == 0, result.err
+    assert "first-order.scale = 1.0: ``c`` in ``H ~ c I``; it scales every score alike, so it changes no correlation." \
+        in result.out
+    registry = Registry(plugin_manager())
+    for entries in (registry.tasks, registry.estimators):
+        for name, entry in entries.items():
+            documented = attribute_docs(entry.cls.Config)
+            for field in dataclasses.fields(entry.cls.Config):
+                assert documented.get(field.name), f"{name}.{field.name} has no description in its Attributes section"
+                option = next(line for line in result.out.splitlines() if line.strip().startswith(f"{name}.{field.name} ="))
+                assert option.endswith(documented[field.name]), option
