@@ -3,6 +3,10 @@
 An estimator implements one thing, the inverse-Hessian-vector product (iHVP). The influence of every training point
 on a test point is written once, here, from that iHVP; first-order estimators may override :meth:`influence`.
 
+An estimator that is not iHVP-based (gradient cosine, TracIn, TRAK) sets :attr:`Estimator.no_ihvp` to the reason and
+overrides :meth:`influence` instead of :meth:`ihvp`; the parameter-change and iHVP-residual diagnostics of its records
+then read "n/a" with that reason rather than a meaningless number.
+
 Sign convention (pinned by tests): :meth:`Estimator.influence` returns the predicted **change in the test loss when
 the training point is removed**, ``+(1/n) g_test^T H^-1 g_i``, the same quantity the leave-one-out ground truth
 measures (``loss_test(theta_-i) - loss_test(theta_ref)``), so that a good estimator correlates positively.
@@ -36,10 +40,17 @@ class Estimator(abc.ABC):
 
     Lifecycle: ``prepare(problem)`` once per trained model (the expensive, cacheable part, timed as *preparation*),
     then any number of ``influence(test_indices)`` queries (timed as *query*).
+
+    Every output is checked by the harness (type, shape, dtype, finite values): a violation is this estimator's
+    failure, recorded with the expected and the actual shape, and the run goes on.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    no_ihvp: ClassVar[str | None] = None
+    """``None`` for an iHVP-based estimator; otherwise why it has no iHVP (e.g. ``"gradient similarity, no
+    curvature"``): it then overrides :meth:`influence` and not :meth:`ihvp`, and its parameter-change and
+    iHVP-residual diagnostics read ``n/a`` with this reason."""
 
     def __init__(self, config: Any | None = None, progress: bool = False):
         self.config = self.Config() if config is None else config
@@ -56,9 +67,8 @@ class Estimator(abc.ABC):
         """Do the expensive, query-independent work for ``problem`` (default: remember it)."""
         self.problem = problem
 
-    @abc.abstractmethod
     def ihvp(self, vectors: Tensor) -> Tensor:
-        """Inverse-Hessian-vector products.
+        """Inverse-Hessian-vector products (every estimator implements it, unless it declares :attr:`no_ihvp`).
 
         Args:
             vectors: ``Tensor[m, P]``, one right-hand side ``v`` per row, in the problem's dtype.
@@ -69,6 +79,8 @@ class Estimator(abc.ABC):
         Raises:
             EstimatorFailed: when no trustworthy answer can be produced (divergence, singular system).
         """
+        reason = f" ({self.no_ihvp})" if self.no_ihvp else ""
+        raise NotImplementedError(f"estimator {self.name!r} has no iHVP{reason}")
 
     def influence(self, test_indices: Tensor | list[int]) -> Tensor:
         """Predicted change of each test loss when each training point is removed.
@@ -92,6 +104,27 @@ class Estimator(abc.ABC):
         """
         problem = self._require_problem()
         return self.ihvp(problem.train_gradients(train_indices)) / problem.n_train
+
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        """What keeps this class from being a usable estimator (empty when it is one); checked at registration."""
+        problems = []
+        name = vars(cls).get("name", getattr(cls, "name", None))
+        if not isinstance(name, str) or not name:
+            problems.append(f"{cls.__name__} has no name (set the class attribute name = \"...\")")
+        overrides_ihvp = cls.ihvp is not Estimator.ihvp
+        overrides_influence = cls.influence is not Estimator.influence
+        if cls.no_ihvp is None and not overrides_ihvp:
+            problems.append(f"{cls.__name__} implements no ihvp(); an estimator without one sets no_ihvp to the "
+                            "reason and overrides influence()")
+        if cls.no_ihvp is not None and not (isinstance(cls.no_ihvp, str) and cls.no_ihvp):
+            problems.append(f"{cls.__name__}.no_ihvp must be a reason (a non-empty string), not {cls.no_ihvp!r}")
+        elif cls.no_ihvp is not None and not overrides_influence:
+            problems.append(f"{cls.__name__} sets no_ihvp but does not override influence(), which needs an ihvp()")
+        abstract = sorted(getattr(cls, "__abstractmethods__", ()))
+        if abstract:
+            problems.append(f"{cls.__name__} leaves abstract methods {', '.join(abstract)} unimplemented")
+        return problems
 
     def _require_problem(self) -> Problem:
         if self.problem is None:

@@ -212,6 +212,9 @@ class Registry:
                 name = getattr(cls, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f'plugin "{impl.plugin_name}": {cls.__name__} has no name')
+                problems = cls.contract_problems() if issubclass(cls, Estimator) else []
+                if problems:
+                    raise PluginError(f'plugin "{impl.plugin_name}": {"; ".join(problems)}')
                 if name in found:
                     raise PluginError(
                         f'{kind} {name!r} is provided by both plugin "{found[name].plugin}" and "{impl.plugin_name}"'

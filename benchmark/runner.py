@@ -231,6 +231,11 @@ def check_output(method: str, value: Any, shape: tuple[int, ...], dtype: torch.d
     return value
 
 
+def _no_ihvp(estimator: Estimator) -> str:
+    """Why an estimator's iHVP diagnostics read n/a (see :attr:`Estimator.no_ihvp`)."""
+    return f"n/a: estimator {estimator.name!r} has no iHVP ({estimator.no_ihvp})"
+
+
 def _merge(failures: list[PluginHookError]) -> list[PluginHookError]:
     """One failure per plugin and hook, counting its calls."""
     merged: dict[tuple[str, str], list[PluginHookError]] = {}
@@ -394,7 +399,9 @@ class Run:
         for evaluation in self.estimators:
             if evaluation.failure is not None:
                 continue
-            if self.task.parameter_change:
+            if evaluation.estimator.no_ihvp is not None:
+                evaluation.param_failure = _no_ihvp(evaluation.estimator)
+            elif self.task.parameter_change:
                 self._parameter_change(evaluation, chosen, problem)
             else:
                 evaluation.param_failure = f"not computed: task {self.task.name!r} turns the diagnostic off (cost)"
@@ -498,7 +505,7 @@ class Run:
             evaluation.diagnostics = dict(estimator.diagnostics)
             scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
             evaluation.scores = scores.detach().cpu().double().numpy()
-            if overrides_influence:  # untimed: only for the residual
+            if overrides_influence and estimator.no_ihvp is None:  # untimed: only for the residual
                 evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
                                                    test_gradient.dtype, "one row per vector, one column per parameter")
         except Interrupted:
@@ -560,8 +567,8 @@ class Run:
             norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])
         else:
             reason = evaluation.param_failure
-            undefined = {"value": None,
-                         "undefined": reason if reason.startswith("not computed") else f"parameter change failed: {reason}"}
+            plain = reason.startswith(("not computed", "n/a"))
+            undefined = {"value": None, "undefined": reason if plain else f"parameter change failed: {reason}"}
             norm_metrics = {"pearson": undefined, "spearman": undefined}
         record["metrics"] = {
             **metrics,
@@ -570,5 +577,7 @@ class Run:
             "param_norm_spearman": norm_metrics["spearman"],
             "ihvp_relative_residual": evaluation.residual,
         }
+        if evaluation.estimator.no_ihvp is not None:
+            record["metrics"]["ihvp_residual_undefined"] = _no_ihvp(evaluation.estimator)
         record["points"] = points
         return record

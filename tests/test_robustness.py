@@ -442,5 +442,115 @@ def test_list_options_say_what_each_option_means(bench):
             documented = attribute_docs(entry.cls.Config)
             for field in dataclasses.fields(entry.cls.Config):
                 assert documented.get(field.name), f"{name}.{field.name} has no description in its Attributes section"
-                option = next(line for line in result.out.splitlines() if line.strip().startswith(f"{name}.{field.name} ="))
+                option = next(line for line in result.out.splitlines()
+                              if line.strip().startswith(f"{name}.{field.name} ="))
                 assert option.endswith(documented[field.name]), option
+
+
+# -- friction (e): estimators without an iHVP --------------------------------------------------------------------------
+
+NO_IHVP = '''
+from benchmark import Estimator, hookimpl
+
+
+class GradientDot(Estimator):
+    """Gradient dot product, computed directly: no inverse-Hessian-vector product at all."""
+
+    name = "gradient-dot"
+    no_ihvp = "gradient similarity, no curvature"
+
+    def influence(self, test_indices):
+        problem = self._require_problem()
+        return problem.train_gradient_products(problem.test_gradients(test_indices)) / problem.n_train
+
+
+@hookimpl
+def bench_estimators():
+    return [GradientDot]
+'''
+
+
+def test_an_estimator_without_an_ihvp_reads_n_a(bench, plugin_module, tiny, tmp_path, read_records):
+    plugin_module("no_ihvp_plugin", NO_IHVP)
+    result = bench("-p", "no_ihvp_plugin", *run_args(tmp_path, tiny, "--estimator", "gradient-dot"))
+    assert result.code == 0, result.err
+    (record,) = read_records(tmp_path / "results")
+    assert record["status"] == "ok" and isinstance(record["metrics"]["spearman"]["value"], float)
+    reason = "n/a: estimator 'gradient-dot' has no iHVP (gradient similarity, no curvature)"
+    for method in ("param_norm_pearson", "param_norm_spearman"):
+        assert record["metrics"][method] == {"value": None, "undefined": reason}
+    assert record["metrics"]["ihvp_relative_residual"] is None
+    assert record["metrics"]["ihvp_residual_undefined"] == reason
+    (row,) = [line for line in result.out.splitlines() if line.startswith("| `gradient-dot`")]
+    assert row.count(reason) == 2, row
+
+
+def test_no_ihvp_estimator_passes_check_estimator(plugin_module):
+    from benchmark.testing import check_estimator
+
+    plugin_module("no_ihvp_plugin", NO_IHVP)
+    import no_ihvp_plugin
+
+    check_estimator(no_ihvp_plugin.GradientDot)
+
+
+@pytest.mark.parametrize("body, fragments", [
+    ("    def influence(self, test_indices):\n        return None\n", ["Incomplete", "ihvp", "no_ihvp"]),
+    ("    no_ihvp = 'no curvature'\n", ["Incomplete", "no_ihvp", "influence"]),
+], ids=["neither-ihvp-nor-no-ihvp", "no-ihvp-without-influence"])
+def test_an_incomplete_estimator_is_rejected_at_registration(bench, plugin_module, body, fragments):
+    source = ("from benchmark import Estimator, hookimpl\n\n\nclass Incomplete(Estimator):\n    name = 'incomplete'\n"
+              f"{body}\n\n@hookimpl\ndef bench_estimators():\n    return [Incomplete]\n")
+    plugin_module("incomplete_plugin", source)
+    result = bench("list", "-p", "incomplete_plugin")
+    assert_one_line_error(result, '"incomplete_plugin"', *fragments)
+
+
+# -- friction (f): check_estimator -------------------------------------------------------------------------------------
+
+def test_check_estimator_passes_the_example_plugin():
+    from benchmark.testing import check_estimator
+    from examples.diagonal_estimator import Diagonal
+
+    check_estimator(Diagonal)
+
+
+def test_check_estimator_names_the_estimator_in_a_shape_failure():
+    from benchmark import Estimator
+    from benchmark.testing import check_estimator
+
+    class Short(Estimator):
+        name = "short"
+
+        def ihvp(self, vectors):
+            return vectors[:, :-1]
+
+    with pytest.raises(AssertionError, match=r"^short: ihvp shape \(3, 5\), expected \(3, 6\)$"):
+        check_estimator(Short)
+
+
+def test_check_estimator_fails_a_class_without_a_name():
+    from benchmark import Estimator
+    from benchmark.testing import check_estimator
+
+    class Nameless(Estimator):
+        def ihvp(self, vectors):
+            return vectors.clone()
+
+    with pytest.raises(AssertionError, match="Nameless has no name"):
+        check_estimator(Nameless)
+
+
+def test_check_estimator_documents_min_correlation():
+    from benchmark.testing import check_estimator
+
+    assert "min_correlation:" in check_estimator.__doc__
+
+
+def test_check_estimator_prints_no_torch_warning(repo_root):
+    code = ("from benchmark.testing import check_estimator; from examples.diagonal_estimator import Diagonal; "
+            "check_estimator(Diagonal)")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=repo_root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
