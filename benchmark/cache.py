@@ -65,9 +65,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 class Cache:
     """A cache directory.
 
-    Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum, ``.<digest>.pt.lock`` while it is
-    computed) for tensors (kinds ``optima``, ``hessians``, ``loo-reference``) and ``loo/<digest>/`` (one JSON entry
-    per removed training point, see :mod:`benchmark.groundtruth`).
+    Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum; its lock ``.locks/<kind>/<digest>.lock``)
+    for tensors (kinds ``optima``, ``hessians``, ``loo-reference``) and ``loo/<digest>/`` (one JSON entry per removed
+    training point, see :mod:`benchmark.groundtruth`).
     """
 
     def __init__(self, root: Path | str | None = None):
@@ -150,10 +150,13 @@ class Cache:
             log.warning("%s: recomputing it", problem)
         return None
 
-    def lock(self, path: Path) -> FileLock:
-        """The OS file lock that guards computing the entry at ``path`` (``.<name>.lock`` beside it)."""
+    def lock(self, kind: str, key: dict[str, Any]) -> FileLock:
+        """The OS file lock that guards computing the tensors of ``kind``/``key``: ``.locks/<kind>/<digest>.lock``,
+        outside ``<kind>/``, so that a computation that fails (or a probe whose ``compute`` raises) leaves nothing
+        there."""
+        path = self.root / ".locks" / kind / f"{digest(key)}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(path.parent / f".{path.name}.lock")
+        return FileLock(path)
 
     def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """Load the tensors cached under ``kind``/``key``, or compute, store and return them.
@@ -167,7 +170,7 @@ class Cache:
             return found
         stem = self.root / kind / digest(key)
         blob_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
-        lock = self.lock(blob_path)
+        lock = self.lock(kind, key)
         try:
             lock.acquire(timeout=0)
         except Timeout:

@@ -329,3 +329,19 @@ def test_a_run_on_a_complete_cache_writes_nothing_into_it(bench, tiny, tmp_path)
     result = bench(*common)
     assert result.code == 0, result.err
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+def test_a_failed_computation_releases_its_lock_and_stores_nothing(tmp_path):
+    cache = Cache(tmp_path / "cache")
+
+    def fail():
+        raise KeyError("not available")
+
+    with pytest.raises(KeyError):
+        cache.tensors("hessians", {"task": "h"}, fail)
+    assert not (cache.root / "hessians").exists()
+    lock = cache.lock("hessians", {"task": "h"})
+    lock.acquire(timeout=0)  # released by the failed computation
+    lock.release()
+    assert torch.equal(Cache(cache.root).tensors("hessians", {"task": "h"}, lambda: {"h": torch.ones(2)})["h"],
+                       torch.ones(2))
