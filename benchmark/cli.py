@@ -39,12 +39,11 @@ from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError, user_interrupts
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.executors import EXECUTORS
-from benchmark.runner import DEFAULT_SELECTIONS, DEVICES, Run, RunConfig, default_results_dir, writable_directory
+from benchmark.runner import (DEFAULT_SELECTIONS, DEVICES, Run, RunConfig, default_results_dir, published_dir,
+                              writable_directory)
 
 log = logging.getLogger("bench")
 
-PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
-"""The committed leaderboards of a source checkout (``--publish``): ``<task>.md`` here, records under ``results/``."""
 DEFAULT_RESULTS_HELP = f"${records.RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
 RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size",
                "gt_seeds", "executor", "workers", "ray_address", "threads")
@@ -150,11 +149,8 @@ def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
                  ("--output-dir", getattr(args, "output_dir", None)), ("results_dir in --config", from_yaml))
         for flag, value in given:
             if value is not None:
-                raise UsageError(f"--publish writes {PUBLISHED_DIR}; it cannot be combined with {flag} {value}")
-        if not PUBLISHED_DIR.is_dir():
-            raise UsageError(f"--publish writes a source checkout's committed leaderboards, and there are none at "
-                             f"{PUBLISHED_DIR}: pass --results-dir DIR instead")
-        return PUBLISHED_DIR / "results"
+                raise UsageError(f"--publish writes {published_dir()}; it cannot be combined with {flag} {value}")
+        return published_dir() / "results"
     value = getattr(args, "results_dir", None) or from_yaml
     return Path(value).expanduser() if value else default_results_dir()
 
@@ -359,7 +355,7 @@ def _summary(written: list[dict[str, Any]]) -> str:
 def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     config = run_config(args, registry)
     run = Run(config, registry, pm)  # checks the results directory and the cache
-    board_dir = PUBLISHED_DIR if args.publish else config.results_dir.parent
+    board_dir = published_dir() if args.publish else config.results_dir.parent
     if not args.no_leaderboard and not writable_directory(board_dir, "leaderboard directory"):
         raise UsageError(f"leaderboard directory {board_dir} is not writable: pass --results-dir DIR (the leaderboard "
                          "goes beside it) or --no-leaderboard")
@@ -433,7 +429,7 @@ def _command_leaderboard(args: argparse.Namespace, registry: Registry) -> int:
     results_dir = _results_dir(args)
     if not results_dir.is_dir():
         raise UsageError(f"no results directory {str(results_dir)!r}: run `bench run` first or pass --results-dir")
-    output_dir = PUBLISHED_DIR if args.publish else args.output_dir or results_dir.parent
+    output_dir = published_dir() if args.publish else args.output_dir or results_dir.parent
     if not writable_directory(output_dir, "leaderboard directory"):
         raise UsageError(f"leaderboard directory {output_dir} is not writable: pass --output-dir DIR")
     for text, path, count in _render(registry, results_dir, output_dir, args.task, args.strict):

@@ -4,6 +4,11 @@ The page holds the claims of the paper with our verdicts, every study's figures 
 so it needs no network and no other file), captioned with the claims they test and whether our measurement agrees,
 the leaderboards (``leaderboards/*.md`` rendered to HTML tables) and the Table 2 timings (``leaderboards/timing.md``).
 Every verdict comes from a rule declared in a study YAML, evaluated on the study's CSV (:mod:`benchmark.claims`).
+
+Where: by default from and to the user's results home (the parent of the results directory, ``~/.local/share/bench``:
+``<task>.md``, ``results/``, ``studies/``, writing ``report.html`` and ``README.md`` there), so that a user's report
+never rewrites committed files; ``--publish`` reads and writes the repository's committed ``leaderboards/``
+(``leaderboards/studies/report.html`` and the claims table ``leaderboards/README.md``).
 """
 
 from __future__ import annotations
@@ -226,21 +231,44 @@ def render(leaderboards_dir: Path, studies_dir: Path, results_dir: Path,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``bench report``."""
-    parser.add_argument("--output", type=Path, default=STUDIES_DIR / "report.html",
-                        help=f"the HTML page (default {STUDIES_DIR / 'report.html'})")
-    parser.add_argument("--readme", type=Path, default=LEADERBOARDS_DIR / "README.md",
-                        help=f"the claims table (default {LEADERBOARDS_DIR / 'README.md'})")
-    parser.add_argument("--leaderboards-dir", type=Path, default=LEADERBOARDS_DIR,
-                        help=f"where the leaderboards (*.md) are (default {LEADERBOARDS_DIR})")
-    parser.add_argument("--studies-dir", type=Path, default=STUDIES_DIR,
-                        help=f"where the study CSV files and figures are (default {STUDIES_DIR})")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help=f"result records, for studies without a CSV (default {RESULTS_DIR})")
+    """The options of ``bench report`` (defaults: the user's results home HOME, see the module docstring)."""
+    parser.add_argument("--output", type=Path, help="the HTML page (default HOME/report.html)")
+    parser.add_argument("--readme", type=Path, help="the claims table (default HOME/README.md)")
+    parser.add_argument("--leaderboards-dir", type=Path, help="where the leaderboards (*.md) are (default HOME)")
+    parser.add_argument("--studies-dir", type=Path, help="where the study CSV files and figures are (default "
+                        "HOME/studies)")
+    parser.add_argument("--results-dir", type=Path, help="result records, for studies without a CSV (default "
+                        "$BENCH_RESULTS_DIR, else HOME/results)")
+    parser.add_argument("--publish", action="store_true", help=f"read and write the repository's committed "
+                        f"{LEADERBOARDS_DIR}/ ({STUDIES_DIR / 'report.html'}, {LEADERBOARDS_DIR / 'README.md'})")
+
+
+def _locations(args: argparse.Namespace) -> None:
+    """Fill in the defaults of ``bench report``'s paths (see :func:`add_arguments`)."""
+    from benchmark.errors import UsageError
+    from benchmark.runner import default_results_dir, published_dir, results_home
+
+    names = ("output", "readme", "leaderboards_dir", "studies_dir", "results_dir")
+    if args.publish:
+        for name in names:
+            if getattr(args, name) is not None:
+                raise UsageError(f"--publish reads and writes {published_dir()}; it cannot be combined with "
+                                 f"--{name.replace('_', '-')} {getattr(args, name)}")
+        home, results = published_dir(), published_dir() / "results"
+        output = home / "studies" / "report.html"
+    else:
+        home, results = results_home(), default_results_dir()
+        output = home / "report.html"
+    defaults = {"output": output, "readme": home / "README.md", "leaderboards_dir": home,
+                "studies_dir": home / "studies", "results_dir": results}
+    for name in names:
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
 
 
 def command(args: argparse.Namespace) -> int:
     """``bench report``."""
+    _locations(args)
     page, readme = render(args.leaderboards_dir, args.studies_dir, args.results_dir)
     for path, text in ((args.output, page), (args.readme, readme)):
         path.parent.mkdir(parents=True, exist_ok=True)

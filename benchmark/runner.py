@@ -63,6 +63,24 @@ def default_results_dir() -> Path:
     return Path(base) / "bench" / "results"
 
 
+PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
+"""The committed leaderboards of a source checkout (``--publish``): ``<task>.md``, ``results/``, ``studies/``, the
+claims table ``README.md``."""
+
+
+def published_dir() -> Path:
+    """:data:`PUBLISHED_DIR`; :class:`UsageError` where the package runs from no source checkout."""
+    if not PUBLISHED_DIR.is_dir():
+        raise UsageError(f"--publish writes a source checkout's committed leaderboards, and there are none at "
+                         f"{PUBLISHED_DIR}: name the directories instead")
+    return PUBLISHED_DIR
+
+
+def results_home() -> Path:
+    """Where a user's leaderboards, studies and report go by default: the parent of :func:`default_results_dir`."""
+    return default_results_dir().parent
+
+
 def writable_directory(path: Path, what: str) -> bool:
     """Whether ``path`` (or, where it does not exist yet, its nearest existing ancestor) is a writable directory.
 

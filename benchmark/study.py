@@ -35,7 +35,8 @@ redoes only the runs that had not finished, and a rerun with other estimator opt
 ``build`` trains), and ``task.descend(problem, thetas, weights, recipe, progress, description)`` replaces
 :func:`benchmark.training.descend` for the leave-one-out re-training.
 
-Outputs (``--output-dir``, default ``leaderboards/studies``): ``NAME.csv`` with one row per point x seed x estimator x
+Outputs (``--output-dir``, default ``studies/`` beside the user's results directory, ``~/.local/share/bench/studies``;
+``--publish``: the committed ``leaderboards/studies``): ``NAME.csv`` with one row per point x seed x estimator x
 selection (the resolved task config, metrics, diagnostics, commit), ``NAME-points.csv`` with one row per scored
 training point when a panel plots them, and ``NAME-PANEL.png`` per panel. The per-run JSON records go to the cache
 directory (``study-records/NAME``), not into the repository.
@@ -73,6 +74,7 @@ log = logging.getLogger("bench")
 STUDIES_DIR = Path(tasks.__file__).resolve().parent / "studies"
 """Where the built-in study declarations live."""
 DEFAULT_OUTPUT_DIR = Path("leaderboards") / "studies"
+"""Where the committed study results are, in a source checkout (``bench study --publish`` writes them)."""
 PANEL_KINDS = ("line", "scatter")
 TABLES = ("rows", "points")
 RUN_FIELDS = {"gt_chunk_size": int, "gt_seeds": int, "threads": int}
@@ -429,7 +431,7 @@ class StudyOptions:
     seeds: list[int] | None = None
     selections: list[str] | None = None
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    output_dir: Path = DEFAULT_OUTPUT_DIR
+    output_dir: Path = dataclasses.field(default_factory=lambda: _default_output_dir())
     cache_dir: Path | None = None
     device: str = "cpu"
     threads: int | None = None
@@ -718,8 +720,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which training points to score, replacing the study's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
                         help="a task option for every point (not a swept one) or an estimator hyperparameter")
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
-                        help=f"where the CSV files and figures go (default {DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--output-dir", type=Path,
+                        help="where the CSV files and figures go (default: studies/ beside the results directory, "
+                             "$XDG_DATA_HOME/bench/studies or ~/.local/share/bench/studies)")
+    parser.add_argument("--publish", action="store_true",
+                        help=f"write the repository's committed {DEFAULT_OUTPUT_DIR} instead")
     parser.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--threads", type=int, help="torch threads on a CPU (default: the task's choice)")
@@ -727,8 +732,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _default_output_dir() -> Path:
+    from benchmark.runner import results_home
+
+    return results_home() / "studies"
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--output-dir``; with ``--publish`` the committed studies; else ``studies/`` in the user's results home."""
+    from benchmark.runner import published_dir, results_home
+
+    if args.publish:
+        if args.output_dir is not None:
+            raise UsageError(f"--publish writes {published_dir() / 'studies'}; it cannot be combined with "
+                             f"--output-dir {args.output_dir}")
+        return published_dir() / "studies"
+    return args.output_dir if args.output_dir is not None else results_home() / "studies"
+
+
 def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManager) -> int:
     """``bench study``."""
+    if not args.list:
+        args.output_dir = output_dir(args)
     if args.list:
         for name, path in available().items():
             study = load_study(path)

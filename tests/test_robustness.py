@@ -304,11 +304,11 @@ def test_readme_first_command_leaves_a_fresh_clone_clean(tmp_path, repo_root):
 
 
 def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_path, monkeypatch):
-    import benchmark.cli
+    import benchmark.runner
 
     published = tmp_path / "checkout" / "leaderboards"
     published.mkdir(parents=True)
-    monkeypatch.setattr(benchmark.cli, "PUBLISHED_DIR", published)
+    monkeypatch.setattr(benchmark.runner, "PUBLISHED_DIR", published)
     result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
                    "--cache-dir", tmp_path / "cache", "--publish")
     assert result.code == 0, result.err
@@ -554,3 +554,39 @@ def test_check_estimator_prints_no_torch_warning(repo_root):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
+
+
+# -- friction (a): bench study and bench report write the committed files only with --publish -----------------------------
+
+def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch):
+    import benchmark.runner
+    from tests.test_study import TINY_STUDY
+
+    published = tmp_path / "checkout" / "leaderboards"
+    (published / "studies").mkdir(parents=True)
+    monkeypatch.setattr(benchmark.runner, "PUBLISHED_DIR", published)
+    monkeypatch.delenv("BENCH_RESULTS_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    declaration = tmp_path / "tiny.yaml"
+    declaration.write_text(TINY_STUDY.format(name="tiny").replace("seeds: [0, 1]", "seeds: [0]"))
+    home = tmp_path / "data" / "bench"
+
+    result = bench("study", declaration, "--cache-dir", tmp_path / "cache", "--no-progress")
+    assert result.code == 0, result.err
+    assert (home / "studies" / "tiny.csv").is_file()
+    report = bench("report")
+    assert report.code == 0, report.err
+    assert (home / "report.html").is_file() and (home / "README.md").is_file()
+    assert list(elsewhere.iterdir()) == [] and list((published / "studies").iterdir()) == []
+
+    result = bench("study", declaration, "--cache-dir", tmp_path / "cache", "--no-progress", "--publish")
+    assert result.code == 0, result.err
+    assert (published / "studies" / "tiny.csv").is_file()
+    report = bench("report", "--publish")
+    assert report.code == 0, report.err
+    assert (published / "studies" / "report.html").is_file() and (published / "README.md").is_file()
+    clash = bench("report", "--publish", "--readme", tmp_path / "x.md")
+    assert_one_line_error(clash, "--publish", "--readme")
