@@ -3,6 +3,10 @@
 A plugin is a module (or an object) with functions marked ``@benchmark.hookimpl`` and named like the specs below.
 Built-in plugins, third-party plugins from the ``bench`` entry-point group and modules given with ``-p`` are all
 registered the same way (see :mod:`benchmark.plugins`).
+
+A hook implementation that raises (``SystemExit`` and ``KeyboardInterrupt`` included) fails the command with one line
+naming its plugin and the hook (the traceback with ``-v``), except the reporting hooks: there every implementation is
+still called, every record is still written, and the command then exits 1 naming the failed plugin and hook.
 """
 
 from __future__ import annotations
@@ -83,8 +87,9 @@ def bench_tasks() -> list[type[Task]]:
 def bench_report_result(record: dict[str, Any]) -> None:
     """Called with each finished result record (one estimator on one selection), failed ones included.
 
-    The record is the JSON-ready dict written under ``leaderboards/results/`` (schema: :mod:`benchmark.records`);
-    a plugin may export it elsewhere. It must not modify it. Every implementation is called.
+    The record is the JSON-ready dict already written under the results directory (schema:
+    :mod:`benchmark.records`); a plugin may export it elsewhere. It must not modify it. Every implementation is called,
+    even after one has raised.
     """
 
 

@@ -1,7 +1,8 @@
 """An example third-party estimator plugin: the Hessian replaced by its diagonal, estimated by Hutchinson's method.
 
 Use it with ``bench run --task iris -p examples.diagonal_estimator --estimator diagonal,exact`` (from the repository
-root), or install it under the ``bench`` entry-point group::
+root) or ``-p path/to/diagonal_estimator.py`` (from anywhere), check it with
+``benchmark.testing.check_estimator(Diagonal)``, or install it under the ``bench`` entry-point group::
 
     [project.entry-points.bench]
     diagonal = "my_package.diagonal_estimator"

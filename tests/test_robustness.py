@@ -590,3 +590,36 @@ def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch
     assert (published / "studies" / "report.html").is_file() and (published / "README.md").is_file()
     clash = bench("report", "--publish", "--readme", tmp_path / "x.md")
     assert_one_line_error(clash, "--publish", "--readme")
+
+
+def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, monkeypatch, read_records):
+    import benchmark.cache
+
+    cache = tmp_path / "cache"
+    argv = ["run", "--task", "iris", "--estimator", "exact,first-order", *tiny, "--cache-dir", cache]
+    assert bench(*argv, "--results-dir", tmp_path / "first").code == 0
+    _read_only(monkeypatch, cache)
+    refused = []
+
+    def refuse(*args, **kwargs):
+        refused.append(args)
+        raise PermissionError(13, "Permission denied", str(cache / "refused"))
+
+    monkeypatch.setattr(benchmark.cache, "atomic_write", refuse)
+    monkeypatch.setattr(benchmark.cache.Cache, "lock", refuse)
+    result = bench(*argv, "--results-dir", tmp_path / "second")
+    assert result.code == 0, result.err
+    assert refused == []
+    assert len(read_records(tmp_path / "second")) == 4
+    assert any("read-only" in line for line in result.err_lines)
+
+
+# -- defect 4: the user's Ctrl-C still stops a run --------------------------------------------------------------------
+
+def test_the_users_ctrl_c_stops_the_run(bench, plugin_module, tiny, tmp_path, read_records):
+    extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"
+    plugin_module("ctrl_c_plugin", bad_estimator("the user presses Ctrl-C while it prepares", extra=extra))
+    result = bench("-p", "ctrl_c_plugin", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
+    assert result.code == 130
+    assert "interrupted" in result.err
+    assert read_records(tmp_path / "results") == []
