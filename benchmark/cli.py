@@ -391,6 +391,7 @@ def _report(error: BenchError, verbose: bool) -> None:
 def _command_gt(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     if args.status:
         cache = Cache(args.cache_dir)
+        writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
         rows = groundtruth.cache_status(cache)
         if not rows:
             print(f"no ground truth under {cache.root / 'loo'}")

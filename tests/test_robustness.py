@@ -623,3 +623,11 @@ def test_the_users_ctrl_c_stops_the_run(bench, plugin_module, tiny, tmp_path, re
     assert result.code == 130
     assert "interrupted" in result.err
     assert read_records(tmp_path / "results") == []
+
+
+def test_gt_status_of_a_file_is_one_line(bench, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x\n")
+    result = bench("gt", "--status", "--cache-dir", a_file)
+    assert result.code == 2
+    assert_one_line_error(result, str(a_file), "not a directory")
