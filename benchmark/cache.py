@@ -65,7 +65,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 class Cache:
     """A cache directory.
 
-    Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum; its lock ``.locks/<kind>/<digest>.lock``)
+    Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum; its lock ``.locks/<kind>/<digest>.pt.lock``)
     for tensors (kinds ``optima``, ``hessians``, ``loo-reference``) and ``loo/<digest>/`` (one JSON entry per removed
     training point, see :mod:`benchmark.groundtruth`).
     """
@@ -150,13 +150,13 @@ class Cache:
             log.warning("%s: recomputing it", problem)
         return None
 
-    def lock(self, kind: str, key: dict[str, Any]) -> FileLock:
-        """The OS file lock that guards computing the tensors of ``kind``/``key``: ``.locks/<kind>/<digest>.lock``,
-        outside ``<kind>/``, so that a computation that fails (or a probe whose ``compute`` raises) leaves nothing
-        there."""
-        path = self.root / ".locks" / kind / f"{digest(key)}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(path)
+    def lock(self, path: Path) -> FileLock:
+        """The OS file lock that guards computing the entry at ``path`` (a path inside the cache): the same path under
+        ``.locks/`` plus ``.lock``, outside the entry's own directory, so that a computation that fails (or a probe
+        whose ``compute`` raises) leaves nothing there."""
+        lock_path = self.root / ".locks" / f"{Path(path).relative_to(self.root)}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(lock_path)
 
     def tensors(self, kind: str, key: dict[str, Any], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """Load the tensors cached under ``kind``/``key``, or compute, store and return them.
@@ -170,7 +170,7 @@ class Cache:
             return found
         stem = self.root / kind / digest(key)
         blob_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
-        lock = self.lock(kind, key)
+        lock = self.lock(blob_path)
         try:
             lock.acquire(timeout=0)
         except Timeout:

@@ -340,7 +340,7 @@ def test_a_failed_computation_releases_its_lock_and_stores_nothing(tmp_path):
     with pytest.raises(KeyError):
         cache.tensors("hessians", {"task": "h"}, fail)
     assert not (cache.root / "hessians").exists()
-    lock = cache.lock("hessians", {"task": "h"})
+    lock = cache.lock(cache.root / "hessians" / f"{digest({'task': 'h'})}.pt")
     lock.acquire(timeout=0)  # released by the failed computation
     lock.release()
     assert torch.equal(Cache(cache.root).tensors("hessians", {"task": "h"}, lambda: {"h": torch.ones(2)})["h"],
