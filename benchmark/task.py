@@ -34,6 +34,26 @@ class Recipe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Polish:
+    """A final training phase that takes an optimum to a stationary point: full-batch L-BFGS (strong-Wolfe line
+    search) on the whole training objective (:func:`benchmark.training.polish`), stopped once its gradient norm is at
+    most ``gradient_tol``.
+
+    Minibatch SGD at any constant rate stops where its noise balances the gradient, far from a stationary point;
+    influence functions assume one.
+
+    Attributes:
+        max_steps: the most L-BFGS iterations (each one or a few full-data gradients).
+        gradient_tol: stop once ``||grad J(theta)||`` is at most this.
+        history: L-BFGS memory (pairs of steps and gradient changes kept).
+    """
+
+    max_steps: int
+    gradient_tol: float = 1e-5
+    history: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
 class Protocol:
     """How a task is evaluated.
 
@@ -104,27 +124,36 @@ class Task(abc.ABC):
     def protocol(self) -> Protocol:
         """The evaluation protocol for this configuration."""
 
-    def trained(self, problem: Problem, recipe: Recipe | Sequence[Recipe], context: BuildContext) -> Problem:
-        """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several recipes one after
-        the other, e.g. a learning-rate schedule in phases), or loaded from the cache (keyed by :meth:`problem_key`)."""
-        phases = [recipe] if isinstance(recipe, Recipe) else list(recipe)
+    def trained(self, problem: Problem, recipe: Recipe | Polish | Sequence[Recipe | Polish],
+                context: BuildContext, key: dict[str, Any] | None = None) -> Problem:
+        """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several phases one after
+        the other, e.g. a learning-rate schedule and a final :class:`Polish`), or loaded from the cache under ``key``
+        (default :meth:`problem_key`; a task that trains in stages caches each stage under its own key)."""
+        phases = [recipe] if isinstance(recipe, (Recipe, Polish)) else list(recipe)
+
+        key = self.problem_key(context.seed) if key is None else key
 
         def train_phases() -> dict[str, Tensor]:
+            from benchmark.training import polish
+
             current = problem
-            for phase in phases:
-                theta = self.train_from(current, phase, context.progress)
+            for index, phase in enumerate(phases):
+                if isinstance(phase, Polish):  # checkpointed: a long polish resumes after an interruption
+                    theta = polish(current, phase, context.progress, (context.cache, {**key, "phase": index}))
+                else:
+                    theta = self.train_from(current, phase, context.progress)
                 current = dataclasses.replace(current, params=current.unflatten(theta))
             return {"theta": current.theta}
 
-        key = self.problem_key(context.seed)
         optimum = context.cache.tensors("optima", key, train_phases)["theta"]
         return dataclasses.replace(
             problem, params=problem.unflatten(optimum.to(problem.theta)), curvature_cache=(context.cache, key)
         )
 
     def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
-        """``theta`` after training ``problem`` from its parameters with ``recipe`` (one phase of :meth:`trained`);
-        :func:`benchmark.training.train` unless a task has a faster trainer for its models."""
+        """``theta`` after training ``problem`` from its parameters with ``recipe`` (one SGD phase of :meth:`trained`;
+        a :class:`Polish` phase runs :func:`benchmark.training.polish`): :func:`benchmark.training.train` unless a
+        task has a faster trainer for its models."""
         from benchmark.training import train
 
         return train(problem, recipe, progress)

@@ -1,0 +1,83 @@
+"""The final L-BFGS phase that takes an optimum to a stationary point (``benchmark.training.polish``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from benchmark import Problem
+from benchmark.cache import Cache
+from benchmark.losses import cross_entropy
+from benchmark.task import BuildContext, Polish
+from benchmark.training import objective_and_gradient, polish
+from tasks.vision import Mnist, VisionConfig
+
+
+def small_problem(chunk_size: int | None = None) -> Problem:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(3, (96,), generator=generator)
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(torch.float64)
+    return Problem.from_module(module, cross_entropy, x, y, x[:4], y[:4], weight_decay=0.01, chunk_size=chunk_size)
+
+
+def test_objective_and_gradient_match_autograd_in_chunks():
+    """Summed over chunks of 10 examples, the value and gradient are those of the whole objective at once."""
+    problem = small_problem(chunk_size=10)
+    theta = problem.theta + 0.1
+    value, gradient = objective_and_gradient(problem, theta)
+    reference = theta.clone().requires_grad_()
+    expected = problem.objective(reference)
+    (expected_gradient,) = torch.autograd.grad(expected, reference)
+    assert abs(value - float(expected)) < 1e-12
+    assert torch.allclose(gradient, expected_gradient, rtol=0, atol=1e-12)
+
+
+def test_polish_reaches_a_stationary_point():
+    problem = small_problem()
+    assert problem.gradient_norm() > 0.1  # at its initialisation: far from stationary
+    theta = polish(problem, Polish(max_steps=2000, gradient_tol=1e-7))
+    gradient = objective_and_gradient(problem, theta)[1]
+    assert float(gradient.norm()) < 1e-7
+    assert float(problem.objective(theta)) < float(problem.objective(problem.theta))
+
+
+def test_polish_stops_at_max_steps():
+    problem = small_problem()
+    few = polish(problem, Polish(max_steps=3, gradient_tol=1e-12))
+    many = polish(problem, Polish(max_steps=300, gradient_tol=1e-12))
+    assert objective_and_gradient(problem, few)[1].norm() > objective_and_gradient(problem, many)[1].norm()
+
+
+def test_vision_optimum_is_polished_and_the_sgd_optimum_cached_apart(tmp_path):
+    """With L-BFGS the smoke optimum's gradient norm falls by orders of magnitude; without it (``lbfgs_steps=0``)
+    the SGD optimum is the one the polished run started from, read from the cache rather than trained again."""
+    cache = Cache(tmp_path)
+    context = BuildContext("cpu", 0, cache, progress=False)
+    polished = Mnist(VisionConfig(preset="smoke", model="small-cnn")).build(context)
+    optima = sorted((tmp_path / "optima").iterdir())
+    sgd = Mnist(VisionConfig(preset="smoke", model="small-cnn", lbfgs_steps=0)).build(context)
+    assert sorted((tmp_path / "optima").iterdir()) == optima  # nothing new trained: the SGD stage was cached
+    assert len([p for p in optima if p.suffix == ".pt"]) == 2  # the SGD stage and the polished optimum
+    assert polished.gradient_norm() < 1e-2 * sgd.gradient_norm()
+    assert Mnist(VisionConfig(preset="smoke")).problem_key(0) != Mnist(
+        VisionConfig(preset="smoke", lbfgs_steps=0)).problem_key(0)
+
+
+def test_polish_resumes_from_its_checkpoint(tmp_path):
+    """Stopped after 100 iterations and called again with a budget of 150, the polish resumes from its iteration-100
+    checkpoint: it ends where a 50-iteration polish from that checkpoint ends. Another key starts afresh."""
+    problem = small_problem()
+    cache = Cache(tmp_path)
+    first = polish(problem, Polish(max_steps=100, gradient_tol=1e-14), checkpoint=(cache, {"k": 1}))
+    assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 2  # after iterations 50 and 100
+    resumed = polish(problem, Polish(max_steps=150, gradient_tol=1e-14), checkpoint=(cache, {"k": 1}))
+    from_checkpoint = polish(dataclasses.replace(problem, params=problem.unflatten(first)),
+                             Polish(max_steps=50, gradient_tol=1e-14))
+    assert torch.equal(resumed, from_checkpoint)
+    assert not torch.equal(resumed, first)
+    fresh = polish(problem, Polish(max_steps=100, gradient_tol=1e-14), checkpoint=(cache, {"k": 2}))
+    assert torch.equal(fresh, first)  # from theta, not from key 1's checkpoints
