@@ -168,8 +168,7 @@ class Cache:
         found = self.load_tensors(kind, key)
         if found is not None:
             return found
-        stem = self.root / kind / digest(key)
-        blob_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
+        blob_path = (self.root / kind / digest(key)).with_suffix(".pt")
         lock = self.lock(blob_path)
         try:
             lock.acquire(timeout=0)
@@ -181,11 +180,22 @@ class Cache:
             if found is not None:
                 return found
             tensors = compute()
-            buffer = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
-            blob = buffer.getvalue()
-            atomic_write(blob_path, blob)
-            self.write_json(meta_path, key, {"blob_sha256": hashlib.sha256(blob).hexdigest()})
+            self.store_tensors(kind, key, tensors)
         finally:
             lock.release()
         return tensors
+
+    def tensor_lock(self, kind: str, key: dict[str, Any]) -> FileLock:
+        """The lock :meth:`tensors` takes to compute the entry ``kind``/``key``: a caller that computes several
+        entries at once (e.g. optima trained together) takes each entry's lock, then :meth:`store_tensors`."""
+        return self.lock((self.root / kind / digest(key)).with_suffix(".pt"))
+
+    def store_tensors(self, kind: str, key: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Write ``tensors`` as the entry ``kind``/``key`` (atomically, with its checksum); the caller holds the
+        entry's :meth:`tensor_lock`."""
+        stem = self.root / kind / digest(key)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)
+        blob = buffer.getvalue()
+        atomic_write(stem.with_suffix(".pt"), blob)
+        self.write_json(stem.with_suffix(".json"), key, {"blob_sha256": hashlib.sha256(blob).hexdigest()})

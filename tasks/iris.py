@@ -11,10 +11,12 @@ products (every estimator's curvature, LiSSA's minibatch ones above all) are wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
 import torch
+from filelock import Timeout
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -287,21 +289,16 @@ class IrisProblem(Problem):
         return mlp_hvp(self.theta, shapes, self.activation, x, y, vectors.to(self.theta), self.weight_decay)
 
 
-class _Missing(Exception):
-    pass
-
-
-def _cached(cache: Cache, kind: str, key: dict) -> bool:
-    """Whether ``cache`` holds valid tensors under ``kind``/``key`` (a corrupt entry counts as missing)."""
-
-    def missing() -> dict[str, Tensor]:
-        raise _Missing
-
+def _claim(cache: Cache, key: dict, held: contextlib.ExitStack) -> bool:
+    """Take the cache lock of the optimum under ``key`` if no other process holds it and the optimum is still missing
+    (kept in ``held``). An optimum another process is training is left to it: ``build`` later waits for its lock."""
+    lock = cache.tensor_lock("optima", key)
     try:
-        cache.tensors(kind, key, missing)
-    except _Missing:
+        lock.acquire(timeout=0)
+    except Timeout:
         return False
-    return True
+    held.callback(lock.release)
+    return cache.load_tensors("optima", key, warn=False) is None
 
 
 class Iris(Task):
@@ -356,29 +353,40 @@ class Iris(Task):
         Returns:
             How many optima were trained (the others were cached already).
         """
+        cache = context.cache
         missing: dict[tuple, list[tuple[Iris, int]]] = {}
         for task, seed in zip(tasks, seeds):
-            if not _cached(context.cache, "optima", task.problem_key(seed)):
+            if cache.load_tensors("optima", task.problem_key(seed), warn=False) is None:
                 c = task.config
                 group = (c.depth, c.width, c.activation, c.test_fraction, c.train_steps, c.lr)
                 missing.setdefault(group, []).append((task, seed))
         trained = 0
         for members in missing.values():
             members = list({canonical(t.problem_key(s)): (t, s) for t, s in members}.values())
-            problems = [task.initial_problem(seed).to(device=context.device) for task, seed in members]
-            first = members[0][0]
-            weights = torch.ones(len(problems), problems[0].n_train, dtype=torch.float64, device=context.device)
-            thetas = mlp_descend(
-                torch.stack([p.theta for p in problems]), layer_shapes(first.config.depth, first.config.width),
-                first.config.activation, torch.stack([p.x_train for p in problems]),
-                torch.stack([p.y_train for p in problems]), weights,
-                torch.tensor([p.weight_decay for p in problems], dtype=torch.float64), first.train_recipe(),
-                reproducible=True, progress=context.progress, description=f"training {len(problems)} optima",
-            )
-            for (task, seed), theta in zip(members, thetas):
-                context.cache.tensors("optima", task.problem_key(seed), lambda theta=theta: {"theta": theta})
-            trained += len(members)
+            with contextlib.ExitStack() as held:
+                members = [(task, seed) for task, seed in members if _claim(cache, task.problem_key(seed), held)]
+                trained += cls._train_together(members, context)
         return trained
+
+    @classmethod
+    def _train_together(cls, members: list[tuple[Iris, int]], context: BuildContext) -> int:
+        """Train the optima of ``members`` (one architecture) in one batch and store each; the caller holds their
+        cache locks."""
+        if not members:
+            return 0
+        problems = [task.initial_problem(seed).to(device=context.device) for task, seed in members]
+        first = members[0][0]
+        weights = torch.ones(len(problems), problems[0].n_train, dtype=torch.float64, device=context.device)
+        thetas = mlp_descend(
+            torch.stack([p.theta for p in problems]), layer_shapes(first.config.depth, first.config.width),
+            first.config.activation, torch.stack([p.x_train for p in problems]),
+            torch.stack([p.y_train for p in problems]), weights,
+            torch.tensor([p.weight_decay for p in problems], dtype=torch.float64), first.train_recipe(),
+            reproducible=True, progress=context.progress, description=f"training {len(problems)} optima",
+        )
+        for (task, seed), theta in zip(members, thetas):
+            context.cache.store_tensors("optima", task.problem_key(seed), {"theta": theta})
+        return len(members)
 
     def protocol(self) -> Protocol:
         c = self.config

@@ -396,3 +396,21 @@ def test_a_panel_says_how_many_rows_it_cannot_plot() -> None:
     data.loc[3, "status"] = "failed"
     assert _left_out(data, study.panels[0], plotted=2) == "1 failed, 1 without a value (of 4 rows, not plotted)"
     assert _left_out(data.iloc[:1], study.panels[0], plotted=1) == ""
+
+
+def test_train_many_leaves_an_optimum_another_process_is_training(tmp_path: Path) -> None:
+    """An optimum whose cache lock is held elsewhere is not trained a second time: train_many skips it, and trains it
+    once the lock is free (two concurrent studies on one cache train each optimum once)."""
+    tasks = [Iris(IrisConfig(train_steps=50, weight_decay=w)) for w in (0.001, 0.0)]
+    cache = Cache(tmp_path)
+    context = BuildContext("cpu", 0, cache, False)
+    other = cache.tensor_lock("optima", tasks[0].problem_key(0))
+    other.acquire()
+    try:
+        assert Iris.train_many(tasks, [0, 0], context) == 1
+        assert cache.load_tensors("optima", tasks[0].problem_key(0), warn=False) is None
+        assert cache.load_tensors("optima", tasks[1].problem_key(0), warn=False) is not None
+    finally:
+        other.release()
+    assert Iris.train_many(tasks, [0, 0], context) == 1
+    assert Iris.train_many(tasks, [0, 0], context) == 0
