@@ -1,22 +1,21 @@
-"""The operation count of ``scripts/speed_blocks.py``: what its GFLOP/s column divides by."""
+"""``benchmark.peers.speed_blocks``: the operation count its GFLOP/s column divides by, and which rows it counts."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from tests.conftest import REPO_ROOT
+from benchmark import Problem
+from benchmark.losses import cross_entropy
 
 
 @pytest.fixture(scope="module")
 def blocks():
-    spec = importlib.util.spec_from_file_location("speed_blocks", REPO_ROOT / "scripts" / "speed_blocks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmark.peers import speed_blocks
+
+    return speed_blocks
 
 
 def test_counted_flops_are_the_textbook_counts_forward_and_backward(blocks):
@@ -31,12 +30,48 @@ def test_counted_flops_are_the_textbook_counts_forward_and_backward(blocks):
     assert blocks.counted_flops(lambda: torch.autograd.grad(loss, w, retain_graph=True)[0]) == conv
 
 
-def test_why_nothing_under_vmap_is_counted(blocks):
-    """``vmap`` over examples makes a convolution grouped, and torch's counter counts a grouped convolution's weight
-    gradient ``groups`` times too high; the script leaves such rows uncounted (this fails once torch counts them
-    right)."""
-    w = torch.randn(8, 1, 3, 3, requires_grad=True)
-    out = F.conv2d(torch.randn(1, 8, 9, 9), w, groups=8)
-    forward = blocks.counted_flops(lambda: F.conv2d(torch.randn(1, 8, 9, 9), w.detach(), groups=8))
-    assert forward == 2 * 8 * 7 * 7 * 3 * 3
-    assert blocks.counted_flops(lambda: torch.autograd.grad(out.sum(), w, retain_graph=True)[0]) == 8 * forward
+def small_cnn_problem(n: int = 24) -> Problem:
+    """A convolutional problem small enough to measure every variant in a second."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    x, y = torch.randn(2 * n, 1, 8, 8), torch.randint(0, 4, (2 * n,))
+    return Problem.from_module(module, cross_entropy, x[:n], y[:n], x[n:], y[n:], weight_decay=0.01)
+
+
+UNDER_VMAP = {
+    "kept graph in pieces, batched (is_grads_batched)",
+    "forward-over-reverse, vmap over vectors",
+    "Problem.train_gradient_products",
+    "jvp per vector, whole set at once",
+    "per-example gradients (vmap(grad), chunks of 500) @ vectors",
+}
+"""The variants inside which ``vmap`` batches the convolutions (the training-side passes' row is matched apart)."""
+
+
+def test_no_operations_are_counted_under_vmap(blocks, monkeypatch):
+    """``vmap`` makes convolutions grouped, whose weight gradient torch's counter has counted ``groups`` times too
+    high: so the script never runs the counter on a variant with ``vmap`` inside, and its row shows no GFLOP figure,
+    whatever the counter would say. Every other row is counted and shows both figures."""
+    counted = []
+    count = blocks.counted_flops
+
+    def spy(fn):
+        counted.append(count(fn))
+        return counted[-1]
+
+    monkeypatch.setattr(blocks, "counted_flops", spy)
+    problem = small_cnn_problem()
+    vectors = torch.randn(3, problem.n_params, generator=torch.Generator().manual_seed(1))
+    rows = blocks.block_rows(problem, vectors, repeats=1)
+    variants = [row[1] for row in rows]
+    under_vmap = {v for v in variants if v in UNDER_VMAP or v.startswith("jvp per vector, passes of")}
+    assert len(under_vmap) == len(UNDER_VMAP) + 1 and len(variants) == 13
+    for row in rows:
+        gflop, rate = row[5], row[6]
+        if row[1] in under_vmap:
+            assert (gflop, rate) == ("", ""), row
+        else:
+            assert float(gflop) >= 0 and float(rate) >= 0, row  # figures (tiny ones: rounded to 0.0)
+    assert len(counted) == len(rows) - len(under_vmap) and min(counted) > 0
+    # every variant agrees with the reference product it is checked against
+    assert all(float(row[7]) < 1e-3 for row in rows)

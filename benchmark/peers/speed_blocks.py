@@ -1,7 +1,7 @@
 """The building blocks of a fast iHVP, measured one against another on small MNIST (issue 8).
 
-    python scripts/speed_blocks.py [--models lenet,small-cnn] [--data-dir /tmp/benchdata] [--vectors 10]
-                                   [--compile-timeout 300] [--output leaderboards/speed-blocks.md]
+    python -m benchmark.peers.speed_blocks [--models lenet,small-cnn] [--data-dir /tmp/benchdata] [--vectors 10]
+                                           [--compile-timeout 300] [--output leaderboards/speed-blocks.md]
 
 On each model's trained optimum (task ``mnist``, ``cpu`` preset: 5,500 training images; from the cache), one torch
 thread:
@@ -23,8 +23,9 @@ is reported. Each time is the best of ``--repeats`` calls after one warm-up call
 CPU time, mostly page faults of freshly mapped memory) is shown beside it, and so are the floating-point operations
 of one call (``torch.utils.flop_counter``: convolutions and matrix products, the bulk of the work) and their rate,
 against the rate of a large one-thread matrix product, the practical ceiling of this CPU core. Operations are
-counted only where no ``vmap`` batches the convolutions: ``vmap`` turns them into grouped convolutions, whose weight
-gradient torch's counter counts as if ungrouped (``groups`` times too many).
+counted only where no ``vmap`` batches the convolutions (:attr:`Variant.under_vmap`; those rows show no GFLOP
+figure): ``vmap`` turns them into grouped convolutions, whose weight gradient torch's counter (torch 2.14) counts as
+if ungrouped, ``groups`` times too many.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
+from benchmark.data_convolution import data_convolutions
+from benchmark.peers.speed_vs_peers import MODELS, REPO, build_problem, current_commit, markdown_table
 
-from benchmark.data_convolution import data_convolutions  # noqa: E402
-from speed_vs_peers import MODELS, build_problem, current_commit, markdown_table  # noqa: E402
+MODULE = "benchmark.peers.speed_blocks"
+"""This module's import name: the ``torch.compile`` child runs as ``python -m MODULE --compiled-child``."""
 
 
 def best_time(fn: Callable[[], Tensor], repeats: int) -> tuple[float, float, Tensor]:
@@ -113,30 +114,45 @@ def kept_graph(problem: Any, native: bool = False) -> tuple[Tensor, Tensor]:
         return theta, torch.autograd.grad(problem.objective(theta), theta, create_graph=True)[0]
 
 
+Timed = tuple[float, float, Tensor, "int | None"]
+"""Best wall time, system CPU time, output and counted operations (``None``: not counted) of one variant."""
+
+
+def table_row(block: str, variant: str, timed: Timed, reference: Tensor, per: int) -> list[str]:
+    """A row of the table: ``timed`` checked against ``reference`` (a relative error over 1e-3 stops the script),
+    per vector over ``per`` vectors, with blank GFLOP cells where the operations were not counted."""
+    seconds, kernel, out, flops = timed
+    error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
+    if error > 1e-3:
+        raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
+    counts = ["", ""] if flops is None else [f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}"]
+    return [block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}", *counts, f"{error:.1e}"]
+
+
 def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]], str]:
     """The rows of one model's table, and what ``torch.compile`` did."""
     _, problem = build_problem(MODELS[model], args.data_dir)
     problem.curvature_cache = None
-    m = args.vectors
-    vectors = torch.randn(m, problem.n_params, generator=torch.Generator().manual_seed(0))
+    vectors = torch.randn(args.vectors, problem.n_params, generator=torch.Generator().manual_seed(0))
+    rows = block_rows(problem, vectors, args.repeats, label=model)
+    return problem, rows, compile_sentence(model, args)
+
+
+def block_rows(problem: Any, vectors: Tensor, repeats: int, label: str = "") -> list[list[str]]:
+    """The rows of one problem's table: every variant along ``vectors``, timed (best of ``repeats``), checked and,
+    where no ``vmap`` runs inside it (``under_vmap=False``), its operations counted."""
+    m = len(vectors)
     plain = hvp_function(problem)
     rows: list[list[str]] = []
 
-    def record(block: str, variant: str, timed: tuple[float, float, Tensor, int | None], reference: Tensor,
-               per: int) -> Tensor:
-        seconds, kernel, out, flops = timed
-        error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
-        if error > 1e-3:
-            raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
-        counts = ["", ""] if flops is None else [f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}"]
-        rows.append([block, variant, f"{seconds:.2f}", f"{seconds / per:.2f}", f"{kernel:.2f}", *counts,
-                     f"{error:.1e}"])
-        print(model, rows[-1], flush=True)
-        return out
+    def record(block: str, variant: str, timed: Timed, reference: Tensor, per: int) -> Tensor:
+        rows.append(table_row(block, variant, timed, reference, per))
+        print(label, rows[-1], flush=True)
+        return timed[2]
 
-    def timed(fn: Callable[[], Tensor], count: bool = True) -> tuple[float, float, Tensor, int | None]:
-        """Best time, kernel time and output of ``fn``, and its operations where ``count`` (no ``vmap`` inside)."""
-        return *best_time(fn, args.repeats), counted_flops(fn) if count else None
+    def timed(fn: Callable[[], Tensor], under_vmap: bool = False) -> Timed:
+        """Best time, kernel time and output of ``fn``, and its operations unless ``under_vmap``."""
+        return *best_time(fn, repeats), None if under_vmap else counted_flops(fn)
 
     # Hessian-vector products: the reference is Problem.hvp, one vector at a time
     pieces = timed(lambda: problem.hvp(vectors[:1]))
@@ -173,15 +189,16 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
                                                     is_grads_batched=True)[0]
         return total
 
-    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)", timed(kept_batched, count=False),
-           every, m)
+    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)",
+           timed(kept_batched, under_vmap=True), every, m)
     block = f"HVP, {m} vectors"
     record(block, "forward-over-reverse, one by one", timed(lambda: torch.stack([plain(v) for v in vectors])), every, m)
-    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), count=False), every, m)
+    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), under_vmap=True),
+           every, m)
 
     # training side: every training point's product with each vector
     block = f"training side, {m} vectors"
-    products = timed(lambda: problem.train_gradient_products(vectors), count=False)  # per-example: vmap
+    products = timed(lambda: problem.train_gradient_products(vectors), under_vmap=True)  # per-example: vmap
     products = record(block, "Problem.train_gradient_products", products, products[2], m)
 
     def forward_mode(rows: int) -> Tensor:
@@ -192,16 +209,20 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
         return out
 
     passes = problem._pass_rows(m * problem._graph_bytes_per_example())
-    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train), count=False),
+    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train), under_vmap=True),
            products, m)
     record(block, f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
-           timed(lambda: forward_mode(passes), count=False), products, m)
+           timed(lambda: forward_mode(passes), under_vmap=True), products, m)
     record(block, "per-example gradients (vmap(grad), chunks of 500) @ vectors",
            timed(lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T,
-                 count=False), products, m)
+                 under_vmap=True), products, m)
+    return rows
 
-    # torch.compile, isolated: it may fail or hang
-    command = [sys.executable, str(Path(__file__).resolve()), "--compiled-child", "--models", model,
+
+def compile_sentence(model: str, args: argparse.Namespace) -> str:
+    """What ``torch.compile`` of the forward-over-reverse product does on ``model``, from a subprocess with a timeout
+    (compiling may fail or hang)."""
+    command = [sys.executable, "-m", MODULE, "--compiled-child", "--models", model,
                "--repeats", str(args.repeats)] + (["--data-dir", args.data_dir] if args.data_dir else [])
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.compile_timeout,
@@ -218,7 +239,7 @@ def measure(model: str, args: argparse.Namespace) -> tuple[Any, list[list[str]],
     except subprocess.TimeoutExpired:
         compiled = f"torch.compile did not finish within {args.compile_timeout:.0f} s (compiling and timing)"
     print(compiled, flush=True)
-    return problem, rows, compiled
+    return compiled
 
 
 def main() -> None:
@@ -247,8 +268,8 @@ def main() -> None:
     text = [
         "# Building blocks of a fast iHVP",
         "",
-        "<!-- generated by `python scripts/speed_blocks.py`, do not edit -->",
-        f"Generated by `python scripts/speed_blocks.py {' '.join(sys.argv[1:])}`; do not edit.",
+        f"<!-- generated by `python -m {MODULE}`, do not edit -->",
+        f"Generated by `python -m {MODULE} {' '.join(sys.argv[1:])}`; do not edit.",
         "",
         f"5,500 MNIST training images (task `mnist`, preset `cpu`), float32, one torch thread, best of {args.repeats} "
         f"after a warm-up call; kernel: the system CPU time of that call (page faults of freshly mapped memory). "
