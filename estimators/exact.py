@@ -21,8 +21,9 @@ class ExactConfig:
         max_params: refuse problems with more parameters (the Hessian takes ``8 P^2`` bytes).
         hessian_dtype: the precision of the ``P`` Hessian-vector products that build ``H``; its eigendecomposition
             and the solves are float64 either way. ``float32`` is for vision models, whose float64 convolutions take
-            CPU fallbacks (small CNN on 5,500 MNIST images: 4.7 s per product in float64, 1.8 s in float32, whose
-            products differ from float64 by about 1e-5 relatively); it is then as precise as ``cg`` in float32.
+            CPU fallbacks, far slower than the float32 kernels (the Table 1 ``exact`` rows build the small CNN's
+            Hessian so; float32 products differ from float64 by about 1e-5 relatively); it is then as precise as
+            ``cg`` in float32.
     """
 
     damping: float = 0.001
