@@ -65,8 +65,9 @@ class Problem:
     """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
     CPU, the training-side passes): 32 MiB, glibc's largest threshold for serving an allocation with fresh pages.
     Larger tensors are mapped from the kernel on every allocation and handed back on every free, so a backward pass
-    over all 5,500 MNIST images spent most of its time in page faults (``leaderboards/speed-blocks.md``, small CNN:
-    0.95 s of a 1.55 s product in the kernel); in pieces of this size the heap reuses its memory (0.59 s)."""
+    over all 5,500 MNIST images in one piece spends most of its time in page faults; in pieces of this size the heap
+    reuses its memory. Measured, with the kernel's share of each time: ``leaderboards/speed-blocks.md`` (rows "kept
+    graph in one piece" against "kept graph in N pieces")."""
     MIN_PASS_ROWS: ClassVar[int] = 64
     """The fewest examples in such a pass, so that the per-pass overhead of autograd stays small."""
 
@@ -183,9 +184,9 @@ class Problem:
         """``G_train @ vectors.T``: the dot product of every training gradient with each row of ``vectors``.
 
         Where per-example gradients are small (:attr:`MIN_PASS_ROWS` of them and their graphs fit in
-        :attr:`PASS_BYTES`), they are taken chunk by chunk (``vmap(grad)``) and multiplied with ``vectors``: the
-        fastest way measured (``leaderboards/speed-blocks.md``: LeNet on 5,500 images, 10 vectors, 0.65 s against
-        1.01 s for forward-mode passes; small CNN 0.51 s against 1.46 s). Otherwise nothing of size ``P`` per
+        :attr:`PASS_BYTES`), they are taken chunk by chunk (``vmap(grad)``) and multiplied with ``vectors``: of the
+        ways measured on LeNet and the small CNN, faster than forward-mode passes (``leaderboards/speed-blocks.md``,
+        the "training side" rows). Otherwise nothing of size ``P`` per
         example is formed: ``g_i^T v`` is the directional derivative of the ``i``-th loss along ``v``, so one
         forward-mode pass (``jvp`` of the per-example losses) per chunk and vector gives all ``n`` products at the
         cost of about two forward passes; the ``m`` passes over a chunk run side by side (``vmap``), so a chunk is
@@ -260,9 +261,9 @@ class Problem:
         backward passes. Its convolutions of the data are :func:`~benchmark.data_convolution.data_convolutions`,
         whose second backward skips torch's unneeded gradient with respect to the images. On the CPU the graph is
         kept in pieces of :attr:`PASS_BYTES`, whose products are summed; together they hold what one graph would.
-        Measured on 5,500 MNIST images (``leaderboards/speed-blocks.md``), per product: small CNN 0.59 s, against
-        1.55 s in one piece, 1.82 s in one piece through torch's own convolutions and 2.78 s for ``jvp`` of
-        ``grad``; LeNet 0.26 s, 0.67 s, 1.05 s and 1.32 s.
+        On LeNet and the small CNN this is faster than the graph in one piece, than one piece through torch's own
+        convolutions and than ``jvp`` of ``grad`` (measured per product: ``leaderboards/speed-blocks.md``, the
+        "HVP, 1 vector" rows).
         Over several chunks (:attr:`chunk_size`) the products are summed chunk by chunk, forward-over-reverse, so
         memory stays at one chunk's activations (on the CPU, in passes of :attr:`PASS_BYTES` within a chunk); a
         minibatch (``indices``) takes the same path.
