@@ -69,7 +69,7 @@ def main() -> None:
         rows.append(f"| `{path.name}` | {name} | {c.model} | {c.weight_decay:g} | {c.train_size} | "
                     f"{before['gradient_norm']:.2e} | {after['gradient_norm']:.2e} | "
                     f"{'yes' if after['gradient_norm'] <= CONVERGENCE_TOL else '**no**'} | {after['seconds']:.0f} | "
-                    f"{before['train_loss']:.4f} | {after['train_loss']:.4f} | {after['test_index']} | "
+                    f"{before['train_loss']:.3g} | {after['train_loss']:.3g} | {after['test_index']} | "
                     f"{before['drift']:.2e} | {after['drift']:.2e} |")
     commit, dirty = records.git_commit()
     report = "\n".join([
