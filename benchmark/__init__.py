@@ -1,11 +1,12 @@
 """influence-bench: how well do influence-function estimators predict leave-one-out re-training?
 
 A plugin imports what it needs from here: :data:`hookimpl` to mark its hooks; for an estimator the contract
-:class:`Estimator` (with :class:`EstimatorFailed` for an answer it cannot trust); for a task the contract :class:`Task`,
-the :class:`Problem` it builds, the :class:`BuildContext` it is given, the :class:`Protocol` and :class:`Recipe` it
-states, the :class:`ReferenceRow` of a paper setting, and the range checks :func:`positive` and :func:`non_negative`
-for its config dataclass (a ``ValueError`` there is a one-line usage error); :class:`DataError` for missing or
-malformed data and :class:`UsageError` for a bad option, each reported as one line.
+:class:`Estimator` (with :class:`EstimatorFailed` for an answer it cannot trust and :class:`EstimatorSkipped` for a
+problem it does not apply to); for a task the contract :class:`Task`, the :class:`Problem` it builds, the
+:class:`BuildContext` it is given, the :class:`Protocol` and :class:`Recipe` it states, the :class:`ReferenceRow` of a
+paper setting, and the range checks :func:`positive` and :func:`non_negative` for its config dataclass (a
+``ValueError`` there is a one-line usage error); :class:`DataError` for missing or malformed data and
+:class:`UsageError` for a bad option, each reported as one line.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ hookimpl = pluggy.HookimplMarker("bench")
 hookspec = pluggy.HookspecMarker("bench")
 
 from benchmark.config import non_negative, positive  # noqa: E402
-from benchmark.errors import BenchError, DataError, EstimatorFailed, UsageError  # noqa: E402
+from benchmark.errors import BenchError, DataError, EstimatorFailed, EstimatorSkipped, UsageError  # noqa: E402
 from benchmark.estimator import Estimator, NoConfig  # noqa: E402
 from benchmark.problem import Problem  # noqa: E402
 from benchmark.task import BuildContext, Protocol, Recipe, ReferenceRow, Task  # noqa: E402
 
-__all__ = ["BenchError", "BuildContext", "DataError", "Estimator", "EstimatorFailed", "NoConfig", "Problem", "Protocol",
-           "Recipe", "ReferenceRow", "Task", "UsageError", "hookimpl", "hookspec", "non_negative", "positive",
-           "__version__"]
+__all__ = ["BenchError", "BuildContext", "DataError", "Estimator", "EstimatorFailed", "EstimatorSkipped", "NoConfig",
+           "Problem", "Protocol", "Recipe", "ReferenceRow", "Task", "UsageError", "hookimpl", "hookspec", "non_negative",
+           "positive", "__version__"]

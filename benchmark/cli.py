@@ -3,8 +3,9 @@
 Exit status: 0 on success; 2 for a user's mistake (one line on stderr, ``bench: error: ...``, before any work);
 1 for a failure found while working: a plugin's fault outside the scored steps (one line naming plugin and hook), an
 unwritable cache or results directory, and a ``bench run`` in which **no estimator produced a score** (every record
-failed: the failed records are still written) or a reporting hook failed (every record is still written); 130 when
-interrupted. A run in which some estimators fail and at least one scores exits 0: the failures are results.
+failed or was skipped, an estimator that does not apply to the problem counting as no score: the records are still
+written) or a reporting hook failed (every record is still written); 130 when interrupted. A run in which some
+estimators fail or are skipped and at least one scores exits 0: the failures and skips are results.
 
 Where results go: ``bench run`` writes its records to ``--results-dir``, else ``$BENCH_RESULTS_DIR``, else
 ``$XDG_DATA_HOME/bench/results`` (``~/.local/share/bench/results``), and its leaderboard beside that directory, never
@@ -347,7 +348,7 @@ def _summary(written: list[dict[str, Any]]) -> str:
             "iHVP residual": residual_text,
             "prepare s": _seconds(record["timings"].get("prepare_s")),
             "query s": _seconds(record["timings"].get("query_s")),
-            "status": "ok" if record["status"] == "ok" else f"failed: {record['failure']}",
+            "status": "ok" if record["status"] == "ok" else f"{record['status']}: {record['failure']}",
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
@@ -369,13 +370,20 @@ def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         for _, path, count in _render(registry, config.results_dir, board_dir, config.task):
             print(f"leaderboard: {path} ({count} records)")
     for record in failed:
-        log.warning("%s (%s): failed: %s", record["estimator"]["name"], record["selection"]["kind"], record["failure"])
+        log.warning("%s (%s): %s: %s", record["estimator"]["name"], record["selection"]["kind"], record["status"],
+                    record["failure"])
+    ratio = records.drift_dominated(written[0]["ground_truth"]) if written else None
+    if ratio is not None:
+        log.warning("%s", records.drift_warning(ratio))
     for failure in run.hook_failures:
         _report(failure, args.verbose)
     if run.hook_failures:
         return 1
     if written and not any(r["status"] == "ok" for r in written):
-        print(f"bench: error: no estimator produced a score: all {len(written)} records failed", file=sys.stderr)
+        skipped = sum(r["status"] == "skipped" for r in written)
+        what = ("failed" if not skipped else "were skipped" if skipped == len(written)
+                else f"failed or were skipped ({len(written) - skipped} failed, {skipped} skipped)")
+        print(f"bench: error: no estimator produced a score: all {len(written)} records {what}", file=sys.stderr)
         return 1
     return 0
 

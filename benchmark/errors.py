@@ -106,3 +106,16 @@ class EstimatorFailed(Exception):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+class EstimatorSkipped(Exception):
+    """Raised from :meth:`~benchmark.Estimator.prepare` by an estimator that does not apply to the problem (e.g.
+    ``exact`` above its ``max_params``): not a failure of the estimator, a setting it is not made for.
+
+    The harness records the run with status ``"skipped"`` and :attr:`reason` (the leaderboard shows "skipped:
+    reason"); the run goes on. A run in which no estimator produced a score, every one skipped or failed, exits 1.
+    """
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)

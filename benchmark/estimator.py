@@ -33,7 +33,8 @@ class Estimator(abc.ABC):
     """Base class of every influence estimator.
 
     Subclasses set :attr:`name` (the short name used on the command line), :attr:`Config` (a dataclass of
-    hyperparameters with defaults; ``bench run --set NAME.FIELD=VALUE`` sets them) and implement :meth:`ihvp`.
+    hyperparameters with defaults; ``bench run --set NAME.FIELD=VALUE`` sets them), :attr:`damping_field` where the
+    iHVP is damped (so that a task's protocol damping reaches it), and implement :meth:`ihvp`.
 
     ``progress`` asks a long-running estimator to show a progress bar; ``diagnostics`` holds what the last call
     measured of its own convergence (iterations, residuals, spectrum), copied into the result record.
@@ -52,6 +53,28 @@ class Estimator(abc.ABC):
     curvature"``): it then overrides :meth:`influence` and not :meth:`ihvp`, and its parameter-change and
     iHVP-residual diagnostics read ``n/a`` with this reason."""
 
+    damping_field: ClassVar[str | None] = None
+    """The name of the :attr:`Config` field that holds the damping ``lambda`` this estimator's iHVP targets,
+    ``(H + lambda I)^-1`` (e.g. ``"damping"``), or ``None`` for an estimator without one (``first-order``).
+
+    The declaration is the estimator's part of the protocol contract: a task whose :class:`~benchmark.task.Protocol`
+    states a ``damping`` has ``bench run`` set this field to it, unless the run sets the field itself (``--set`` or a
+    YAML section); :attr:`damping` reads it (the dense reference of the iHVP residual is solved at it). An estimator
+    that does not take the protocol's settings as they are overrides :meth:`protocol_options`. Checked at
+    registration: it must name a field of :attr:`Config`."""
+
+    @classmethod
+    def protocol_options(cls, protocol: Any) -> dict[str, Any]:
+        """The :attr:`Config` values a task's ``protocol`` (:class:`~benchmark.task.Protocol`) asks of this estimator,
+        applied by ``bench run`` where the run does not set the same field itself.
+
+        Default: ``{damping_field: protocol.damping}`` where both are declared, else nothing. An estimator overrides it
+        to decline the protocol's damping (return ``{}``) or to translate it into its own parametrisation."""
+        damping = getattr(protocol, "damping", None)
+        if cls.damping_field is None or damping is None:
+            return {}
+        return {cls.damping_field: damping}
+
     def __init__(self, config: Any | None = None, progress: bool = False):
         self.config = self.Config() if config is None else config
         self.progress = progress
@@ -60,8 +83,11 @@ class Estimator(abc.ABC):
 
     @property
     def damping(self) -> float:
-        """The damping ``lambda`` this estimator adds to ``H`` (0 if it has none): its iHVP targets ``(H + lambda I)^-1``."""
-        return float(getattr(self.config, "damping", 0.0))
+        """The damping ``lambda`` this estimator adds to ``H``: its iHVP targets ``(H + lambda I)^-1``. The value of the
+        :attr:`damping_field` its class declares; 0 for an estimator that declares none."""
+        if self.damping_field is None:
+            return 0.0
+        return float(getattr(self.config, self.damping_field))
 
     def prepare(self, problem: Problem) -> None:
         """Do the expensive, query-independent work for ``problem`` (default: remember it)."""
@@ -121,6 +147,11 @@ class Estimator(abc.ABC):
             problems.append(f"{cls.__name__}.no_ihvp must be a reason (a non-empty string), not {cls.no_ihvp!r}")
         elif cls.no_ihvp is not None and not overrides_influence:
             problems.append(f"{cls.__name__} sets no_ihvp but does not override influence(), which needs an ihvp()")
+        if cls.damping_field is not None:
+            fields = [f.name for f in dataclasses.fields(cls.Config)] if dataclasses.is_dataclass(cls.Config) else []
+            if cls.damping_field not in fields:
+                problems.append(f"{cls.__name__}.damping_field {cls.damping_field!r} is not a field of its Config "
+                                f"(fields: {', '.join(fields) or 'none'})")
         abstract = sorted(getattr(cls, "__abstractmethods__", ()))
         if abstract:
             problems.append(f"{cls.__name__} leaves abstract methods {', '.join(abstract)} unimplemented")

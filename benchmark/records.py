@@ -6,10 +6,12 @@ Schema (version :data:`SCHEMA_VERSION`)::
     task {name, version, config}, seed, command (the bench command line, or null), threads,
     test_point {rule, index, loss},
     estimator {name, plugin, hyperparameters}, selection {kind, size, description},
-    status ("ok" | "failed"), failure (reason or null),
+    status ("ok" | "failed" | "skipped": the estimator does not apply to the problem, e.g. exact above its
+    max_params), failure (why there is no score: the failure or the reason for the skip; null when ok),
     metrics {pearson, spearman, param_norm_pearson, param_norm_spearman: correlation records
              (see benchmark.scoring), ihvp_relative_residual (or null)},
-    diagnostics {problem {...}, estimator {...}}, ground_truth {...}, timings {prepare_s, query_s},
+    diagnostics {problem {...}, estimator {...}}, ground_truth {..., reference_drift, drift_to_effect (see
+    DRIFT_DOMINATED)}, timings {prepare_s, query_s},
     points {train_indices, estimated, retrained, estimated_param_norm, retrained_param_norm}, paper (or null)
 """
 
@@ -33,6 +35,30 @@ log = logging.getLogger("bench")
 
 SCHEMA_VERSION = 1
 RESULTS_ENV = "BENCH_RESULTS_DIR"
+STATUSES = ("ok", "failed", "skipped")
+"""A record's ``status``: scored; the estimator failed (``failure`` says why); or it does not apply to the problem
+(:class:`~benchmark.errors.EstimatorSkipped`, ``failure`` holds the reason). Records written before ``skipped``
+existed hold ``ok`` or ``failed`` and stay valid."""
+
+DRIFT_DOMINATED = 10.0
+"""The ratio ``ground_truth.drift_to_effect`` (the reference drift, the change of the test loss from re-training on
+all points, over the median |leave-one-out effect|) above which a run's ground truth is *drift-dominated*: the
+re-training recipe moves the model more than removing one point does, so the correlations measure mostly that drift
+(an optimum far from stationary, or a recipe too long or too noisy). ``bench run`` warns and the leaderboard marks
+the section."""
+
+
+def drift_dominated(ground_truth: dict[str, Any]) -> float | None:
+    """The drift-to-effect ratio of a record's ``ground_truth`` where it exceeds :data:`DRIFT_DOMINATED`, else None."""
+    ratio = ground_truth.get("drift_to_effect")
+    return float(ratio) if ratio is not None and ratio > DRIFT_DOMINATED else None
+
+
+def drift_warning(ratio: float) -> str:
+    """The one-line warning of a drift-dominated ground truth (see :data:`DRIFT_DOMINATED`)."""
+    return (f"drift-dominated ground truth: the reference drift is {ratio:.3g}x the median |leave-one-out effect| "
+            f"(threshold {DRIFT_DOMINATED:g}): the re-training recipe moves the model more than removing a point "
+            "does, so the correlations measure mostly drift, not influence (is the optimum stationary?)")
 
 
 def new_run_id() -> str:
@@ -120,7 +146,7 @@ SCHEMA: dict[str, Any] = {
     "test_point": {"rule": _TEXT, "index": (int,), "loss": _NUMBER},
     "estimator": {"name": _TEXT, "hyperparameters": _MAPPING},
     "selection": {"kind": _TEXT, "size": (int,)},
-    "status": ("ok", "failed"),
+    "status": STATUSES,
     "failure": _OPTIONAL_TEXT,
     "diagnostics": {
         "problem": {"n_train": (int,), "n_params": (int,), "weight_decay": _NUMBER, "gradient_norm": _NUMBER,

@@ -2,7 +2,12 @@
 
 The influence of every training point on the test point is computed by each estimator (timed: preparation and
 query separately); the leave-one-out ground truth is computed once for the union of the points any selection needs,
-from the shared cache; a failing estimator becomes a failed record with its reason and the run goes on.
+from the shared cache; a failing estimator becomes a failed record with its reason, an estimator that does not apply
+to the problem (:class:`~benchmark.errors.EstimatorSkipped`) a skipped one, and the run goes on.
+
+Estimator settings: a task's :class:`~benchmark.task.Protocol` may state a ``damping``; every estimator that declares
+a damping (:attr:`Estimator.damping_field`) gets it unless the run sets that field (``--set``, a YAML section), and the
+records hold the resolved hyperparameters (see :func:`resolve_hyperparameters`).
 """
 
 from __future__ import annotations
@@ -27,8 +32,8 @@ from benchmark import config as configuration
 from benchmark import records
 from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian, top_eigenvalue
-from benchmark.errors import (PLUGIN_FAULTS, BenchError, EstimatorFailed, Interrupted, PluginError, PluginHookError,
-                              UnknownNameError, UsageError, describe)
+from benchmark.errors import (PLUGIN_FAULTS, BenchError, EstimatorFailed, EstimatorSkipped, Interrupted, PluginError,
+                              PluginHookError, UnknownNameError, UsageError, describe)
 from benchmark.estimator import Estimator
 from benchmark.executors import EXECUTORS, WorkerSpec, make_executor
 from benchmark.groundtruth import GroundTruth, LooEffect
@@ -146,6 +151,18 @@ class RunConfig:
     command: str | None = None
 
 
+def resolve_hyperparameters(cls: type[Estimator], options: dict[str, Any] | None, protocol: Protocol,
+                            name: str) -> Any:
+    """The config of estimator ``cls`` for a run: the protocol's settings for it (:meth:`Estimator.protocol_options`,
+    e.g. the protocol damping), overridden field by field by the run's own ``options`` (``--set``, YAML), over the
+    Config's defaults. A bad value is a one-line :class:`UsageError` naming ``name``."""
+    from_protocol = cls.protocol_options(protocol)
+    if not isinstance(from_protocol, dict):
+        raise PluginError(f"estimator {name!r}: protocol_options returned a {type(from_protocol).__name__}, expected a "
+                          "dict of its Config fields")
+    return configuration.build(cls.Config, {**from_protocol, **(options or {})}, name)
+
+
 def selection_description(selection: str) -> str:
     """What ``selection`` scores (a key of :data:`SELECTIONS`, or ``pNN`` with ``NN`` in 0..100); one-line error else."""
     if selection in SELECTIONS and selection != "pNN":
@@ -218,6 +235,8 @@ class Evaluation:
     plugin: str
     hyperparameters: dict[str, Any]
     failure: str | None = None
+    skipped: bool = False
+    """Whether :attr:`failure` is the reason the estimator does not apply (:class:`EstimatorSkipped`), not a fault."""
     scores: np.ndarray | None = None
     param_norms: dict[int, float] = dataclasses.field(default_factory=dict)
     param_failure: str | None = None
@@ -276,17 +295,19 @@ class Run:
             if name in registry.estimators:
                 raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
             raise UnknownNameError("task or estimator", name, [config.task, *registry.estimators])
+        protocol = self._protocol()
         self.estimators = []
         for name in config.estimators:
             cls = registry.estimator(name)
-            hyper = configuration.build(cls.Config, config.estimator_options.get(name), name)
             plugin = registry.estimators[name].plugin
+            hyper = self._plugin_call(f"estimator {name!r}", plugin, "protocol_options", resolve_hyperparameters, cls,
+                                      config.estimator_options.get(name), protocol, name)
             estimator = self._plugin_call(f"estimator {name!r}", plugin, "__init__", cls, hyper,
                                           progress=config.progress)
             self.estimators.append(Evaluation(estimator, plugin, dataclasses.asdict(hyper)))
         for selection in config.selections:
             selection_description(selection)
-        parse_test_point(self._protocol().test_point)
+        parse_test_point(protocol.test_point)
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
@@ -528,6 +549,10 @@ class Run:
                                                    test_gradient.dtype, "one row per vector, one column per parameter")
         except Interrupted:
             raise
+        except EstimatorSkipped as skip:
+            evaluation.failure, evaluation.skipped = skip.reason, True
+            log.info("estimator %s skipped: %s", estimator.name, skip.reason)
+            return
         except PLUGIN_FAULTS as error:
             evaluation.failure = _failure(error)
             log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
@@ -559,7 +584,7 @@ class Run:
             **common,
             "estimator": {"name": name, "plugin": evaluation.plugin, "hyperparameters": evaluation.hyperparameters},
             "selection": {"kind": selection, "size": k, "description": selection_description(selection)},
-            "status": "failed" if evaluation.failure else "ok",
+            "status": ("skipped" if evaluation.skipped else "failed") if evaluation.failure else "ok",
             "failure": evaluation.failure,
             "timings": evaluation.timings,
             "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics,

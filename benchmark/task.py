@@ -61,11 +61,17 @@ class Protocol:
         test_point: which test point: ``"max-loss"``, ``"pNN"`` (the NN-th percentile of test losses) or an index.
         eval_size: how many training points each selection scores (the paper's top-k).
         retrain: the leave-one-out re-training recipe, started from the optimum.
+        damping: the damping ``lambda`` the protocol evaluates influence at, ``(H + lambda I)^-1`` (e.g. 0.01 for the
+            vision tasks, as Koh & Liang), or ``None`` where the protocol states none. ``bench run`` gives it to every
+            estimator that declares a damping (:attr:`benchmark.Estimator.damping_field`) unless the run sets that
+            estimator's damping itself (``--set NAME.damping=...`` or a YAML section); ``None`` leaves each
+            estimator's own default. The resolved value is in every record's hyperparameters.
     """
 
     test_point: str | int
     eval_size: int
     retrain: Recipe
+    damping: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,7 @@ class ConjugateGradient(Estimator):
 
     name = "cg"
     Config = CGConfig
+    damping_field = "damping"
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl
+from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Problem, hookimpl
 from benchmark.config import non_negative, positive
 from benchmark.curvature import DenseHessian
 
@@ -18,7 +18,8 @@ class ExactConfig:
 
     Attributes:
         damping: ``lambda`` in ``(H + lambda I)^-1``.
-        max_params: refuse problems with more parameters (the Hessian takes ``8 P^2`` bytes).
+        max_params: skip problems with more parameters (the Hessian takes ``8 P^2`` bytes): such a run is
+            recorded as skipped, with the reason, not as failed.
         hessian_dtype: the precision of the ``P`` Hessian-vector products that build ``H``; its eigendecomposition
             and the solves are float64 either way. ``float32`` is for vision models, whose float64 convolutions take
             CPU fallbacks, far slower than the float32 kernels (the Table 1 ``exact`` rows build the small CNN's
@@ -46,11 +47,12 @@ class Exact(Estimator):
 
     name = "exact"
     Config = ExactConfig
+    damping_field = "damping"
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
         if problem.n_params > self.config.max_params:
-            raise EstimatorFailed(
+            raise EstimatorSkipped(
                 f"{problem.n_params} parameters exceed exact.max_params={self.config.max_params} "
                 f"(a dense Hessian would take {8 * problem.n_params**2 / 2**30:.1f} GiB)"
             )

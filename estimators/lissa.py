@@ -78,6 +78,7 @@ class Lissa(Estimator):
 
     name = "lissa"
     Config = LissaConfig
+    damping_field = "damping"
     CHECK_EVERY = 100
     SCALE_PROBES = 10
 

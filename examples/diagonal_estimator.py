@@ -35,6 +35,7 @@ class Diagonal(Estimator):
 
     name = "diagonal"
     Config = DiagonalConfig
+    damping_field = "damping"  # a task's protocol damping (e.g. 0.01 on MNIST) sets it unless the user does
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)

@@ -189,12 +189,15 @@ class VisionTask(Task):
         return self.trained(optimum, Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol), context)
 
     def protocol(self) -> Protocol:
+        """Test point, top k and leave-one-out re-training (``retrain_fraction`` of the training steps, from the
+        optimum); estimators that declare a damping evaluate at 0.01 unless the run sets theirs."""
         c = self.config
         steps = max(1, round(c.retrain_fraction * (c.train_steps + 2 * c.polish_steps)))
         return Protocol(
             test_point=c.test_point,
             eval_size=c.eval_size,
             retrain=Recipe(steps=steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum),
+            damping=0.01,  # Koh & Liang's, and what the paper's Table 1 settings are run at
         )
 
     @classmethod
