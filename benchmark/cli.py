@@ -196,7 +196,24 @@ def _attributes_section(docstring: str) -> dict[str, str]:
     return docs
 
 
+def _protocol_dampings(registry: Registry) -> dict[str, float]:
+    """The damping each task's protocol states at its default config (:attr:`benchmark.task.Protocol.damping`), for
+    ``bench list --options``; a task whose protocol cannot be made without data is left out of this listing."""
+    dampings = {}
+    for name, entry in sorted(registry.tasks.items()):
+        try:
+            damping = entry.cls().protocol().damping
+        except Exception:  # noqa: BLE001 - a listing; `bench run` reports a task's faults as one line
+            continue
+        if damping is not None:
+            dampings[name] = damping
+    return dampings
+
+
 def _command_list(args: argparse.Namespace, registry: Registry) -> int:
+    dampings = _protocol_dampings(registry) if args.options else {}
+    protocol_note = ("A task's protocol sets it unless --set or a YAML section does (" + ", ".join(
+        f"{task}: {value:g}" for task, value in dampings.items()) + "; other tasks: this default).") if dampings else ""
     for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
         print(f"{kind}:")
         for name, entry in sorted(entries.items()):
@@ -209,7 +226,9 @@ def _command_list(args: argparse.Namespace, registry: Registry) -> int:
                 for field in dataclasses.fields(entry.cls.Config):
                     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
                     meaning = docs.get(field.name)
-                    print(f"      {name}.{field.name} = {default!r}" + (f": {meaning}" if meaning else ""))
+                    note = protocol_note if field.name == getattr(entry.cls, "damping_field", None) else ""
+                    text = " ".join(part for part in (meaning, note) if part)
+                    print(f"      {name}.{field.name} = {default!r}" + (f": {text}" if text else ""))
     return 0
 
 
