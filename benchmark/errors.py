@@ -108,14 +108,12 @@ class EstimatorFailed(Exception):
         super().__init__(reason)
 
 
-class EstimatorSkipped(Exception):
+class EstimatorSkipped(EstimatorFailed):
     """Raised from :meth:`~benchmark.Estimator.prepare` by an estimator that does not apply to the problem (e.g.
-    ``exact`` above its ``max_params``): not a failure of the estimator, a setting it is not made for.
+    ``exact`` above its ``max_params``): not a fault of the estimator, a setting it is not made for.
 
     The harness records the run with status ``"skipped"`` and :attr:`reason` (the leaderboard shows "skipped:
     reason"); the run goes on. A run in which no estimator produced a score, every one skipped or failed, exits 1.
+    A subclass of :class:`EstimatorFailed`, so that code catching an estimator's refusals (the asv suite's
+    "declined") still catches it; the harness tells the two apart.
     """
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)

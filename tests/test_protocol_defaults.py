@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from benchmark import Estimator, EstimatorSkipped, Protocol, Recipe, leaderboard, records
+from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Protocol, Recipe, leaderboard, records
 from benchmark.config import non_negative
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.runner import Run, RunConfig, resolve_hyperparameters
@@ -175,8 +175,9 @@ def test_exact_raises_estimator_skipped_from_prepare():
     from benchmark.testing import logistic_regression_problem
 
     problem = logistic_regression_problem()
-    with pytest.raises(EstimatorSkipped, match=f"^{problem.n_params} parameters exceed exact.max_params=1 "):
+    with pytest.raises(EstimatorSkipped, match=f"^{problem.n_params} parameters exceed exact.max_params=1 ") as skip:
         Exact(ExactConfig(max_params=1)).prepare(problem)
+    assert isinstance(skip.value, EstimatorFailed)  # what code catching refusals (asv's "declined") catches
 
 
 def test_schema_accepts_skipped_and_still_rejects_other_statuses():
