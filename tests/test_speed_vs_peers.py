@@ -345,7 +345,7 @@ def test_the_package_imports_no_plugin_and_runs_as_a_module(tmp_path):
     assert done.stdout.strip() == "[]"
     for module in ("speed_vs_peers", "speed_blocks"):
         done = subprocess.run([sys.executable, "-m", f"benchmark.peers.{module}", "--models", "resnet"],
-                              cwd=REPO_ROOT, capture_output=True, text=True)
+                              cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         assert done.returncode == 2 and "unknown model 'resnet'" in done.stderr, (module, done.stderr)
 
 
