@@ -212,8 +212,8 @@ def _protocol_dampings(registry: Registry) -> dict[str, float]:
 
 def _command_list(args: argparse.Namespace, registry: Registry) -> int:
     dampings = _protocol_dampings(registry) if args.options else {}
-    protocol_note = ("A task's protocol sets it unless --set or a YAML section does (" + ", ".join(
-        f"{task}: {value:g}" for task, value in dampings.items()) + "; other tasks: this default).") if dampings else ""
+    protocol_note = ("a task's protocol sets it unless --set or a YAML section does (" + ", ".join(
+        f"{task}: {value:g}" for task, value in dampings.items()) + "; other tasks: this default)") if dampings else ""
     for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
         print(f"{kind}:")
         for name, entry in sorted(entries.items()):
@@ -226,9 +226,9 @@ def _command_list(args: argparse.Namespace, registry: Registry) -> int:
                 for field in dataclasses.fields(entry.cls.Config):
                     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
                     meaning = docs.get(field.name)
-                    note = protocol_note if field.name == getattr(entry.cls, "damping_field", None) else ""
-                    text = " ".join(part for part in (meaning, note) if part)
-                    print(f"      {name}.{field.name} = {default!r}" + (f": {text}" if text else ""))
+                    print(f"      {name}.{field.name} = {default!r}" + (f": {meaning}" if meaning else ""))
+                    if protocol_note and field.name == getattr(entry.cls, "damping_field", None):
+                        print(f"        ({name}.{field.name}: {protocol_note})")
     return 0
 
 

@@ -263,9 +263,9 @@ def test_leaderboard_shows_n_a_with_the_reason_for_an_estimator_without_an_ihvp(
 def test_list_options_says_which_tasks_protocol_sets_the_damping(bench):
     result = bench("list", "--options")
     assert result.code == 0, result.err
-    note = ("A task's protocol sets it unless --set or a YAML section does (cifar: 0.01, mnist: 0.01; other tasks: "
-            "this default).")
-    lines = {line.split(" = ")[0].strip(): line for line in result.out.splitlines() if " = " in line}
-    for name in ("cg", "lissa", "exact"):
-        assert lines[f"{name}.damping"].endswith(note)
-    assert not any(note in line for key, line in lines.items() if not key.endswith(".damping"))
+    lines = result.out.splitlines()
+    notes = [line for line in lines if "a task's protocol sets it" in line]
+    assert notes == [f"        ({name}.damping: a task's protocol sets it unless --set or a YAML section does (cifar: "
+                     "0.01, mnist: 0.01; other tasks: this default))" for name in ("cg", "exact", "lissa")]
+    for note in notes:  # each right below its field's line
+        assert lines[lines.index(note) - 1].strip().startswith(note.strip()[1:].split(":")[0] + " = 0.001: ")
