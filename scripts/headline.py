@@ -24,7 +24,7 @@ IGNORED = ("data_dir", "download")
 
 def setting(record: dict[str, Any]) -> str:
     """A short name of the record's task configuration, as the paper names its settings."""
-    task, config = record["task"]["name"], record["task"]["config"]
+    config = record["task"]["config"]
     decay = "with weight decay" if config.get("weight_decay") else "no weight decay"
     if "model" in config:
         point = {"max-loss": "A", "p50": "B"}.get(str(config.get("test_point")), str(config.get("test_point")))
@@ -57,17 +57,22 @@ def table(results_dir: Path) -> str:
     runs = newest_runs(found)
     estimators = sorted({name for group in runs.values() for name in group})
     lines = [
-        "| task | setting | " + " | ".join(f"`{name}`" for name in estimators) + " | ceiling | paper | optimum \\|grad\\| |",
+        "| task | setting | " + " | ".join(f"`{name}`" for name in estimators)
+        + " | ceiling | paper | optimum \\|grad\\| |",
         "|---|---|" + "---|" * len(estimators) + "---|---|---|",
     ]
-    for (task, _), group in sorted(runs.items(), key=lambda item: (item[0][0], setting(next(iter(item[1].values()))))):
+    def order(item: tuple[tuple, dict[str, dict[str, Any]]]) -> tuple[str, str]:
+        return item[0][0], setting(next(iter(item[1].values())))
+
+    for (task, _), group in sorted(runs.items(), key=order):
         first = next(r for r in group.values())
         ok = [r for r in group.values() if r["status"] == "ok"]
         ceiling = ok[0]["metrics"]["ceiling"]["spearman"].get("value") if ok else None
         problem = first["diagnostics"]["problem"]
         norm = problem.get("gradient_norm")
         flag = "" if problem.get("converged") else " (not converged)"
-        paper = next((r["paper"]["spearman"] for r in group.values() if (r.get("paper") or {}).get("spearman")), None)
+        paper = next((r["paper"]["spearman"] for r in group.values() if (r.get("paper") or {}).get("spearman")),
+                     None)
         lines.append(f"| {task} | {setting(first)} | " + " | ".join(cell(group.get(e)) for e in estimators)
                      + f" | {'' if ceiling is None else f'{ceiling:.2f}'} | {'' if paper is None else paper} | "
                      + f"{'' if norm is None else f'{norm:.1e}'}{flag} |")
@@ -78,10 +83,10 @@ def table(results_dir: Path) -> str:
         "",
         *lines,
         "",
-        f"Spearman correlation of each estimator's predicted test-loss changes with leave-one-out re-training, over its "
-        f"top-k training points (the paper's protocol), newest run of each setting; *ceiling*: what a noise-free "
-        f"estimator can reach given two ground-truth seeds; *paper*: its Spearman for the setting; runs at commits {', '.join(commits)}. Every row, its "
-        f"command and its hyperparameters: [leaderboards/](leaderboards/).",
+        "Spearman correlation of each estimator's predicted test-loss changes with leave-one-out re-training, over its "
+        "top-k training points (the paper's protocol), newest run of each setting; *ceiling*: what a noise-free "
+        "estimator can reach given two ground-truth seeds; *paper*: its Spearman for the setting; runs at commits "
+        f"{', '.join(commits)}. Every row, its command and its hyperparameters: [leaderboards/](leaderboards/).",
         END,
     ])
 

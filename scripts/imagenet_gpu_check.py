@@ -59,6 +59,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    import torch
+
     from benchmark import config as configuration
     from benchmark.cache import Cache
     from benchmark.cli import main as bench
@@ -68,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.imagenet import ImageNet, ImageNetConfig
     from tasks.imagenet_data import write_synthetic_tree
     from tasks.imagenet_problem import retrain_all_check
-
-    import torch
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

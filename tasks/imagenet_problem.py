@@ -75,7 +75,7 @@ class StreamedProblem(Problem):
 
     def gradient_norm(self) -> float:
         total = self.weight_decay * self.theta
-        for rows, x, y in self._train_passes():
+        for _, x, y in self._train_passes():
             total = total + grad(lambda t: self.losses(t, x, y).sum())(self.theta) / self.n_train
         return float(torch.linalg.vector_norm(total))
 

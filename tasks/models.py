@@ -51,8 +51,8 @@ def _too_small(name: str, image_size: int, need: str) -> UsageError:
 class SmallCNN(nn.Module):
     """Koh & Liang's (2017) small all-convolutional network, the paper's small CNN for small MNIST (section 5.2).
 
-    Their ``All_CNN_C`` with ``hidden_units = 8`` and ``conv_patch_size = 3``: six convolutions (the paper's depth 6) with bias, 'valid'
-    padding and tanh (as in their code), a spatial mean, and a 10 -> ``num_classes`` linear layer::
+    Their ``All_CNN_C`` with ``hidden_units = 8`` and ``conv_patch_size = 3``: six convolutions (the paper's depth 6)
+    with bias, 'valid' padding and tanh (as in their code), a spatial mean, and a 10 -> ``num_classes`` linear layer::
 
         conv3x3(C->8) conv3x3/2(8->8) conv3x3(8->8) conv3x3/2(8->8) conv3x3(8->8) conv1x1(8->10) mean(H,W) linear(10)
 

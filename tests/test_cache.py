@@ -73,6 +73,7 @@ def rerun(bench, cache: Path, results: Path) -> dict:
 # -- resuming --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interrupted_ground_truth_resumes(bench, tmp_path, repo_root, read_records, request):
     run = list(RUN)
     run[run.index("iris.retrain_steps=50")] = "iris.retrain_steps=400"  # ~0.1 s per entry: slow enough to interrupt

@@ -20,8 +20,8 @@ from torch.func import functional_call
 
 import benchmark.testing as conformance
 from benchmark import Problem, Recipe
-from benchmark.cache import Cache
 from benchmark import config as configuration
+from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian
 from benchmark.errors import EstimatorFailed, EstimatorSkipped, UnknownNameError
 from benchmark.groundtruth import GroundTruth

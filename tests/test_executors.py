@@ -67,6 +67,7 @@ def local_entries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 # -- the process pool -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_process_pool_run_records_equal_the_local_ones(bench, tmp_path, read_records):
     run = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", "--set", "iris.train_steps=300",
            "--set", "iris.retrain_steps=50", "--gt-chunk-size", "1", "--no-progress", "--no-leaderboard")
@@ -108,6 +109,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
             ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_local_entries(bench, tmp_path, local_entries, ray_cluster):
     assert ray_cluster.is_initialized() and ray_cluster.cluster_resources()["CPU"] == 2
     cache = tmp_path / "cache"
@@ -127,6 +129,7 @@ def test_ray_gives_the_local_entries(bench, tmp_path, local_entries, ray_cluster
     assert entries(cache) == local_entries
 
 
+@pytest.mark.slow
 def test_ray_run_reports_its_executor_and_computed_count(bench, tmp_path, read_records, ray_cluster):
     result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "random",
                    "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50", "--no-progress",
@@ -176,6 +179,7 @@ def _held_entry_locks(pids: list[int], directory: Path) -> dict[int, set[int]]:
     return held
 
 
+@pytest.mark.slow
 def test_ray_retries_a_killed_worker_and_computes_only_what_it_lost(bench, tmp_path, ray_cluster):
     local = bench(*SLOW, "--cache-dir", tmp_path / "local")
     assert local.code == 0, local.err

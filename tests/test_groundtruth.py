@@ -336,6 +336,7 @@ def flocks_held(pids: list[int], directory: Path) -> dict[int, int]:
     return held
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_cache_without_computing_an_entry_twice(slow_cache, slow_clean, tmp_path, repo_root,
                                                                       request):
     children, logs = start_together(slow_cache, tmp_path, repo_root, request)
@@ -363,6 +364,7 @@ def test_two_processes_share_a_cache_without_computing_an_entry_twice(slow_cache
     assert not list(directory.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_process_takes_over_the_entries_of_a_killed_one(slow_cache, slow_clean, tmp_path, repo_root, request):
     children, logs = start_together(slow_cache, tmp_path, repo_root, request)
     at_kill = wait_between_chunks(slow_cache, children, logs, minimum=SLOW_POINTS - 2 * SLOW_CHUNK)
@@ -384,6 +386,7 @@ def test_a_process_takes_over_the_entries_of_a_killed_one(slow_cache, slow_clean
     assert_same_effects(payloads, slow_clean)
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_batch_resumes_with_only_the_missing_entries(slow_cache, slow_clean, tmp_path,
                                                                                 repo_root, request, bench):
     log = tmp_path / "killed.log"
@@ -444,6 +447,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_killed_process_worker_loses_only_its_chunk_in_flight(slow_cache, slow_clean, tmp_path, repo_root, request,
                                                               bench):
     log = tmp_path / "driver.log"
@@ -554,7 +558,8 @@ def test_gt_rejects_a_bad_points_value_before_training(bench, tmp_path, monkeypa
     import benchmark.training
 
     trainings = []
-    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first"))
+    monkeypatch.setattr(benchmark.training, "train",
+                        lambda *a, **k: trainings.append(1) or pytest.fail("trained first"))
     result = bench("gt", "--task", "iris", "--no-progress", "--points", "al", "--cache-dir", tmp_path / "cache")
     assert result.code == 2
     assert result.err_lines == ["bench: error: bad --points 'al': expected all, random or a positive number"]

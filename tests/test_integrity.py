@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, assert_one_line_error
 
 from benchmark import records
 from benchmark.cache import Cache, digest
 from benchmark.errors import DataError
-from conftest import REPO_ROOT, assert_one_line_error
 
 TEMPLATE = sorted((REPO_ROOT / "leaderboards" / "results" / "iris").glob("*-exact-random.json"))[0]
 """A committed, valid Iris record: the template of the hand-edited ones."""
@@ -266,6 +266,7 @@ assert torch.equal(out["theta"], torch.arange(4.0))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_compute_a_cached_optimum_once(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_CONCURRENT)

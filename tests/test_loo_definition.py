@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-from scipy import stats
 from torch.func import grad, hessian
 
 from benchmark.cache import Cache

@@ -1,4 +1,4 @@
-"""Plugin loading through the ``bench`` command: ``-p module``, ``-p no:NAME``, entry points, errors, reporting hooks."""
+"""Plugin loading through the ``bench`` command: ``-p module``, ``-p no:NAME``, entry points, errors, hooks."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 
 import benchmark.cli
 import benchmark.plugins
-from tests.conftest import assert_one_line_error
 from benchmark import hookimpl
+from tests.conftest import assert_one_line_error
 
 ESTIMATOR_SOURCE = '''
 from benchmark import Estimator, hookimpl

@@ -556,7 +556,7 @@ def test_check_estimator_prints_no_torch_warning(repo_root):
     assert "Warning" not in done.stderr, done.stderr
 
 
-# -- friction (a): bench study and bench report write the committed files only with --publish -----------------------------
+# -- friction (a): bench study and bench report write the committed files only with --publish ---------------------
 
 def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch):
     import benchmark.runner

@@ -288,7 +288,8 @@ def test_bench_timing_bad_input_is_one_line(bench, tmp_path):
     path.write_text("{not json")
     assert_one_line_error(bench("timing", "--results-dir", tmp_path / "results"), "malformed", path.name)
     path.write_text(json.dumps({"commit_hash": COMMIT}))
-    assert_one_line_error(bench("timing", "--results-dir", tmp_path / "results"), "malformed", "no 'result_columns' field")
+    assert_one_line_error(bench("timing", "--results-dir", tmp_path / "results"), "malformed",
+                          "no 'result_columns' field")
 
 
 def test_paper_table_2_is_transcribed_whole():

@@ -114,4 +114,5 @@ def test_data_dir_and_download_flags_set_the_task_options(bench, tmp_path, read_
 def test_data_flags_on_a_task_without_data_files_are_a_one_line_error(bench, tmp_path):
     result = bench("run", "--task", "iris", "--download", "--cache-dir", tmp_path / "cache")
     assert result.code == 2
-    assert result.err_lines == ["bench: error: --download does not apply to task 'iris': it reads no data set from disk"]
+    assert result.err_lines == [
+        "bench: error: --download does not apply to task 'iris': it reads no data set from disk"]
