@@ -15,7 +15,9 @@ value or list of values; only rows with status ``ok`` and a defined ``y`` count)
 - ``fraction`` {y, op: <|>, threshold, where, min_fraction=1}: at least ``min_fraction`` of the rows have
   ``y op threshold``.
 
-Any rule may read ``table: points`` (one row per scored training point) instead of the default ``rows``.
+Any rule may read ``table: points`` (one row per scored training point) instead of the default ``rows``. The rule
+kinds and their fields (:data:`RULES`, :func:`check_rule`) are part of the declaration,
+:mod:`benchmark.study_declaration`, which checks them when it reads a study.
 """
 
 from __future__ import annotations
@@ -27,60 +29,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmark import records as records_module
+from benchmark.study_declaration import RULES, Claim, Panel, Study, check_rule
+from benchmark.study_tables import read_table, record_points, record_row
+
 if TYPE_CHECKING:
     import pandas as pd
 
-    from benchmark.study import Claim, Panel, Study
+__all__ = ["RULES", "VERDICTS", "NotEvaluable", "Verdict", "check_rule", "evaluate", "evaluate_study", "matches",
+           "needed_points", "panel_verdicts", "rule_text", "select", "study_tables"]
 
-RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "trend": (("x", "y", "direction"), ("where", "by", "min_rho", "table")),
-    "greater": (("y", "a", "b"), ("where", "by", "min_fraction", "table")),
-    "gap_trend": (("x", "y", "a", "b", "direction"), ("where", "min_rho", "table")),
-    "value": (("y", "expect", "tolerance"), ("where", "by", "stat", "table")),
-    "fraction": (("y", "op", "threshold"), ("where", "min_fraction", "table")),
-}
-"""Rule kind -> (required fields, optional fields)."""
 VERDICTS = ("agrees", "disagrees", "not evaluable", "not run")
 
 
 class NotEvaluable(Exception):
     """The data cannot decide the rule (no rows match, too few x values, a missing column)."""
-
-
-def check_rule(rule: dict[str, Any]) -> str | None:
-    """What is wrong with a rule declaration, or ``None`` if it is well-formed."""
-    kind = rule.get("kind")
-    if kind not in RULES:
-        return f"unknown rule kind {kind!r} (choices: {', '.join(RULES)})"
-    required, optional = RULES[kind]
-    for field in required:
-        if field not in rule:
-            return f"rule {kind!r} needs field {field!r}"
-    for field in rule:
-        if field != "kind" and field not in required + optional:
-            return f"unknown field {field!r} of rule {kind!r} (fields: {', '.join(required + optional)})"
-    if "direction" in rule and rule["direction"] not in ("increasing", "decreasing"):
-        return f"direction must be increasing or decreasing, not {rule['direction']!r}"
-    if "op" in rule and rule["op"] not in ("<", ">"):
-        return f"op must be '<' or '>', not {rule['op']!r}"
-    if "stat" in rule and rule["stat"] not in ("mean", "min", "max"):
-        return f"stat must be mean, min or max, not {rule['stat']!r}"
-    if "table" in rule and rule["table"] not in ("rows", "points"):
-        return f"table must be rows or points, not {rule['table']!r}"
-    for field in ("expect", "tolerance", "threshold", "min_rho", "min_fraction"):
-        if field in rule and (isinstance(rule[field], bool) or not isinstance(rule[field], (int, float))):
-            return f"{field} must be a number, not {rule[field]!r}"
-    for field in ("x", "y"):
-        if field in rule and not (isinstance(rule[field], str) and rule[field]):
-            return f"{field} must be a column name, not {rule[field]!r}"
-    if "by" in rule:
-        by = rule["by"]
-        if not (isinstance(by, str) or isinstance(by, list) and all(isinstance(b, str) for b in by)):
-            return f"by must be a column name or a list of them, not {by!r}"
-    for field in ("where", "a", "b"):
-        if field in rule and not isinstance(rule[field], dict):
-            return f"{field} must be a mapping of column -> value(s), not {rule[field]!r}"
-    return None
 
 
 # -- selecting rows -------------------------------------------------------------------------------------------------
@@ -271,9 +234,6 @@ def study_tables(study: Study, studies_dir: Path, results_dir: Path | None = Non
     """The study's tables and where they come from: its CSV files under ``studies_dir``, else the result records of
     its task under ``results_dir`` that match the study's points (e.g. MNIST leaderboard runs), else nothing."""
     import pandas as pd
-
-    from benchmark import records as records_module
-    from benchmark.study import read_table, record_points, record_row
 
     csv_path = Path(studies_dir) / f"{study.name}.csv"
     if csv_path.exists():

@@ -38,10 +38,10 @@ from benchmark import study as study_command
 from benchmark import timing as timing_command
 from benchmark.cache import Cache
 from benchmark.errors import BenchError, UnknownNameError, UsageError, user_interrupts
-from benchmark.plugins import Registry, plugin_manager
 from benchmark.executors import EXECUTORS
-from benchmark.runner import (DEFAULT_SELECTIONS, DEVICES, Run, RunConfig, default_results_dir, published_dir,
-                              writable_directory)
+from benchmark.plugins import Registry, plugin_manager
+from benchmark.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig, default_results_dir
+from benchmark.runner import Run, published_dir, writable_directory
 
 log = logging.getLogger("bench")
 
@@ -500,7 +500,7 @@ def _main(argv: list[str]) -> int:
     if args.command == "study":
         return study_command.command(args, registry, pm)
     if args.command == "report":
-        return report_command.command(args)
+        return report_command.command(args, pm)
     if args.command == "timing":
         return timing_command.command(args)
     return _command_leaderboard(args, registry)

@@ -42,13 +42,14 @@ class WorkerSpec:
 
 def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     """Worker entry point: rebuild the problem and compute ``indices`` into the cache; returns how many it computed."""
+    import torch
+
     from benchmark import config as configuration
     from benchmark.cache import Cache
     from benchmark.groundtruth import GroundTruth
     from benchmark.plugins import Registry, plugin_manager
-    from benchmark.task import BuildContext, Recipe
-
-    import torch
+    from benchmark.recipes import Recipe
+    from benchmark.task import BuildContext
 
     registry = Registry(plugin_manager(spec.plugins))
     task_cls = registry.task(spec.task)

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benchmark.claims import matches, select
 from benchmark.errors import UsageError
+from benchmark.study_declaration import Panel, Study
+from benchmark.study_tables import read_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from benchmark.study import Panel, Study
 
 
 def _pyplot() -> Any:
@@ -57,8 +59,6 @@ def _check_columns(study: Study, index: int, panel: Panel, frame: pd.DataFrame, 
 
 def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path: Path) -> Path:
     """Draw panel ``index`` of ``study`` from ``frame`` (read from ``table``) into ``path``."""
-    from benchmark.claims import select
-
     panel = study.panels[index]
     _check_columns(study, index, panel, frame, table)
     matching = select(frame, panel.where)
@@ -141,8 +141,6 @@ def spread_text(panel: Panel) -> str:
 def _left_out(frame: pd.DataFrame, panel: Panel, plotted: int) -> str:
     """How many rows the panel's filter matches but cannot plot: failed runs and undefined values (e.g. a correlation
     over constant estimates), so that a missing point is never silent."""
-    from benchmark.claims import matches
-
     rows = frame
     for column, wanted in panel.where.items():
         rows = rows[matches(rows[column], wanted)]
@@ -159,8 +157,6 @@ def panel_path(study: Study, panel: Panel, output_dir: Path) -> Path:
 
 def plot_study(study: Study, output_dir: Path) -> list[Path]:
     """Draw every panel of ``study`` from its CSV files under ``output_dir``; returns the PNG paths."""
-    from benchmark.study import read_table
-
     tables: dict[str, Path] = {"rows": Path(output_dir) / f"{study.name}.csv",
                                "points": Path(output_dir) / f"{study.name}-points.csv"}
     frames: dict[str, pd.DataFrame] = {}

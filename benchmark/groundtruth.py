@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from benchmark.cache import Cache, digest
 from benchmark.errors import CacheError
 from benchmark.problem import Problem
-from benchmark.task import Recipe
+from benchmark.recipes import Recipe
 from benchmark.training import descend
 
 log = logging.getLogger("bench")

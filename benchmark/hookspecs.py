@@ -17,9 +17,10 @@ from benchmark import hookspec
 
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
 
     from benchmark.estimator import Estimator
-    from benchmark.runner import RunConfig
+    from benchmark.run_config import RunConfig
     from benchmark.task import Task
 
 
@@ -74,6 +75,22 @@ def bench_tasks() -> list[type[Task]]:
 
     Returns:
         Subclasses of :class:`benchmark.Task`.
+    """
+
+
+@hookspec
+def bench_studies() -> list[Path]:
+    """Return the study declarations this plugin ships (``bench study NAME``, ``bench study --list``, the claims of
+    ``bench report``).
+
+    Called whenever studies are listed or looked up; every plugin's list is collected. Each path is a study YAML file
+    (its stem is the study's name; format: :mod:`benchmark.study_declaration`) or a directory whose ``*.yaml`` files
+    are studies. A plugin package finds its own files with ``importlib.resources``, e.g.
+    ``[importlib.resources.files("my_plugin") / "studies"]`` (declare them as package data). Names must be unique
+    across plugins; a clash is an error naming both plugins. A study's ``task`` may come from any plugin.
+
+    Returns:
+        Paths (``pathlib.Path`` or ``str``) of study files or directories.
     """
 
 

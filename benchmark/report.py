@@ -19,8 +19,10 @@ import html
 import re
 from pathlib import Path
 
+import pluggy
+
 from benchmark import claims as claims_module
-from benchmark import study as study_module
+from benchmark import study_declaration as study_module
 from benchmark.claims import Verdict
 from benchmark.figures import panel_path, spread_text
 from benchmark.records import git_commit
@@ -105,11 +107,12 @@ def markdown_to_html(text: str, shift: int = 1) -> str:
 
 
 # -- claims ---------------------------------------------------------------------------------------------------------
-def all_verdicts(studies_dir: Path, results_dir: Path, declarations: Path = study_module.STUDIES_DIR,
-                 ) -> list[tuple[study_module.Study, list[Verdict]]]:
-    """Every study declared under ``declarations`` with its claims decided (:func:`benchmark.claims.evaluate_study`)."""
+def all_verdicts(studies_dir: Path, results_dir: Path, declarations: Path | None = None,
+                 pm: pluggy.PluginManager | None = None) -> list[tuple[study_module.Study, list[Verdict]]]:
+    """Every study declared under ``declarations`` (default: every study the plugins of ``pm`` ship, hook
+    ``bench_studies``) with its claims decided (:func:`benchmark.claims.evaluate_study`)."""
     out = []
-    for path in study_module.available(declarations).values():
+    for path in study_module.available(declarations, pm).values():
         study = study_module.load_study(path)
         out.append((study, claims_module.evaluate_study(study, studies_dir, results_dir)))
     return out
@@ -195,10 +198,11 @@ def _study_section(study: study_module.Study, verdicts: list[Verdict], studies_d
     return "\n".join(out)
 
 
-def render(leaderboards_dir: Path, studies_dir: Path, results_dir: Path,
-           declarations: Path = study_module.STUDIES_DIR) -> tuple[str, str]:
-    """``(page, readme)``: the HTML report and the claims table, for the studies declared under ``declarations``."""
-    verdicts = all_verdicts(studies_dir, results_dir, declarations)
+def render(leaderboards_dir: Path, studies_dir: Path, results_dir: Path, declarations: Path | None = None,
+           pm: pluggy.PluginManager | None = None) -> tuple[str, str]:
+    """``(page, readme)``: the HTML report and the claims table, for the studies declared under ``declarations``
+    (default: every study the plugins ship, see :func:`all_verdicts`)."""
+    verdicts = all_verdicts(studies_dir, results_dir, declarations, pm)
     commit, dirty = git_commit()
     boards = sorted(p for p in Path(leaderboards_dir).glob("*.md") if p.name not in SKIPPED_BOARDS)
     timing = Path(leaderboards_dir) / TIMING
@@ -266,10 +270,10 @@ def _locations(args: argparse.Namespace) -> None:
             setattr(args, name, defaults[name])
 
 
-def command(args: argparse.Namespace) -> int:
-    """``bench report``."""
+def command(args: argparse.Namespace, pm: pluggy.PluginManager | None = None) -> int:
+    """``bench report`` (the studies of the plugins of ``pm``)."""
     _locations(args)
-    page, readme = render(args.leaderboards_dir, args.studies_dir, args.results_dir)
+    page, readme = render(args.leaderboards_dir, args.studies_dir, args.results_dir, pm=pm)
     for path, text in ((args.output, page), (args.readme, readme)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

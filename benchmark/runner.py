@@ -12,7 +12,6 @@ records hold the resolved hyperparameters (see :func:`resolve_hyperparameters`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import errno
@@ -32,13 +31,24 @@ from benchmark import config as configuration
 from benchmark import records
 from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian, top_eigenvalue
-from benchmark.errors import (PLUGIN_FAULTS, BenchError, EstimatorFailed, EstimatorSkipped, Interrupted, PluginError,
-                              PluginHookError, UnknownNameError, UsageError, describe)
+from benchmark.errors import (
+    PLUGIN_FAULTS,
+    BenchError,
+    EstimatorFailed,
+    EstimatorSkipped,
+    Interrupted,
+    PluginError,
+    PluginHookError,
+    UnknownNameError,
+    UsageError,
+    describe,
+)
 from benchmark.estimator import Estimator
 from benchmark.executors import EXECUTORS, WorkerSpec, make_executor
 from benchmark.groundtruth import GroundTruth, LooEffect
 from benchmark.plugins import Registry, call_each
 from benchmark.problem import Problem
+from benchmark.run_config import DEVICES, RunConfig, default_results_dir
 from benchmark.scoring import bootstrap_interval, correlations, repeat_ceiling
 from benchmark.task import BuildContext, Protocol, Task
 
@@ -50,22 +60,11 @@ SELECTIONS = {
     "pNN": "the k training points whose estimated influence is nearest its NN-th percentile, each estimator its own "
            "(the paper's Fig. 3b uses p30)",
 }
-DEFAULT_SELECTIONS = ("top", "random")
-DEVICES = ("cpu", "cuda", "auto")
 CONVERGENCE_TOL = 1e-4
 """An optimum whose objective gradient norm exceeds this is reported as not converged."""
 DENSE_LIMIT = 1_000
 """Problems with at most this many parameters get a dense float64 Hessian as the iHVP reference; larger ones get it
 only when the ``exact`` estimator of the same run computed it anyway (it is shared through the problem)."""
-
-
-def default_results_dir() -> Path:
-    """Where ``bench run`` writes its records unless told otherwise, outside any source tree: ``$BENCH_RESULTS_DIR``,
-    else ``$XDG_DATA_HOME/bench/results``, else ``~/.local/share/bench/results`` (the leaderboard goes beside it)."""
-    if os.environ.get(records.RESULTS_ENV):
-        return Path(os.environ[records.RESULTS_ENV]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "bench" / "results"
 
 
 PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
@@ -100,55 +99,6 @@ def writable_directory(path: Path, what: str) -> bool:
         below = "" if probe == path else f" ({probe} is a file)"
         raise UsageError(f"{what} {path} is not a directory{below}")
     return os.access(probe, os.W_OK | os.X_OK)
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """A resolved ``bench run``.
-
-    Attributes:
-        task: task name.
-        estimators: estimator names, in order.
-        task_options: the task's config fields that differ from its defaults.
-        estimator_options: per estimator name, its hyperparameters that differ from the defaults.
-        seed: seeds the data split, the initialisation and the random selection.
-        device: ``cpu``, ``cuda`` or ``auto``.
-        selections: which training points are scored (keys of :data:`SELECTIONS`).
-        cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
-        results_dir: where result records are written (default :func:`default_results_dir`).
-        progress: show progress bars.
-        gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
-        gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).
-        executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
-        workers: processes of the ``process`` executor (default: the CPU count).
-        ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
-        plugins: the ``-p`` arguments, passed on to remote workers.
-        threads: torch intra-op threads on a CPU (``None``: the task's ``cpu_threads``, else torch's default).
-        options: values of options added by plugins (``bench_addoption``).
-        pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
-        command: the command line that made this run, recorded with its results (``None`` when run from Python).
-    """
-
-    task: str
-    estimators: list[str]
-    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    estimator_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    seed: int = 0
-    device: str = "cpu"
-    selections: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SELECTIONS))
-    cache_dir: Path | None = None
-    results_dir: Path = dataclasses.field(default_factory=default_results_dir)
-    progress: bool = True
-    gt_chunk_size: int | None = None
-    gt_seeds: int = 1
-    executor: str = "local"
-    workers: int | None = None
-    ray_address: str | None = None
-    plugins: list[str] = dataclasses.field(default_factory=list)
-    threads: int | None = None
-    options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
-    pluginmanager: pluggy.PluginManager | None = None
-    command: str | None = None
 
 
 def resolve_hyperparameters(cls: type[Estimator], options: dict[str, Any] | None, protocol: Protocol,

@@ -7,50 +7,16 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from benchmark import training
+from benchmark.recipes import Polish, Recipe
+
+__all__ = ["BuildContext", "Polish", "Protocol", "Recipe", "ReferenceRow", "Task"]
+
 if TYPE_CHECKING:
     from torch import Tensor
 
     from benchmark.cache import Cache
     from benchmark.problem import Problem
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A gradient-descent recipe, used both to train an optimum and to re-train leave-one-out models from it.
-
-    Attributes:
-        steps: number of parameter updates.
-        lr: learning rate.
-        batch_size: minibatch size; ``None`` for full-batch gradient descent.
-        momentum: heavy-ball momentum, as in ``torch.optim.SGD``.
-        seed: seed of the minibatch order; leave-one-out models share it (common random numbers).
-    """
-
-    steps: int
-    lr: float
-    batch_size: int | None = None
-    momentum: float = 0.0
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Polish:
-    """A final training phase that takes an optimum to a stationary point: full-batch L-BFGS (strong-Wolfe line
-    search) on the whole training objective (:func:`benchmark.training.polish`), stopped once its gradient norm is at
-    most ``gradient_tol``.
-
-    Minibatch SGD at any constant rate stops where its noise balances the gradient, far from a stationary point;
-    influence functions assume one.
-
-    Attributes:
-        max_steps: the most L-BFGS iterations (each one or a few full-data gradients).
-        gradient_tol: stop once ``||grad J(theta)||`` is at most this.
-        history: L-BFGS memory (pairs of steps and gradient changes kept).
-    """
-
-    max_steps: int
-    gradient_tol: float = 1e-5
-    history: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +106,10 @@ class Task(abc.ABC):
         key = self.problem_key(context.seed) if key is None else key
 
         def train_phases() -> dict[str, Tensor]:
-            from benchmark.training import polish
-
             current = problem
             for index, phase in enumerate(phases):
                 if isinstance(phase, Polish):  # checkpointed: a long polish resumes after an interruption
-                    theta = polish(current, phase, context.progress, (context.cache, {**key, "phase": index}))
+                    theta = training.polish(current, phase, context.progress, (context.cache, {**key, "phase": index}))
                 else:
                     theta = self.train_from(current, phase, context.progress)
                 current = dataclasses.replace(current, params=current.unflatten(theta))
@@ -160,9 +124,46 @@ class Task(abc.ABC):
         """``theta`` after training ``problem`` from its parameters with ``recipe`` (one SGD phase of :meth:`trained`;
         a :class:`Polish` phase runs :func:`benchmark.training.polish`): :func:`benchmark.training.train` unless a
         task has a faster trainer for its models."""
-        from benchmark.training import train
+        return training.train(problem, recipe, progress)
 
-        return train(problem, recipe, progress)
+    # -- optional speed-ups: a task may override these; the harness uses an override where it has one ---------------
+    def descend(self, problem: Problem, thetas: Tensor, weights: Tensor, recipe: Recipe, progress: bool = False,
+                description: str = "training") -> Tensor:
+        """Optional: re-train ``K`` models of ``problem`` at once, a faster drop-in for
+        :func:`benchmark.training.descend` (same arguments, same result to rounding: ``thetas`` ``[K, P]`` are the
+        starting parameters, ``weights`` ``[K, n_train]`` the weight of each training example per model, 0 removing
+        it; returns the ``[K, P]`` parameters after ``recipe``).
+
+        ``bench study`` re-trains the leave-one-out models of a task that overrides it through it (with the local
+        executor; :meth:`overrides`), e.g. Iris's hand-written backpropagation; ``bench run`` always uses
+        :func:`benchmark.training.descend`. The default is :func:`benchmark.training.descend` itself.
+        """
+        return training.descend(problem, thetas, weights, recipe, progress, description)
+
+    @classmethod
+    def train_many(cls, tasks: Sequence[Task], seeds: Sequence[int], context: BuildContext) -> int | None:
+        """Optional: train the optima of many ``(task, seed)`` pairs (``tasks[i]`` with ``seeds[i]``, configurations
+        of this task class) into ``context.cache`` at once, each equal to the one :meth:`build` would train alone and
+        stored under the same key (so :meth:`build` then loads it); an optimum already cached is not trained again.
+
+        ``bench study`` calls it once before its runs when a task overrides it (:meth:`overrides`).
+
+        Returns:
+            How many optima were trained (the others were cached already); the default trains none and returns
+            ``None``: each run's :meth:`build` trains its own optimum.
+        """
+        return None
+
+    @classmethod
+    def overrides(cls, method: str) -> bool:
+        """Whether this task class overrides the optional method ``method`` of :class:`Task` (``"descend"`` or
+        ``"train_many"``): the harness uses a task's own speed-up only where it has one."""
+        if not callable(getattr(Task, method, None)):
+            raise AttributeError(f"Task has no method {method!r}")
+        for klass in cls.__mro__:
+            if method in vars(klass):
+                return klass is not Task
+        return False
 
     @classmethod
     def models(cls) -> dict[str, int]:

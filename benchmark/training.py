@@ -17,10 +17,9 @@ with a ``load_batches`` method, :class:`StreamedBatches`), from its loader, whic
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from benchmark.cache import Cache
 from benchmark.problem import Problem
-from benchmark.task import Polish, Recipe
+from benchmark.recipes import Polish, Recipe
 
 log = logging.getLogger("bench")
 
@@ -53,10 +52,18 @@ def minibatches(recipe: Recipe, n: int, device: torch.device) -> Iterator[Tensor
 
 @runtime_checkable
 class StreamedBatches(Protocol):
-    """A problem whose training data is streamed rather than indexed in memory."""
+    """A problem whose training data is streamed rather than indexed in memory (an extension point for tasks).
+
+    A task whose training set does not fit in memory builds a :class:`~benchmark.problem.Problem` subclass with a
+    ``load_batches`` method (e.g. ``tasks/imagenet_problem.py``'s ``StreamedProblem``); :func:`descend`, and so
+    training and leave-one-out re-training, then take each minibatch from it instead of indexing ``x_train`` and
+    ``y_train`` (:func:`batch_data`). Structural: any problem with the method qualifies, no base class is needed.
+    Importable as ``benchmark.StreamedBatches``.
+    """
 
     def load_batches(self, batches: Sequence[Tensor | None]) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(x, y)`` of each index batch of ``batches`` in order (``None``: the full training set)."""
+        """``(x, y)`` of each index batch of ``batches`` in order (``None``: the full training set): the examples that
+        indexing the training set with the batch would give, in that order (it may decode them ahead of use)."""
 
 
 def batch_data(problem: Problem, batches: Sequence[Tensor | None]) -> Iterator[tuple[Tensor, Tensor]]:
@@ -95,6 +102,7 @@ def descend(
     def model_objective(theta: Tensor, w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return (problem.losses(theta, x, y) * w).sum() / len(w)
 
+    batched: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     if len(thetas) == 1:  # a plain call is about twice as fast as vmap over a single model
 
         def batched(t: Tensor, w: Tensor, x: Tensor, y: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from filelock import Timeout
@@ -25,6 +26,7 @@ from benchmark.cache import Cache, canonical
 from benchmark.config import non_negative, positive
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Protocol
+from tasks import shipped_studies
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -409,3 +411,9 @@ class Iris(Task):
 @hookimpl
 def bench_tasks() -> list[type[Task]]:
     return [Iris]
+
+
+@hookimpl
+def bench_studies() -> list[Path]:
+    """The Iris studies of section 5.1 (depth, width, LiSSA), shipped with this plugin."""
+    return shipped_studies("iris-")

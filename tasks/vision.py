@@ -9,6 +9,7 @@ preset's value; every record holds the preset and the fully resolved config. Tes
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,7 @@ from benchmark import Problem, Recipe, Task, hookimpl
 from benchmark.config import non_negative, positive
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Polish, Protocol, ReferenceRow
+from tasks import shipped_studies
 from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
 from tasks.models import MODELS, build_model, count_parameters
 
@@ -229,7 +231,7 @@ class Mnist(VisionTask):
     """MNIST (28x28x1): the six architectures of Table 1; the small CNN on small MNIST (section 5.2)."""
 
     name = "mnist"
-    version = 3  # 2: the optimum is polished by two lower-rate phases; 3: and by full-batch L-BFGS to a stationary point
+    version = 3  # 2: polished by two lower-rate SGD phases; 3: and by full-batch L-BFGS to a stationary point
     channels, image_size = 1, 28
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -247,7 +249,7 @@ class Cifar(VisionTask):
     """CIFAR-10 (32x32x3): the architectures of Table 1 (the small CNN too, though the paper skipped it)."""
 
     name = "cifar"
-    version = 3  # 2: the optimum is polished by two lower-rate phases; 3: and by full-batch L-BFGS to a stationary point
+    version = 3  # 2: polished by two lower-rate SGD phases; 3: and by full-batch L-BFGS to a stationary point
     Config = CifarConfig
     channels, image_size = 3, 32
 
@@ -261,3 +263,9 @@ class Cifar(VisionTask):
 @hookimpl
 def bench_tasks() -> list[type[Task]]:
     return [Mnist, Cifar]
+
+
+@hookimpl
+def bench_studies() -> list[Path]:
+    """The MNIST studies (test points, weight decay), shipped with this plugin."""
+    return shipped_studies("mnist-")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.report import BANNER, markdown_to_html, render
-from benchmark.study import available, load_study
+from benchmark.study_declaration import available, load_study
 from tests.test_study import write_study
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

@@ -19,7 +19,7 @@ from benchmark import config as configuration
 from benchmark.cache import Cache
 from benchmark.claims import check_rule, evaluate
 from benchmark.plugins import Registry, plugin_manager
-from benchmark.study import available, load_study, parse_study
+from benchmark.study_declaration import available, load_study, parse_study
 from benchmark.task import BuildContext
 from benchmark.training import descend
 from tasks.iris import Iris, IrisConfig, layer_shapes, mlp_descend
@@ -215,6 +215,38 @@ def test_study_list(bench) -> None:
     assert "iris-depth" in result.out and "96 runs" in result.out and "mnist-weight-decay" in result.out
 
 
+def test_a_plugin_ships_a_study(bench, plugin_module, tmp_path: Path) -> None:
+    """A plugin module given with -p answers ``bench_studies``: ``bench study --list`` names it as the study's
+    plugin, and ``bench study NAME`` finds and runs the study by name."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    write_study(shipped, "shipped-tiny", TINY_STUDY.format(name="shipped-tiny").replace(
+        "depth: [1, 2]", "depth: [1]").replace("activation: [relu, tanh]", "activation: [relu]").replace(
+        "seeds: [0, 1]", "seeds: [0]"))
+    plugin_module("study_shipping_plugin", f"""
+from pathlib import Path
+
+from benchmark import hookimpl
+
+
+@hookimpl
+def bench_studies():
+    return [Path({str(shipped)!r})]
+""")
+    listed = bench("study", "--list", "-p", "study_shipping_plugin")
+    assert listed.code == 0, listed.err
+    line = next(line for line in listed.out.splitlines() if line.startswith("shipped-tiny"))
+    assert "1 runs" in line and "[plugin study_shipping_plugin]" in line
+    assert "[plugin iris]" in next(line for line in listed.out.splitlines() if line.startswith("iris-depth"))
+    out = tmp_path / "out"
+    result = bench("study", "shipped-tiny", "-p", "study_shipping_plugin", "--output-dir", out, "--cache-dir",
+                   tmp_path / "cache", "--no-progress")
+    assert result.code == 0, result.err
+    assert len(pd.read_csv(out / "shipped-tiny.csv")) == 1
+    assert_one_line_error(bench("study", "shipped-tiny", "--output-dir", out, "--no-progress"),
+                          "unknown study 'shipped-tiny'")
+
+
 # -- end to end -----------------------------------------------------------------------------------------------------
 def test_study_end_to_end_and_resume(bench, tmp_path: Path) -> None:
     path = write_study(tmp_path)
@@ -258,7 +290,8 @@ def test_study_end_to_end_and_resume(bench, tmp_path: Path) -> None:
     records = sorted((cache / "study-records" / "tiny" / "iris").glob("*.json"))
     assert len(records) == 16
     again_records = [json.loads(p.read_text()) for p in records]
-    again_records = [r["ground_truth"] for r in again_records if r["estimator"]["hyperparameters"]["max_params"] == 9999]
+    again_records = [r["ground_truth"] for r in again_records
+                     if r["estimator"]["hyperparameters"]["max_params"] == 9999]
     assert len(again_records) == 8 and all(gt["computed"] == 0 and gt["cached"] == gt["points"] for gt in again_records)
 
 

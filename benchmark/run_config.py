@@ -1,0 +1,79 @@
+"""What a ``bench run`` is asked to do: :class:`RunConfig`, the contract between the command line (or a YAML config,
+or Python), the plugins' hooks (:mod:`benchmark.hookspecs`) and :mod:`benchmark.runner`, which executes it.
+
+It lives apart from the runner so that the hook specifications, a contract, import nothing from the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from benchmark import records
+
+DEFAULT_SELECTIONS = ("top", "random")
+"""The selections of a run that names none (see :data:`benchmark.runner.SELECTIONS`)."""
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def default_results_dir() -> Path:
+    """Where ``bench run`` writes its records unless told otherwise, outside any source tree: ``$BENCH_RESULTS_DIR``,
+    else ``$XDG_DATA_HOME/bench/results``, else ``~/.local/share/bench/results`` (the leaderboard goes beside it)."""
+    if os.environ.get(records.RESULTS_ENV):
+        return Path(os.environ[records.RESULTS_ENV]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "bench" / "results"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A resolved ``bench run``.
+
+    Attributes:
+        task: task name.
+        estimators: estimator names, in order.
+        task_options: the task's config fields that differ from its defaults.
+        estimator_options: per estimator name, its hyperparameters that differ from the defaults.
+        seed: seeds the data split, the initialisation and the random selection.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        selections: which training points are scored (keys of :data:`benchmark.runner.SELECTIONS`).
+        cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
+        results_dir: where result records are written (default :func:`default_results_dir`).
+        progress: show progress bars.
+        gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
+        gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).
+        executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
+        workers: processes of the ``process`` executor (default: the CPU count).
+        ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
+        plugins: the ``-p`` arguments, passed on to remote workers.
+        threads: torch intra-op threads on a CPU (``None``: the task's ``cpu_threads``, else torch's default).
+        options: values of options added by plugins (``bench_addoption``).
+        pluginmanager: the run's plugin manager, so a plugin can register a stateful object at configure time.
+        command: the command line that made this run, recorded with its results (``None`` when run from Python).
+    """
+
+    task: str
+    estimators: list[str]
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    estimator_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    selections: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_SELECTIONS))
+    cache_dir: Path | None = None
+    results_dir: Path = dataclasses.field(default_factory=default_results_dir)
+    progress: bool = True
+    gt_chunk_size: int | None = None
+    gt_seeds: int = 1
+    executor: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+    plugins: list[str] = dataclasses.field(default_factory=list)
+    threads: int | None = None
+    options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
+    pluginmanager: pluggy.PluginManager | None = None
+    command: str | None = None
