@@ -334,7 +334,9 @@ def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str |
         if name in registry.tasks:
             defaults = dataclasses.asdict(registry.tasks[name].cls.Config())
             reference_rows = registry.tasks[name].cls.reference_rows()
-        text = leaderboard.render(found, name, defaults, reference_rows)
+        estimator_defaults = {estimator: dataclasses.asdict(entry.cls.Config())
+                              for estimator, entry in registry.estimators.items()}
+        text = leaderboard.render(found, name, defaults, reference_rows, estimator_defaults)
         texts.append((text, leaderboard.write(text, output_dir, name), len(found)))
     return texts
 

@@ -2,6 +2,12 @@
 
 Records are grouped by what was run (task config, seed, device, test point, re-training recipe); within a group, a
 repeated row (same estimator, hyperparameters and selection) shows the record with the latest ``date`` field.
+
+Both comparisons read a record's task config and hyperparameters completed with the current defaults of the task's
+``Config`` and of each estimator's ``Config`` (:func:`completed`): a field added to a config after a record was
+written is, for that record, at its default, so a newer run of the same setting that records the new field falls in
+the same section and replaces the older row, rather than showing the same setting twice (once without the field and
+once with it). A record whose value differs from the default stays apart, as before.
 """
 
 from __future__ import annotations
@@ -63,11 +69,17 @@ def _hyperparameters(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "-"
 
 
-def _group_key(record: Mapping[str, Any]) -> str:
+def completed(values: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``values`` (a recorded task config or hyperparameters) with the fields it lacks at their ``defaults``."""
+    return {**(defaults or {}), **values}
+
+
+def _group_key(record: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
+    task = {**record["task"], "config": completed(record["task"]["config"], defaults)}
     return json.dumps(
-        [record["task"], record["seed"], record["device"]["type"], record["test_point"]["rule"],
+        [task, record["seed"], record["device"]["type"], record["test_point"]["rule"],
          record["ground_truth"]["recipe"]],
-        sort_keys=True,
+        sort_keys=True, default=str,
     )
 
 
@@ -86,12 +98,15 @@ def _command(record: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> s
     return " ".join(parts)
 
 
-def _latest(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The records a section shows: the latest of each (estimator, hyperparameters, selection)."""
+def _latest(group: list[dict[str, Any]],
+            estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The records a section shows: the latest of each (estimator, hyperparameters, selection), hyperparameters
+    completed with the estimator's current defaults (:func:`completed`)."""
     latest: dict[str, dict[str, Any]] = {}
     for record in sorted(group, key=lambda r: (r["date"], r["run_id"])):
-        key = json.dumps([record["estimator"]["name"], record["estimator"]["hyperparameters"],
-                          record["selection"]["kind"]], sort_keys=True)
+        name = record["estimator"]["name"]
+        hyperparameters = completed(record["estimator"]["hyperparameters"], (estimator_defaults or {}).get(name))
+        key = json.dumps([name, hyperparameters, record["selection"]["kind"]], sort_keys=True, default=str)
         latest[key] = record
     return list(latest.values())
 
@@ -154,7 +169,8 @@ def _not_run(records: list[dict[str, Any]], reference_rows: Sequence[ReferenceRo
 
 
 def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any] | None = None,
-           reference_rows: Sequence[ReferenceRow] = ()) -> str:
+           reference_rows: Sequence[ReferenceRow] = (),
+           estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """The Markdown leaderboard of ``task`` from its ``records``.
 
     Args:
@@ -163,6 +179,10 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
         defaults: the task's default config, to print each group's reproducing command minimally.
         reference_rows: the paper's settings for the task (:meth:`Task.reference_rows`); those no record ran are
             listed as not run.
+        estimator_defaults: each registered estimator's default hyperparameters, by name.
+
+    ``defaults`` and ``estimator_defaults`` also complete what a record lacks when records are grouped into sections
+    and rows (see the module docstring).
     """
     lines = [BANNER, "", f"# Leaderboard: `{task}`", ""]
     lines += [
@@ -174,9 +194,9 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
     ]
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        groups.setdefault(_group_key(record), []).append(record)
+        groups.setdefault(_group_key(record, defaults), []).append(record)
     for group in sorted(groups.values(), key=lambda g: max(r["date"] for r in g)):
-        shown = _latest(group)
+        shown = _latest(group, estimator_defaults)
         first = max(shown, key=lambda r: (r["date"], r["run_id"]))
         config = first["task"]["config"]
         problem = first["diagnostics"]["problem"]

@@ -1,32 +1,33 @@
 """Result records: one JSON file per estimator, selection and run, under ``<results dir>/<task>/``.
 
-Schema (version :data:`SCHEMA_VERSION`)::
+The schema is typed: :class:`Record` and the ``TypedDict`` classes it nests are its one source of truth. They
+document every field the runner writes (version :data:`SCHEMA_VERSION`), and the validator :func:`validate` derives
+what it checks from them (:data:`SCHEMA`: the fields a record must have; :data:`OPTIONAL`: the ``NotRequired``
+ones, and every field of a mapping that may be null, checked where present). A record may hold fields the schema
+does not declare (a later version's, say): they are not checked, and :func:`undeclared` lists them.
 
-    schema, run_id, date (ISO 8601, UTC), commit, dirty, versions {bench, torch, python}, device {type, name},
-    task {name, version, config}, seed, command (the bench command line, or null), threads,
-    test_point {rule, index, loss},
-    estimator {name, plugin, hyperparameters}, selection {kind, size, description},
-    status ("ok" | "failed" | "skipped": the estimator does not apply to the problem, e.g. exact above its
-    max_params), failure (why there is no score: the failure or the reason for the skip; null when ok),
-    metrics {pearson, spearman, param_norm_pearson, param_norm_spearman: correlation records
-             (see benchmark.scoring), ihvp_relative_residual (or null)},
-    diagnostics {problem {...}, estimator {...}}, ground_truth {..., reference_drift, drift_to_effect (see
-    DRIFT_DOMINATED)}, timings {prepare_s, query_s},
-    points {train_indices, estimated, retrained, estimated_param_norm, retrained_param_norm}, paper (or null)
+Migration: a record of an older schema version is brought to :data:`SCHEMA_VERSION` by :func:`migrate` (the
+functions in :data:`MIGRATIONS`, one per version step) before it is validated, so :func:`load` reads old records
+unchanged on disk. Version 1 is the only version so far: every committed record
+(``leaderboards/results/*/*.json``) is valid as it is; fields added to the runner since version 1 were added as
+``NotRequired``, which is why records written before them stay valid. A change that would invalidate a record
+bumps :data:`SCHEMA_VERSION` and adds its step to :data:`MIGRATIONS`.
 """
-
-from __future__ import annotations
 
 import datetime
 import json
 import logging
 import platform
 import subprocess
+import types
+import typing
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import torch
+from typing_extensions import NotRequired, TypedDict
 
 import benchmark
 from benchmark.cache import atomic_write
@@ -34,8 +35,10 @@ from benchmark.cache import atomic_write
 log = logging.getLogger("bench")
 
 SCHEMA_VERSION = 1
+"""The version of :class:`Record` that the runner writes (a record's ``schema`` field)."""
 RESULTS_ENV = "BENCH_RESULTS_DIR"
-STATUSES = ("ok", "failed", "skipped")
+Status = Literal["ok", "failed", "skipped"]
+STATUSES: tuple[str, ...] = typing.get_args(Status)
 """A record's ``status``: scored; the estimator failed (``failure`` says why); or it does not apply to the problem
 (:class:`~benchmark.errors.EstimatorSkipped`, ``failure`` holds the reason). Records written before ``skipped``
 existed hold ``ok`` or ``failed`` and stay valid."""
@@ -134,52 +137,300 @@ def _correlation_entry(value: Any) -> str | None:
 _CORRELATION = ("correlation",)
 _MAPPING = (dict,)
 
-SCHEMA: dict[str, Any] = {
-    "schema": (int,),
-    "run_id": _TEXT,
-    "date": _TEXT,
-    "commit": _OPTIONAL_TEXT,
-    "versions": {"torch": _TEXT},
-    "device": {"type": _TEXT, "name": _OPTIONAL_TEXT},
-    "task": {"name": _TEXT, "config": _MAPPING},
-    "seed": (int,),
-    "test_point": {"rule": _TEXT, "index": (int,), "loss": _NUMBER},
-    "estimator": {"name": _TEXT, "hyperparameters": _MAPPING},
-    "selection": {"kind": _TEXT, "size": (int,)},
-    "status": STATUSES,
-    "failure": _OPTIONAL_TEXT,
-    "diagnostics": {
-        "problem": {"n_train": (int,), "n_params": (int,), "weight_decay": _NUMBER, "gradient_norm": _NUMBER,
-                    "converged": (bool,), "convergence_tol": _NUMBER, "top_eigenvalue": _NUMBER},
-        "estimator": _MAPPING,
-    },
-    "ground_truth": {"protocol": _TEXT, "reference": _TEXT, "reference_drift": _NUMBER, "points": (int,),
-                     "recipe": {"steps": (int,), "lr": _NUMBER, "batch_size": (int, type(None))}},
-    "timings": {"prepare_s": _OPTIONAL_NUMBER, "query_s": _OPTIONAL_NUMBER},
-}
-"""The fields a record must have (what the leaderboard reads): a tuple of allowed types, of allowed values, or
-``("correlation",)``; a dict for a nested mapping."""
 
-OPTIONAL: dict[str, Any] = {
-    "command": _OPTIONAL_TEXT,
-    "dirty": (bool, type(None)),
-    "diagnostics.problem.bottom_eigenvalue": _OPTIONAL_NUMBER,
-    "ground_truth.seeds": (int,),
-    "ground_truth.drift_to_effect": _OPTIONAL_NUMBER,
-    "metrics": (dict, type(None)),
-    "metrics.pearson": _CORRELATION,
-    "metrics.spearman": _CORRELATION,
-    "metrics.param_norm_pearson": _CORRELATION,
-    "metrics.param_norm_spearman": _CORRELATION,
-    "metrics.ihvp_relative_residual": _OPTIONAL_NUMBER,
-    "metrics.ceiling": (dict, type(None)),
-    "metrics.ceiling.pearson": _CORRELATION,
-    "metrics.ceiling.spearman": _CORRELATION,
-    "paper": (dict, type(None)),
-    "paper.pearson": _OPTIONAL_NUMBER,
-    "paper.spearman": _OPTIONAL_NUMBER,
-}
-"""Fields a record may leave out (or set to null where the types allow it), checked where present."""
+# -- the schema -----------------------------------------------------------------------------------------------------
+class Correlation(TypedDict):
+    """A correlation (:mod:`benchmark.scoring`): its value, or ``None`` with the reason under ``undefined``."""
+
+    value: float | None
+    undefined: NotRequired[str | None]
+    p_value: NotRequired[float | None]
+    n: NotRequired[int]
+    interval: NotRequired[list[float] | None]
+    """95% bootstrap interval over points and ground-truth seeds."""
+    agreement: NotRequired[Any]
+    """Noise ceilings only: how well the ground-truth seeds agree."""
+    seeds: NotRequired[int]
+    """Noise ceilings only: the number of ground-truth seeds."""
+
+
+class Versions(TypedDict):
+    torch: str
+    bench: NotRequired[str]
+    python: NotRequired[str]
+
+
+class Device(TypedDict):
+    type: str
+    name: str | None
+
+
+class TaskInfo(TypedDict):
+    name: str
+    config: dict[str, Any]
+    """The task's resolved config (:meth:`benchmark.Task.describe`)."""
+    version: NotRequired[int]
+
+
+class TestPoint(TypedDict):
+    rule: str
+    index: int
+    loss: float
+
+
+class EstimatorInfo(TypedDict):
+    name: str
+    hyperparameters: dict[str, Any]
+    """The estimator's resolved config (protocol damping and ``--set`` values applied)."""
+    plugin: NotRequired[str]
+
+
+class Selection(TypedDict):
+    kind: str
+    size: int
+    description: NotRequired[str]
+
+
+class ProblemDiagnostics(TypedDict):
+    n_train: int
+    n_params: int
+    weight_decay: float
+    gradient_norm: float
+    converged: bool
+    convergence_tol: float
+    top_eigenvalue: float
+    bottom_eigenvalue: NotRequired[float | None]
+    """Where a dense Hessian was computed."""
+
+
+class Diagnostics(TypedDict):
+    problem: ProblemDiagnostics
+    estimator: dict[str, Any]
+    """What the estimator reports (iterations, residual, ``converged``, ...)."""
+    task: NotRequired[dict[str, Any]]
+    """:meth:`benchmark.Task.diagnostics`."""
+
+
+class RecipeInfo(TypedDict):
+    """The re-training :class:`benchmark.Recipe`."""
+
+    steps: int
+    lr: float
+    batch_size: int | None
+    momentum: NotRequired[float]
+    seed: NotRequired[int]
+
+
+class GroundTruthInfo(TypedDict):
+    protocol: str
+    reference: str
+    reference_drift: float
+    """The change of the test loss from re-training on all points (mean over ground-truth seeds)."""
+    points: int
+    recipe: RecipeInfo
+    seeds: NotRequired[int]
+    drift_to_effect: NotRequired[float | None]
+    """``|reference_drift|`` over the median |leave-one-out effect| (see :data:`DRIFT_DOMINATED`)."""
+    reference_test_loss: NotRequired[float]
+    reference_drift_per_seed: NotRequired[list[float]]
+    median_abs_effect: NotRequired[float | None]
+    cached: NotRequired[int]
+    computed: NotRequired[int]
+    corrupt_recomputed: NotRequired[int]
+    seconds: NotRequired[float]
+    chunk_size: NotRequired[int | None]
+    executor: NotRequired[str]
+    cache_key: NotRequired[dict[str, Any]]
+
+
+class Timings(TypedDict):
+    prepare_s: float | None
+    query_s: float | None
+
+
+class Ceiling(TypedDict):
+    """The noise ceiling of each correlation (needs two or more ground-truth seeds)."""
+
+    pearson: NotRequired[Correlation | None]
+    spearman: NotRequired[Correlation | None]
+
+
+class Metrics(TypedDict):
+    pearson: NotRequired[Correlation | None]
+    spearman: NotRequired[Correlation | None]
+    param_norm_pearson: NotRequired[Correlation | None]
+    param_norm_spearman: NotRequired[Correlation | None]
+    ihvp_relative_residual: NotRequired[float | None]
+    ihvp_residual_undefined: NotRequired[str]
+    """Why there is no iHVP residual (an estimator without an iHVP)."""
+    ceiling: NotRequired[Ceiling | None]
+
+
+class Points(TypedDict):
+    """The scored training points, in order."""
+
+    train_indices: list[int]
+    estimated: list[float]
+    retrained: list[float]
+    """Mean over the ground-truth seeds."""
+    retrained_param_norm: list[float]
+    retrained_per_seed: NotRequired[list[list[float]]]
+    estimated_param_norm: NotRequired[list[float]]
+    """Absent where the parameter change failed or was not computed (the correlation says why)."""
+
+
+class Paper(TypedDict):
+    pearson: NotRequired[float | None]
+    spearman: NotRequired[float | None]
+
+
+class Record(TypedDict):
+    """One result record (schema version :data:`SCHEMA_VERSION`): one estimator on one selection of one run."""
+
+    schema: int
+    run_id: str
+    date: str
+    """ISO 8601, UTC."""
+    commit: str | None
+    versions: Versions
+    device: Device
+    task: TaskInfo
+    seed: int
+    test_point: TestPoint
+    estimator: EstimatorInfo
+    selection: Selection
+    status: Status
+    """``skipped``: the estimator does not apply to the problem (e.g. ``exact`` above its ``max_params``)."""
+    failure: str | None
+    """Why there is no score: the failure or the reason for the skip; ``None`` when ok."""
+    diagnostics: Diagnostics
+    ground_truth: GroundTruthInfo
+    timings: Timings
+    command: NotRequired[str | None]
+    """The bench command line, or ``None`` when run from Python."""
+    dirty: NotRequired[bool | None]
+    threads: NotRequired[int]
+    metrics: NotRequired[Metrics | None]
+    """``None`` for a failed or skipped record."""
+    points: NotRequired[Points | None]
+    paper: NotRequired[Paper | None]
+    """The paper's figure for this setting, where it has one."""
+
+
+def _is_typeddict(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, dict) and hasattr(kind, "__required_keys__")
+
+
+def _fields(cls: Any) -> dict[str, tuple[Any, bool]]:
+    """``field -> (type, required)`` of a TypedDict, ``NotRequired`` unwrapped."""
+    hints = typing.get_type_hints(cls)
+    return {name: (hints[name], name in cls.__required_keys__) for name in hints}
+
+
+def _members(kind: Any) -> tuple[Any, ...]:
+    """The members of a union type (``X | None``, ``Union[X, None]``), or ``(kind,)``."""
+    if typing.get_origin(kind) in (Union, types.UnionType):
+        return typing.get_args(kind)
+    return (kind,)
+
+
+_PLAIN: dict[Any, tuple[Any, ...]] = {str: (str,), int: (int,), float: (int, float), bool: (bool,),
+                                      type(None): (type(None),)}
+
+
+def _kinds(kind: Any) -> tuple[Any, ...]:
+    """What :func:`_kind` checks for a field of type ``kind``: allowed types, allowed literal values, or
+    ``("correlation",)`` for a :class:`Correlation` that may be null."""
+    members = _members(kind)
+    if Correlation in members:
+        return _CORRELATION
+    out: list[Any] = []
+    for member in members:
+        origin = typing.get_origin(member) or member
+        if origin is Literal:
+            out += typing.get_args(member)
+        elif member in _PLAIN:
+            out += [k for k in _PLAIN[member] if k not in out]
+        elif origin in (dict, list):
+            out.append(origin)
+        elif _is_typeddict(member):
+            out.append(dict)
+        elif member is Any:
+            return ()
+        else:
+            raise TypeError(f"no check for the schema type {member!r}")
+    return tuple(out)
+
+
+def _specs(cls: Any, prefix: str = "", required: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(schema, optional)`` of a TypedDict: the nested spec of its required fields (a required, non-null TypedDict
+    field is a nested dict) and the dotted names of the others (``NotRequired``), checked where present. Under a
+    mapping that may be absent or null (``required=False``), every field is checked where present."""
+    schema: dict[str, Any] = {}
+    optional: dict[str, Any] = {}
+    for name, (kind, is_required) in _fields(cls).items():
+        dotted = prefix + name
+        here = required and is_required
+        nested = [m for m in _members(kind) if _is_typeddict(m) and m is not Correlation]
+        if nested and here and type(None) not in _members(kind):
+            schema[name], deeper = _specs(nested[0], dotted + ".", True)
+            optional.update(deeper)
+            continue
+        kinds = _kinds(kind)
+        if here:
+            schema[name] = kinds
+        elif kinds:
+            optional[dotted] = kinds
+        if nested:
+            optional.update(_specs(nested[0], dotted + ".", False)[1])
+    if not required:
+        optional = {**{prefix + k: v for k, v in _flatten(schema).items()}, **optional}
+        schema = {}
+    return schema, optional
+
+
+def _flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, kinds in spec.items():
+        if isinstance(kinds, dict):
+            out.update(_flatten(kinds, prefix + name + "."))
+        else:
+            out[prefix + name] = kinds
+    return out
+
+
+SCHEMA, OPTIONAL = _specs(Record)
+"""Derived from :class:`Record`: ``SCHEMA`` is what a record must have (what the leaderboard reads), a tuple of
+allowed types, of allowed values, or ``("correlation",)``, and a dict for a nested mapping; ``OPTIONAL`` holds the
+dotted names of the fields a record may leave out (or set to null where the types allow it), checked where
+present."""
+
+
+def undeclared(record: dict[str, Any], cls: Any = Record, prefix: str = "") -> list[str]:
+    """The dotted names of the fields of ``record`` that the schema (:class:`Record`) does not declare; free mappings
+    (``dict[str, Any]``: configs, hyperparameters, diagnostics) may hold anything."""
+    fields = _fields(cls)
+    out = []
+    for name, value in record.items():
+        if name not in fields:
+            out.append(prefix + name)
+            continue
+        nested = [m for m in _members(fields[name][0]) if _is_typeddict(m)]
+        if nested and isinstance(value, dict):
+            out += undeclared(value, nested[0], prefix + name + ".")
+    return out
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+"""``version -> step``: a function that takes a record of schema ``version`` to ``version + 1`` (none so far)."""
+
+
+def migrate(record: Any) -> Any:
+    """``record`` brought to :data:`SCHEMA_VERSION` by the steps of :data:`MIGRATIONS` (unchanged where it already
+    is, or where there is no step from its version: :func:`validate` then names the version)."""
+    while isinstance(record, dict) and record.get("schema") in MIGRATIONS:
+        record = MIGRATIONS[record["schema"]](record)
+    return record
 
 
 def _kind(value: Any, kinds: tuple[Any, ...]) -> str | None:
@@ -243,7 +494,8 @@ def validate(record: Any) -> str | None:
 
 
 def load(results_dir: Path, task: str | None = None, strict: bool = False) -> list[dict[str, Any]]:
-    """Every valid record under ``results_dir`` (for ``task`` only, if given).
+    """Every valid record under ``results_dir`` (for ``task`` only, if given), migrated to :data:`SCHEMA_VERSION`
+    (:func:`migrate`).
 
     A record that cannot be read or does not match the schema (:func:`validate`) is skipped with a one-line warning
     naming the file and the field, or raises :class:`~benchmark.errors.DataError` if ``strict``.
@@ -259,6 +511,7 @@ def load(results_dir: Path, task: str | None = None, strict: bool = False) -> li
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             problem: str | None = f"unreadable: {getattr(error, 'strerror', None) or error}"
         else:
+            record = migrate(record)
             problem = validate(record)
         if problem is None:
             out.append(record)
