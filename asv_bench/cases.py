@@ -45,18 +45,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from benchmark.cache import Cache
-from benchmark.curvature import DenseHessian
 from benchmark.errors import EstimatorFailed, PluginError
-from benchmark.estimator import Estimator
-from benchmark.groundtruth import GroundTruth
 from benchmark.plugins import Registry, plugin_manager
 from benchmark.problem import Problem
-from benchmark.runner import DENSE_LIMIT, Run, RunConfig, resolve_device, select
-from benchmark.scoring import correlations
+from benchmark.run_config import RunConfig
+from benchmark.runner import Run, evaluate_estimator, ihvp_residuals, resolve_device, score_selection, select
 from benchmark.task import Protocol
 from tasks.models import MODELS
 
@@ -199,14 +194,17 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def build(case: str, size: str, cache: Path,
-          options: dict[str, Any] | None = None) -> tuple[Run, Problem, Protocol, int]:
+def build(case: str, size: str, cache: Path, options: dict[str, Any] | None = None,
+          estimators: list[str] | None = None) -> tuple[Run, Problem, Protocol, int]:
     """The trained problem of ``case`` at ``size`` (trained into, or loaded from, ``cache``), as ``bench run`` builds
-    it: returns the run, the problem, the protocol and the test point's index."""
+    it: returns the run, the problem, the protocol and the test point's index. The run's ``estimators`` are made as
+    ``bench run`` makes them (:func:`benchmark.runner.resolve_hyperparameters`: the task's protocol damping, e.g.
+    0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
     task, _ = split_case(case)
-    config = RunConfig(task=task, estimators=[], task_options={**task_options(case, size), **(options or {})},
-                       seed=SEED, device=device(), selections=["top"], cache_dir=cache, results_dir=cache / "unused",
-                       progress=False, threads=threads(), plugins=plugin_args())
+    config = RunConfig(task=task, estimators=list(estimators or []),
+                       task_options={**task_options(case, size), **(options or {})}, seed=SEED, device=device(),
+                       selections=["top"], cache_dir=cache, results_dir=cache / "unused", progress=False,
+                       threads=threads(), plugins=plugin_args())
     run = Run(config, registry(), registry().pm)
     problem, protocol, test_index, _ = run.build_problem()
     return run, problem, protocol, test_index
@@ -237,60 +235,41 @@ class Outcome:
 def evaluate(case: str, size: str, cache: Path, estimators: list[str],
              options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``case`` at ``size``, evaluate every estimator once, and (at size ``small``) score it against the
-    leave-one-out ground truth, exactly as ``bench run --selection top`` does; the ground truth stays in ``cache``.
+    leave-one-out ground truth, through the runner's own steps, as ``bench run --selection top`` does them
+    (:func:`benchmark.runner.evaluate_estimator`, :func:`~benchmark.runner.ihvp_residuals`,
+    :func:`~benchmark.runner.select`, :func:`~benchmark.runner.score_selection`, the run's ground truth); the
+    ground truth stays in ``cache``.
 
     Returns:
         ``{"n_train", "n_params", "test_index", "threads", "estimators": {name: Outcome as a dict}}``.
     """
-    run, problem, protocol, test_index = build(case, size, cache, options)
+    run, problem, protocol, test_index = build(case, size, cache, options, estimators)
     test_gradient = problem.test_gradients([test_index])
+    problem.warm_up()
+    for evaluation in run.estimators:
+        evaluate_estimator(evaluation, problem, test_index, test_gradient)
+    ihvp_residuals(run.estimators, problem, test_gradient)
     outcomes: dict[str, Outcome] = {}
-    scores: dict[str, np.ndarray] = {}
-    solutions: dict[str, torch.Tensor] = {}
-    instances: dict[str, Estimator] = {}
-    for name in estimators:
-        estimator = registry().estimator(name)()
-        instances[name] = estimator
-        try:
-            estimator.prepare(problem)
-            if type(estimator).influence is not Estimator.influence:
-                values = estimator.influence([test_index])[0]
-                solutions[name] = estimator.ihvp(test_gradient)
-            else:
-                solutions[name] = estimator.ihvp(test_gradient)
-                values = estimator.influence_from_solutions(solutions[name])[0]
-            if not bool(torch.isfinite(values).all()):
-                raise EstimatorFailed("influence scores are not finite")
-        except EstimatorFailed as error:
+    for evaluation in run.estimators:
+        name, error = evaluation.estimator.name, evaluation.error
+        if evaluation.failure is None:
+            outcomes[name] = Outcome("ok", residual=evaluation.residual)
+        elif isinstance(error, EstimatorFailed):  # a refusal (skipped, diverged): its timings are skipped
             outcomes[name] = Outcome("declined", error.reason)
-            solutions.pop(name, None)
-            continue
-        except Exception as error:  # a bug, not a refusal: the timings of this pair will fail and show it
+        else:  # a bug, not a refusal: the timings of this pair will fail and show it
             outcomes[name] = Outcome("error", f"{type(error).__name__}: {error}")
-            solutions.pop(name, None)
-            continue
-        outcomes[name] = Outcome("ok")
-        scores[name] = values.detach().cpu().double().numpy()
 
-    dense = DenseHessian.shared(problem)
-    if dense is None and problem.n_params <= DENSE_LIMIT:
-        dense = DenseHessian.of(problem)
-    if dense is not None:
-        for name, solution in solutions.items():
-            exact = dense.solve(test_gradient, instances[name].damping)
-            error = torch.linalg.vector_norm(solution.to(exact) - exact) / torch.linalg.vector_norm(exact)
-            outcomes[name].residual = float(error)
-
-    if size == "small" and scores:
+    scored = [evaluation for evaluation in run.estimators if evaluation.failure is None]
+    if size == "small" and scored:
         k = min(protocol.eval_size, problem.n_train)
-        top = {name: select("top", values, k, []) for name, values in scores.items()}
-        ground_truth = GroundTruth(problem, protocol.retrain, Cache(cache), run.task.problem_key(SEED), test_index)
+        top = {evaluation.estimator.name: select("top", evaluation.scores, k, []) for evaluation in scored}
+        (ground_truth,) = run.ground_truths(problem, protocol, test_index)
         effects = ground_truth.effects(sorted({i for indices in top.values() for i in indices}))
-        for name, indices in top.items():
-            spearman = correlations([float(scores[name][i]) for i in indices],
-                                    [effects[i].loss_change for i in indices])["spearman"]
-            outcomes[name].spearman = spearman["value"]
-            outcomes[name].spearman_undefined = spearman.get("undefined")
+        for evaluation in scored:
+            name = evaluation.estimator.name
+            _, _, metrics = score_selection(evaluation.scores, top[name], [effects])
+            outcomes[name].spearman = metrics["spearman"]["value"]
+            outcomes[name].spearman_undefined = metrics["spearman"].get("undefined")
     return {"n_train": problem.n_train, "n_params": problem.n_params, "test_index": test_index,
             "threads": torch.get_num_threads(),
             "estimators": {name: dataclasses.asdict(outcome) for name, outcome in outcomes.items()}}
@@ -343,7 +322,7 @@ class Prepared:
 
     def __init__(self, artefacts: dict[str, Any], case: str, estimator: str, size: str, prepare: bool):
         self.outcome = outcome(artefacts, case, estimator, size)
-        _, self.problem, _, self.test_index = build(case, size, Path(artefacts["cache_dir"]))
+        run, self.problem, _, self.test_index = build(case, size, Path(artefacts["cache_dir"]), estimators=[estimator])
         expected = case_entry(artefacts, case, size)["test_index"]
         if self.test_index != expected:
             raise RuntimeError(f"{case} at size {size}: test point {self.test_index}, but setup_cache chose {expected}")
@@ -352,7 +331,7 @@ class Prepared:
         self.problem.test_gradients([self.test_index])
         self.problem.warm_up()
         synchronize()
-        self.estimator = registry().estimator(estimator)()
+        self.estimator = run.estimators[0].estimator  # its hyperparameters as bench run resolves them
         if prepare:
             self.estimator.prepare(self.problem)
         synchronize()

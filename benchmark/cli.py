@@ -58,10 +58,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _split(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
 def _plugin_args(argv: Sequence[str]) -> list[str]:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-p", action="append", default=[])
@@ -108,9 +104,9 @@ def build_parser(pm: Any) -> Parser:
     problem.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", parents=[common, problem], help="run estimators on a task and score them")
-    run.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
+    run.add_argument("--estimator", "--estimators", dest="estimators", type=configuration.split_names,
                      help="comma-separated estimator names (default: all registered)")
-    run.add_argument("--selection", "--selections", dest="selections", type=_split,
+    run.add_argument("--selection", "--selections", dest="selections", type=configuration.split_names,
                      help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
                           "the estimated influence) (default top,random)")
     run.add_argument("--results-dir", type=Path,
@@ -250,7 +246,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         value = getattr(args, name, None)
         value = value if value is not None else data.get(name, default)
         if isinstance(value, str) and expected.startswith("names"):
-            value = _split(value)
+            value = configuration.split_names(value)
         if value is not None and not valid(value):
             raise UsageError(f"bad {name}: {value!r} (expected {expected})")
         return value

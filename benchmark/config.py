@@ -66,6 +66,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def split_names(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: a comma-separated command-line list (``--estimator``, ``--selection``)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
     """Parse ``NAMESPACE.FIELD=VALUE`` strings (values read as YAML scalars) into nested dicts."""
     out: dict[str, dict[str, Any]] = {}

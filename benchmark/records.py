@@ -29,8 +29,8 @@ from typing import Any, Literal, Union
 import torch
 from typing_extensions import NotRequired, TypedDict
 
-import benchmark
 from benchmark.cache import atomic_write
+from benchmark.provenance import environment, git_commit  # noqa: F401  (the provenance of records; importable here)
 
 log = logging.getLogger("bench")
 
@@ -67,34 +67,6 @@ def drift_warning(ratio: float) -> str:
 def new_run_id() -> str:
     """A sortable, unique id: UTC time plus random suffix."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-
-
-def git_commit() -> tuple[str | None, bool | None]:
-    """The commit of the harness's source tree and whether it has uncommitted changes (``None`` outside git)."""
-    root = Path(benchmark.__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "benchmark", "estimators", "tasks"],
-            cwd=root, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return commit, bool(status.strip())
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions, commit and device of this process, for every record of a run."""
-    commit, dirty = git_commit()
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or platform.machine()
-    return {
-        "commit": commit,
-        "dirty": dirty,
-        "versions": {"bench": benchmark.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": {"type": device, "name": name},
-    }
 
 
 def now() -> str:

@@ -28,7 +28,7 @@ import pluggy
 import torch
 
 from benchmark import config as configuration
-from benchmark import records
+from benchmark import provenance, records
 from benchmark.cache import Cache
 from benchmark.curvature import DenseHessian, top_eigenvalue
 from benchmark.errors import (
@@ -194,6 +194,8 @@ class Evaluation:
     residual: float | None = None
     timings: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"prepare_s": None, "query_s": None})
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: BaseException | None = None
+    """The exception behind :attr:`failure` (an :class:`EstimatorFailed` is a refusal; anything else a fault)."""
 
 
 def _failure(error: BaseException) -> str:
@@ -229,6 +231,77 @@ def _merge(failures: list[PluginHookError]) -> list[PluginHookError]:
     for failure in failures:
         merged.setdefault((failure.plugin, failure.hook), []).append(failure)
     return [PluginHookError(plugin, hook, group[0].error, len(group)) for (plugin, hook), group in merged.items()]
+
+
+def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int,
+                       test_gradient: torch.Tensor) -> None:
+    """Prepare ``evaluation``'s estimator on ``problem`` and score every training point's influence on the test
+    point (timed: ``timings``), keeping its test iHVP for the residual (:func:`ihvp_residuals`). Every output is
+    checked (:func:`check_output`); a failure or a skip is recorded on ``evaluation`` (``failure``, ``skipped``,
+    ``error``), never raised. ``bench run`` and the asv suite (``asv_bench/cases.py``) evaluate through this."""
+    estimator = evaluation.estimator
+    ihvp_shape = tuple(test_gradient.shape)
+    influence_shape = (1, problem.n_train)
+    rows = "one row per test point, one column per training point"
+    try:
+        start = time.perf_counter()
+        estimator.prepare(problem)
+        evaluation.timings["prepare_s"] = time.perf_counter() - start
+        overrides_influence = type(estimator).influence is not Estimator.influence
+        start = time.perf_counter()
+        if overrides_influence:
+            scores = estimator.influence([test_index])
+        else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
+            evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
+                                               test_gradient.dtype, "one row per vector, one column per parameter")
+            scores = estimator.influence_from_solutions(evaluation.solution)
+        evaluation.timings["query_s"] = time.perf_counter() - start
+        evaluation.diagnostics = dict(estimator.diagnostics)
+        scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
+        evaluation.scores = scores.detach().cpu().double().numpy()
+        if overrides_influence and estimator.no_ihvp is None:  # untimed: only for the residual
+            evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
+                                               test_gradient.dtype, "one row per vector, one column per parameter")
+    except Interrupted:
+        raise
+    except EstimatorSkipped as skip:
+        evaluation.failure, evaluation.skipped, evaluation.error = skip.reason, True, skip
+        log.info("estimator %s skipped: %s", estimator.name, skip.reason)
+        return
+    except PLUGIN_FAULTS as error:
+        evaluation.failure, evaluation.error = _failure(error), error
+        log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
+        return
+    log.info("estimator %s: prepare %.2f s, query %.2f s", estimator.name, evaluation.timings["prepare_s"],
+             evaluation.timings["query_s"])
+
+
+def ihvp_residuals(evaluations: list[Evaluation], problem: Problem, test_gradient: torch.Tensor,
+                   ) -> DenseHessian | None:
+    """Set each evaluation's ``residual``, ``|s - s*| / |s*|`` of its test iHVP ``s`` against the dense float64 solve
+    ``s*`` at its own damping, where a dense Hessian exists (shared by ``exact``) or is affordable
+    (:data:`DENSE_LIMIT`); returns the dense Hessian, or ``None``."""
+    dense = DenseHessian.shared(problem)
+    if dense is None and problem.n_params <= DENSE_LIMIT:
+        dense = DenseHessian.of(problem)
+    if dense is not None:
+        for evaluation in evaluations:
+            if evaluation.solution is not None:
+                exact = dense.solve(test_gradient, evaluation.estimator.damping)
+                error = torch.linalg.vector_norm(evaluation.solution.to(exact) - exact)
+                evaluation.residual = float(error / torch.linalg.vector_norm(exact))
+    return dense
+
+
+def score_selection(scores: np.ndarray, indices: list[int], effects: list[dict[int, LooEffect]],
+                    ) -> tuple[list[float], np.ndarray, dict[str, dict[str, Any]]]:
+    """How well an estimator's ``scores`` predict re-training on the training points ``indices`` (a selection):
+    the estimated loss changes, the re-trained ones per ground-truth seed (``[seeds, len(indices)]``), and the
+    Pearson and Spearman correlations of the first with the mean of the second (:func:`benchmark.scoring.correlations`).
+    """
+    estimated = [float(scores[i]) for i in indices]
+    per_seed = np.array([[seed_effects[i].loss_change for i in indices] for seed_effects in effects])
+    return estimated, per_seed, correlations(estimated, per_seed.mean(axis=0).tolist())
 
 
 class Run:
@@ -268,7 +341,7 @@ class Run:
         if self.read_only_cache:
             log.info("cache directory %s is read-only: this run can use only what it already holds", self.cache.root)
         # taken now, not when the records are written: the code that runs is the code of this moment
-        self.environment = records.environment(self.device)
+        self.environment = provenance.environment(self.device)
         self.written: list[Path] = []
         """The paths of the records written so far."""
         self.hook_failures: list[PluginHookError] = []
@@ -366,16 +439,8 @@ class Run:
         test_gradient = problem.test_gradients([test_index])
         problem.warm_up()
         for evaluation in self.estimators:
-            self._evaluate(evaluation, problem, test_index, test_gradient)
-        dense = DenseHessian.shared(problem)
-        if dense is None and problem.n_params <= DENSE_LIMIT:
-            dense = DenseHessian.of(problem)
-        if dense is not None:
-            for evaluation in self.estimators:
-                if evaluation.solution is not None:
-                    exact = dense.solve(test_gradient, evaluation.estimator.damping)
-                    error = torch.linalg.vector_norm(evaluation.solution.to(exact) - exact)
-                    evaluation.residual = float(error / torch.linalg.vector_norm(exact))
+            evaluate_estimator(evaluation, problem, test_index, test_gradient)
+        dense = ihvp_residuals(self.estimators, problem, test_gradient)
         problem_diagnostics = self._problem_diagnostics(problem, dense)
         task_diagnostics = self.task.diagnostics(problem)
 
@@ -473,43 +538,6 @@ class Run:
             log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
         return diagnostics
 
-    def _evaluate(self, evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor) -> None:
-        estimator = evaluation.estimator
-        ihvp_shape = tuple(test_gradient.shape)
-        influence_shape = (1, problem.n_train)
-        rows = "one row per test point, one column per training point"
-        try:
-            start = time.perf_counter()
-            estimator.prepare(problem)
-            evaluation.timings["prepare_s"] = time.perf_counter() - start
-            overrides_influence = type(estimator).influence is not Estimator.influence
-            start = time.perf_counter()
-            if overrides_influence:
-                scores = estimator.influence([test_index])
-            else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
-                evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
-                                                   test_gradient.dtype, "one row per vector, one column per parameter")
-                scores = estimator.influence_from_solutions(evaluation.solution)
-            evaluation.timings["query_s"] = time.perf_counter() - start
-            evaluation.diagnostics = dict(estimator.diagnostics)
-            scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
-            evaluation.scores = scores.detach().cpu().double().numpy()
-            if overrides_influence and estimator.no_ihvp is None:  # untimed: only for the residual
-                evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
-                                                   test_gradient.dtype, "one row per vector, one column per parameter")
-        except Interrupted:
-            raise
-        except EstimatorSkipped as skip:
-            evaluation.failure, evaluation.skipped = skip.reason, True
-            log.info("estimator %s skipped: %s", estimator.name, skip.reason)
-            return
-        except PLUGIN_FAULTS as error:
-            evaluation.failure = _failure(error)
-            log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
-            return
-        log.info("estimator %s: prepare %.2f s, query %.2f s", estimator.name, evaluation.timings["prepare_s"],
-                 evaluation.timings["query_s"])
-
     def _parameter_change(self, evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]],
                           problem: Problem) -> None:
         indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
@@ -545,11 +573,9 @@ class Run:
         }
         if evaluation.failure is not None or indices is None:
             return record
-        estimated = [float(evaluation.scores[i]) for i in indices]
-        per_seed = np.array([[seed_effects[i].loss_change for i in indices] for seed_effects in effects])
+        estimated, per_seed, metrics = score_selection(evaluation.scores, indices, effects)
         norms_per_seed = np.array([[seed_effects[i].param_change_norm for i in indices] for seed_effects in effects])
         retrained = per_seed.mean(axis=0).tolist()
-        metrics = correlations(estimated, retrained)
         for method, entry in metrics.items():
             entry["interval"] = bootstrap_interval(method, estimated, per_seed) if entry["value"] is not None else None
         points: dict[str, Any] = {"train_indices": indices, "estimated": estimated, "retrained": retrained,

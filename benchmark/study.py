@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import itertools
 import logging
 import time
@@ -34,7 +35,7 @@ import pluggy
 import torch
 
 from benchmark import config as configuration
-from benchmark import figures
+from benchmark import figures, provenance
 from benchmark.cache import Cache, digest
 from benchmark.claims import evaluate_study
 from benchmark.errors import UnknownNameError, UsageError
@@ -160,21 +161,16 @@ def _resolved(study: Study, options: StudyOptions, registry: Registry) -> tuple[
 
 
 def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str:
-    """sha256 of the source of the harness, the built-in plugins and the modules of the task and estimators used
-    (plugins' too): a finished run's records are reused only while none of it changed."""
-    import hashlib
-    import inspect
-
-    root = Path(__file__).resolve().parent.parent  # the source checkout: harness and built-in plugins
+    """The digest (:func:`benchmark.provenance.source_digest`: code, not docstrings or comments) of the harness, the
+    built-in plugins and the modules of the task and estimators used (plugins' too): a finished run's records are
+    reused only while none of it changed."""
+    root = provenance.REPO  # the source checkout: harness and built-in plugins
     files = {p for package in ("benchmark", "estimators", "tasks") for p in (root / package).glob("*.py")}
     for cls in [registry.task(task), *(registry.estimator(name) for name in estimators)]:
         source = inspect.getsourcefile(cls)
         if source:
             files.add(Path(source))
-    hasher = hashlib.sha256()
-    for path in sorted(files, key=str):
-        hasher.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return hasher.hexdigest()
+    return provenance.source_digest(sorted(files, key=str), root)
 
 
 def run_key(config: RunConfig, code: str) -> dict[str, Any]:
@@ -260,13 +256,9 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
 
 
 # -- command line ---------------------------------------------------------------------------------------------------
-def _split(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
 def _seeds(value: str) -> list[int]:
     try:
-        seeds = [int(item) for item in _split(value)]
+        seeds = [int(item) for item in configuration.split_names(value)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad --seeds {value!r}: expected comma-separated integers") from None
     if not seeds or any(s < 0 for s in seeds):
@@ -279,10 +271,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help="studies under tasks/studies/ (see --list) or paths to .yaml files, run in this order")
     parser.add_argument("--list", action="store_true", help="list the declared studies and exit")
-    parser.add_argument("--estimator", "--estimators", dest="estimators", type=_split,
+    parser.add_argument("--estimator", "--estimators", dest="estimators", type=configuration.split_names,
                         help="comma-separated estimators, replacing the study's (plugins' too, with -p)")
     parser.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the study's")
-    parser.add_argument("--selection", "--selections", dest="selections", type=_split,
+    parser.add_argument("--selection", "--selections", dest="selections", type=configuration.split_names,
                         help="which training points to score, replacing the study's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
                         help="a task option for every point (not a swept one) or an estimator hyperparameter")

@@ -48,8 +48,9 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmark import markdown
 from benchmark.data_convolution import data_convolutions
-from benchmark.peers.speed_vs_peers import MODELS, REPO, build_problem, current_commit, markdown_table
+from benchmark.peers.speed_vs_peers import MODELS, REPO, build_problem, current_commit
 
 MODULE = "benchmark.peers.speed_blocks"
 """This module's import name: the ``torch.compile`` child runs as ``python -m MODULE --compiled-child``."""
@@ -285,7 +286,7 @@ def main() -> None:
             "",
             f"## {model} ({problem.n_params:,} parameters)",
             "",
-            markdown_table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "GFLOP per vector",
+            markdown.table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "GFLOP per vector",
                             "GFLOP/s", "rel. error"], rows),
             "",
             f"torch.compile: {compiled}.",

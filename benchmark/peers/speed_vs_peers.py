@@ -65,6 +65,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmark import markdown, provenance
+
 REPO = Path(__file__).resolve().parents[2]
 """The repository (where ``leaderboards/`` is and where the worker subprocesses start)."""
 MODULE = "benchmark.peers.speed_vs_peers"
@@ -230,13 +232,6 @@ def first_reaching(outcomes: Sequence[Outcome], threshold: float = THRESHOLD) ->
     return None
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def fmt(value: float | None, spec: str) -> str:
     return "" if value is None or value != value else format(value, spec)
 
@@ -311,7 +306,7 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                 why = f"not reached (best r {fmt(best, '.4f')}"
                 why += f"; stopped: {last.status})" if last is not None and last.status != "ok" else ")"
                 rows.append([tool, name, why, "", "", ""])
-        out += [markdown_table(["tool", "method", "first setting", "time (s)", "peak (MiB)", "r ref"], rows), "",
+        out += [markdown.table(["tool", "method", "first setting", "time (s)", "peak (MiB)", "r ref"], rows), "",
                 "### Every measurement", ""]
         rows = []
         for sweep in result["sweeps"].values():
@@ -319,7 +314,7 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                 rows.append([outcome.job.tool, outcome.job.name, outcome.job.setting_label, *outcome_cells(outcome),
                              fmt(outcome.base_mib, ".0f"), fmt(outcome.load, ".1f"),
                              json.dumps(outcome.diagnostics, sort_keys=True) if outcome.diagnostics else ""])
-        out += [markdown_table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
+        out += [markdown.table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
                                 "baseline (MiB)", "load", "diagnostics"], rows), ""]
         if result.get("rounding"):
             out += ["### CG agreement in float64", "",
@@ -331,7 +326,7 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                      fmt(worst(peer.agreement), ".4f") if peer.status == "ok" and ours.status == "ok"
                      else f"ours {ours.status}, peer {peer.status}", *(fmt(o.seconds, ".3g") for o in (ours, peer))]
                     for below, ours, peer in result["rounding"]]
-            out += [markdown_table(["tool", "method", "setting", "r ours (float32)", "r ours (float64)",
+            out += [markdown.table(["tool", "method", "setting", "r ours (float32)", "r ours (float64)",
                                     "ours float64 (s)", "peer float64 (s)"], rows), ""]
     return "\n".join(out).rstrip() + "\n"
 
@@ -551,31 +546,12 @@ def job_digest(job: Job) -> str:
 
 def our_code(root: Path = REPO) -> str:
     """A digest of the code of our measurements (the harness, the built-in estimators and tasks; not this
-    measurement package, ``benchmark/peers``, whose edits change no measured number): of each module's syntax tree
-    without its docstrings (every bare string statement), so that editing a docstring or a comment does not redo an
-    hour of measurements."""
-    import ast
-    import hashlib
-
-    def code_only(node: ast.AST) -> ast.AST:
-        for field in ("body", "orelse", "finalbody"):
-            statements = getattr(node, field, None)
-            if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
-                kept = [s for s in statements
-                        if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
-                                and isinstance(s.value.value, str))]
-                setattr(node, field, kept or [ast.Pass()])
-        for child in ast.iter_child_nodes(node):
-            code_only(child)
-        return node
-
-    digest = hashlib.sha256()
+    measurement package, ``benchmark/peers``, whose edits change no measured number):
+    :func:`benchmark.provenance.source_digest`, so that editing a docstring or a comment does not redo an hour of
+    measurements."""
     paths = sorted(p for folder in ("benchmark", "estimators", "tasks") for p in (root / folder).rglob("*.py")
                    if not p.relative_to(root).as_posix().startswith(PEERS_PACKAGE + "/"))
-    for path in paths:
-        tree = code_only(ast.parse(path.read_bytes()))
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + ast.dump(tree).encode())
-    return digest.hexdigest()[:12]
+    return provenance.source_digest(paths, root)[:12]
 
 
 def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
@@ -812,16 +788,9 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
 
 
 def current_commit() -> str:
-    """The checked-out commit, marked when the code the measurements run differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "benchmark", "estimators", "tasks", "scripts"],
-                          cwd=REPO).returncode:
-            commit += " (with uncommitted changes)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return commit
+    """The checked-out commit, marked when the code the measurements run differs from it
+    (:func:`benchmark.provenance.commit_label`)."""
+    return provenance.commit_label(("benchmark", "estimators", "tasks", "scripts"), REPO)
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
