@@ -42,7 +42,7 @@ from benchmark.errors import UnknownNameError, UsageError
 from benchmark.groundtruth import GroundTruth
 from benchmark.plugins import Registry
 from benchmark.run_config import RunConfig
-from benchmark.runner import Run, resolve_device
+from benchmark.runner import Run, published_dir, resolve_device, results_home
 from benchmark.study_declaration import Study, declared_studies, find_study, load_study
 from benchmark.study_tables import check_columns, record_points, record_row, write_csv
 from benchmark.task import BuildContext
@@ -291,15 +291,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_output_dir() -> Path:
-    from benchmark.runner import results_home
-
     return results_home() / "studies"
 
 
 def output_dir(args: argparse.Namespace) -> Path:
     """``--output-dir``; with ``--publish`` the committed studies; else ``studies/`` in the user's results home."""
-    from benchmark.runner import published_dir, results_home
-
     if args.publish:
         if args.output_dir is not None:
             raise UsageError(f"--publish writes {published_dir() / 'studies'}; it cannot be combined with "

@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmark.errors import UsageError
 from benchmark.study_declaration import Study
+from benchmark.task import Task
 
 ROW_COLUMNS = (
     "study", "point", "seed", "estimator", "selection", "status", "failure", "task", "task_version",
@@ -30,7 +31,7 @@ POINT_COLUMNS = ("train_index", "estimated", "retrained", "estimated_param_norm"
 swept options); ``abs_log_norm_ratio`` is ``|log10(estimated / re-trained parameter-change norm)|``."""
 
 
-def table_columns(study: Study, task_cls: type) -> dict[str, set[str]]:
+def table_columns(study: Study, task_cls: type[Task]) -> dict[str, set[str]]:
     """The columns the study's tables will have: ``rows`` (the CSV) and ``points``."""
     config = [f.name for f in dataclasses.fields(task_cls.Config)]
     rows = set(ROW_COLUMNS) | {name if name not in ROW_COLUMNS else f"task_{name}" for name in config}
@@ -38,7 +39,7 @@ def table_columns(study: Study, task_cls: type) -> dict[str, set[str]]:
     return {"rows": rows, "points": points}
 
 
-def check_columns(study: Study, task_cls: type) -> None:
+def check_columns(study: Study, task_cls: type[Task]) -> None:
     """Every column a panel or a claim names exists in its table; :class:`UsageError` naming the field otherwise."""
     columns = table_columns(study, task_cls)
     for i, panel in enumerate(study.panels):
