@@ -262,8 +262,8 @@ def _claim(path: Path, where: str, data: Any) -> Claim:
         if column in rule:
             _filter(_Fields(path, f"{where}.rule", rule), column)
     return Claim(id=fields.text("id"), section=str(fields.get("section", (str, int, float))),
-                 figure=fields.text("figure"), text=fields.text("text"), paper=str(fields.get("paper", (str, int, float))),
-                 rule=dict(rule))
+                 figure=fields.text("figure"), text=fields.text("text"),
+                 paper=str(fields.get("paper", (str, int, float))), rule=dict(rule))
 
 
 def _panel(path: Path, where: str, data: Any) -> Panel:
@@ -342,7 +342,8 @@ def parse_study(path: Path, data: Any) -> Study:
     if overlap:
         raise fields.error("base", f"{overlap[0]!r} is also swept")
     return Study(
-        name=name, title=fields.text("title"), paper=fields.text("paper", ""), description=fields.text("description", ""),
+        name=name, title=fields.text("title"), paper=fields.text("paper", ""),
+        description=fields.text("description", ""),
         path=path, task=fields.text("task"), base=dict(base), sweep=dict(sweep), seeds=list(seeds),
         estimators=fields.names("estimators"), estimator_options={k: dict(v) for k, v in estimator_options.items()},
         selections=fields.names("selections", ["top"]), run=dict(run), panels=panels,

@@ -53,8 +53,8 @@ def check_columns(study: Study, task_cls: type[Task]) -> None:
                 *(c for k in ("where", "a", "b") for c in rule.get(k, {})),
             ]
         for field, names in named.items():
-            table = panel.table if not field.startswith("claims") else panel.claims[int(field[7:].split("]")[0])].rule.get(
-                "table", "rows")
+            table = (panel.table if not field.startswith("claims")
+                     else panel.claims[int(field[7:].split("]")[0])].rule.get("table", "rows"))
             for name in names:
                 if name not in columns[table]:
                     raise UsageError(f"{study.path}: field 'panels[{i}].{field}': no column {name!r} in the "
