@@ -135,7 +135,7 @@ def plugin_args(environ: Mapping[str, str] | None = None) -> list[str]:
     return args
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _registry(args: tuple[str, ...]) -> Registry:
     return Registry(plugin_manager(args))
 
@@ -194,17 +194,27 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def build(case: str, size: str, cache: Path, options: dict[str, Any] | None = None,
-          estimators: list[str] | None = None) -> tuple[Run, Problem, Protocol, int]:
+def build(
+    case: str, size: str, cache: Path, options: dict[str, Any] | None = None, estimators: list[str] | None = None
+) -> tuple[Run, Problem, Protocol, int]:
     """The trained problem of ``case`` at ``size`` (trained into, or loaded from, ``cache``), as ``bench run`` builds
     it: returns the run, the problem, the protocol and the test point's index. The run's ``estimators`` are made as
     ``bench run`` makes them (:func:`benchmark.runner.resolve_hyperparameters`: the task's protocol damping, e.g.
     0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
     task, _ = split_case(case)
-    config = RunConfig(task=task, estimators=list(estimators or []),
-                       task_options={**task_options(case, size), **(options or {})}, seed=SEED, device=device(),
-                       selections=["top"], cache_dir=cache, results_dir=cache / "unused", progress=False,
-                       threads=threads(), plugins=plugin_args())
+    config = RunConfig(
+        task=task,
+        estimators=list(estimators or []),
+        task_options={**task_options(case, size), **(options or {})},
+        seed=SEED,
+        device=device(),
+        selections=["top"],
+        cache_dir=cache,
+        results_dir=cache / "unused",
+        progress=False,
+        threads=threads(),
+        plugins=plugin_args(),
+    )
     run = Run(config, registry(), registry().pm)
     problem, protocol, test_index, _ = run.build_problem()
     return run, problem, protocol, test_index
@@ -232,8 +242,9 @@ class Outcome:
     residual: float | None = None
 
 
-def evaluate(case: str, size: str, cache: Path, estimators: list[str],
-             options: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    case: str, size: str, cache: Path, estimators: list[str], options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train ``case`` at ``size``, evaluate every estimator once, and (at size ``small``) score it against the
     leave-one-out ground truth, through the runner's own steps, as ``bench run --selection top`` does them
     (:func:`benchmark.runner.evaluate_estimator`, :func:`~benchmark.runner.ihvp_residuals`,
@@ -270,9 +281,13 @@ def evaluate(case: str, size: str, cache: Path, estimators: list[str],
             _, _, metrics = score_selection(evaluation.scores, top[name], [effects])
             outcomes[name].spearman = metrics["spearman"]["value"]
             outcomes[name].spearman_undefined = metrics["spearman"].get("undefined")
-    return {"n_train": problem.n_train, "n_params": problem.n_params, "test_index": test_index,
-            "threads": torch.get_num_threads(),
-            "estimators": {name: dataclasses.asdict(outcome) for name, outcome in outcomes.items()}}
+    return {
+        "n_train": problem.n_train,
+        "n_params": problem.n_params,
+        "test_index": test_index,
+        "threads": torch.get_num_threads(),
+        "estimators": {name: dataclasses.asdict(outcome) for name, outcome in outcomes.items()},
+    }
 
 
 def key(case: str, size: str) -> str:

@@ -28,6 +28,25 @@ from benchmark.recipes import Polish, Recipe  # noqa: E402
 from benchmark.task import BuildContext, Protocol, ReferenceRow, Task  # noqa: E402
 from benchmark.training import StreamedBatches  # noqa: E402
 
-__all__ = ["BenchError", "BuildContext", "DataError", "Estimator", "EstimatorFailed", "EstimatorSkipped", "NoConfig",
-           "Polish", "Problem", "Protocol", "Recipe", "ReferenceRow", "StreamedBatches", "Task", "UsageError",
-           "hookimpl", "hookspec", "non_negative", "positive", "__version__"]
+__all__ = [
+    "BenchError",
+    "BuildContext",
+    "DataError",
+    "Estimator",
+    "EstimatorFailed",
+    "EstimatorSkipped",
+    "NoConfig",
+    "Polish",
+    "Problem",
+    "Protocol",
+    "Recipe",
+    "ReferenceRow",
+    "StreamedBatches",
+    "Task",
+    "UsageError",
+    "hookimpl",
+    "hookspec",
+    "non_negative",
+    "positive",
+    "__version__",
+]

@@ -141,8 +141,10 @@ class Cache:
                     # torch's own message advises weights_only=False, which would execute the file: never shown
                     problem = f"corrupt cache file {blob_path} (not a plain tensor file: {type(error).__name__})"
                 else:
-                    if isinstance(tensors, dict) and tensors and all(
-                        isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()
+                    if (
+                        isinstance(tensors, dict)
+                        and tensors
+                        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items())
                     ):
                         return tensors
                     problem = f"corrupt cache file {blob_path} (not a mapping of names to tensors)"

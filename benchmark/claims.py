@@ -36,8 +36,21 @@ from benchmark.study_tables import read_table, record_points, record_row
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RULES", "VERDICTS", "NotEvaluable", "Verdict", "check_rule", "evaluate", "evaluate_study", "matches",
-           "needed_points", "panel_verdicts", "rule_text", "select", "study_tables"]
+__all__ = [
+    "RULES",
+    "VERDICTS",
+    "NotEvaluable",
+    "Verdict",
+    "check_rule",
+    "evaluate",
+    "evaluate_study",
+    "matches",
+    "needed_points",
+    "panel_verdicts",
+    "rule_text",
+    "select",
+    "study_tables",
+]
 
 VERDICTS = ("agrees", "disagrees", "not evaluable", "not run")
 
@@ -132,7 +145,9 @@ def _trend(rule: dict[str, Any], frame: pd.DataFrame) -> tuple[bool, str]:
         first, last = means.iloc[0], means.iloc[-1]
         results.append((label, rho, f"{first:.3g} at {x}={means.index[0]:g} to {last:.3g} at {means.index[-1]:g}"))
     agrees = all(_trend_ok(rho, direction, min_rho) for _, rho, _ in results)
-    text = "; ".join(f"{label + ': ' if label else ''}rank correlation {rho:+.2f} ({span})" for label, rho, span in results)
+    text = "; ".join(
+        f"{label + ': ' if label else ''}rank correlation {rho:+.2f} ({span})" for label, rho, span in results
+    )
     return agrees, text
 
 
@@ -159,8 +174,10 @@ def _greater(rule: dict[str, Any], frame: pd.DataFrame) -> tuple[bool, str]:
     wins = int((a[common] > b[common]).sum())
     needed = float(rule.get("min_fraction", 1.0))
     agrees = wins / len(common) >= needed
-    return agrees, (f"greater at {wins} of {len(common)} {'/'.join(by)} values (mean {a[common].mean():.3g} against "
-                    f"{b[common].mean():.3g}), {names}")
+    return agrees, (
+        f"greater at {wins} of {len(common)} {'/'.join(by)} values (mean {a[common].mean():.3g} against "
+        f"{b[common].mean():.3g}), {names}"
+    )
 
 
 def _gap_trend(rule: dict[str, Any], frame: pd.DataFrame) -> tuple[bool, str]:
@@ -170,8 +187,10 @@ def _gap_trend(rule: dict[str, Any], frame: pd.DataFrame) -> tuple[bool, str]:
     gap = (a[common] - b[common]).to_numpy(dtype=float)
     rho = _rank_correlation(common.to_numpy(dtype=float), gap)
     agrees = _trend_ok(rho, rule["direction"], float(rule.get("min_rho", 0.5)))
-    return agrees, (f"gap {gap[0]:+.3g} at {x}={common[0]:g} to {gap[-1]:+.3g} at {x}={common[-1]:g}, rank "
-                    f"correlation with {x} {rho:+.2f} ({_describe(rule['a'])} minus {_describe(rule['b'])})")
+    return agrees, (
+        f"gap {gap[0]:+.3g} at {x}={common[0]:g} to {gap[-1]:+.3g} at {x}={common[-1]:g}, rank "
+        f"correlation with {x} {rho:+.2f} ({_describe(rule['a'])} minus {_describe(rule['b'])})"
+    )
 
 
 def _value(rule: dict[str, Any], frame: pd.DataFrame) -> tuple[bool, str]:
@@ -266,7 +285,9 @@ def _same(a: Any, b: Any) -> bool:
 def _point_matches(point: dict[str, Any], where: dict[str, Any]) -> bool:
     """Whether a study point satisfies the filters of ``where`` on the options it has (others are ignored)."""
     for column, wanted in where.items():
-        if column in point and not any(_same(point[column], v) for v in (wanted if isinstance(wanted, list) else [wanted])):
+        if column in point and not any(
+            _same(point[column], v) for v in (wanted if isinstance(wanted, list) else [wanted])
+        ):
             return False
     return True
 
@@ -276,7 +297,9 @@ def needed_points(study: Study, rule: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for point in study.points():
         sides = [rule[k] for k in ("a", "b") if k in rule]
-        if _point_matches(point, rule.get("where") or {}) and (not sides or any(_point_matches(point, s) for s in sides)):
+        if _point_matches(point, rule.get("where") or {}) and (
+            not sides or any(_point_matches(point, s) for s in sides)
+        ):
             out.append({k: point[k] for k in study.sweep})
     return out
 

@@ -46,8 +46,21 @@ from benchmark.runner import Run, published_dir, writable_directory
 log = logging.getLogger("bench")
 
 DEFAULT_RESULTS_HELP = f"${records.RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
-RUN_OPTIONS = ("task", "estimators", "seed", "device", "selections", "cache_dir", "results_dir", "gt_chunk_size",
-               "gt_seeds", "executor", "workers", "ray_address", "threads")
+RUN_OPTIONS = (
+    "task",
+    "estimators",
+    "seed",
+    "device",
+    "selections",
+    "cache_dir",
+    "results_dir",
+    "gt_chunk_size",
+    "gt_seeds",
+    "executor",
+    "workers",
+    "ray_address",
+    "threads",
+)
 """Top-level keys a YAML config may hold besides per-task and per-estimator sections."""
 
 
@@ -68,13 +81,23 @@ def _plugin_args(argv: Sequence[str]) -> list[str]:
 def build_parser(pm: Any) -> Parser:
     """The full parser, plugin options included."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-p", dest="plugins", action="append", default=[], metavar="PLUGIN",
-                        help="load a plugin module by import path; -p no:NAME disables plugin NAME")
+    common.add_argument(
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="PLUGIN",
+        help="load a plugin module by import path; -p no:NAME disables plugin NAME",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
-    parser = Parser(prog="bench", description="Benchmark influence-function estimators against leave-one-out "
-                    "re-training.", parents=[common])
-    sub = parser.add_subparsers(dest="command", parser_class=Parser,
-                                metavar="{list,run,gt,leaderboard,study,report,timing}")
+    parser = Parser(
+        prog="bench",
+        description="Benchmark influence-function estimators against leave-one-out re-training.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(
+        dest="command", parser_class=Parser, metavar="{list,run,gt,leaderboard,study,report,timing}"
+    )
     sub.required = True
 
     listing = sub.add_parser("list", parents=[common], help="list tasks and estimators with their plugins")
@@ -83,67 +106,120 @@ def build_parser(pm: Any) -> Parser:
 
     problem = argparse.ArgumentParser(add_help=False)  # what determines a problem and its ground truth
     problem.add_argument("--task", help="task name (see bench list)")
-    problem.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
-                         help="set a task or estimator option, e.g. lissa.scale=50 or iris.weight_decay=0")
+    problem.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME.FIELD=VALUE",
+        help="set a task or estimator option, e.g. lissa.scale=50 or iris.weight_decay=0",
+    )
     problem.add_argument("--config", type=Path, help="YAML file of run options and per-task/estimator sections")
     problem.add_argument("--device", help=f"one of {', '.join(DEVICES)} (default cpu)")
     problem.add_argument("--seed", type=int, help="seed of the split, initialisation and random selection (default 0)")
     problem.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
-    problem.add_argument("--data-dir", type=Path, help="where the task's data set is (its data_dir option; default "
-                         "$BENCH_DATA_DIR or ~/.cache/bench/data)")
-    problem.add_argument("--download", action="store_true",
-                         help="let torchvision download a missing data set where the network allows")
-    problem.add_argument("--gt-chunk-size", type=int,
-                         help="leave-one-out models re-trained at once (default: the fastest that fits, timed)")
-    problem.add_argument("--gt-seeds", type=int, help="ground-truth repeats with different re-training seeds "
-                         "(default 1; 2+ give the noise ceiling and bootstrap intervals)")
+    problem.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the task's data set is (its data_dir option; default $BENCH_DATA_DIR or ~/.cache/bench/data)",
+    )
+    problem.add_argument(
+        "--download", action="store_true", help="let torchvision download a missing data set where the network allows"
+    )
+    problem.add_argument(
+        "--gt-chunk-size",
+        type=int,
+        help="leave-one-out models re-trained at once (default: the fastest that fits, timed)",
+    )
+    problem.add_argument(
+        "--gt-seeds",
+        type=int,
+        help="ground-truth repeats with different re-training seeds "
+        "(default 1; 2+ give the noise ceiling and bootstrap intervals)",
+    )
     problem.add_argument("--executor", help=f"where re-training runs: {', '.join(EXECUTORS)} (default local)")
     problem.add_argument("--workers", type=int, help="processes of --executor process (default: CPU count)")
     problem.add_argument("--ray-address", help="Ray cluster of --executor ray (default $RAY_ADDRESS, else local)")
-    problem.add_argument("--threads", type=int, help="torch threads on a CPU (default: the task's choice, else torch's)")
+    problem.add_argument(
+        "--threads", type=int, help="torch threads on a CPU (default: the task's choice, else torch's)"
+    )
     problem.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", parents=[common, problem], help="run estimators on a task and score them")
-    run.add_argument("--estimator", "--estimators", dest="estimators", type=configuration.split_names,
-                     help="comma-separated estimator names (default: all registered)")
-    run.add_argument("--selection", "--selections", dest="selections", type=configuration.split_names,
-                     help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
-                          "the estimated influence) (default top,random)")
-    run.add_argument("--results-dir", type=Path,
-                     help=f"where result records go (default {DEFAULT_RESULTS_HELP}); the leaderboard goes beside it")
-    run.add_argument("--publish", action="store_true", help="write to the repository's committed leaderboards: "
-                     "records under leaderboards/results, the table leaderboards/<task>.md")
+    run.add_argument(
+        "--estimator",
+        "--estimators",
+        dest="estimators",
+        type=configuration.split_names,
+        help="comma-separated estimator names (default: all registered)",
+    )
+    run.add_argument(
+        "--selection",
+        "--selections",
+        dest="selections",
+        type=configuration.split_names,
+        help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
+        "the estimated influence) (default top,random)",
+    )
+    run.add_argument(
+        "--results-dir",
+        type=Path,
+        help=f"where result records go (default {DEFAULT_RESULTS_HELP}); the leaderboard goes beside it",
+    )
+    run.add_argument(
+        "--publish",
+        action="store_true",
+        help="write to the repository's committed leaderboards: "
+        "records under leaderboards/results, the table leaderboards/<task>.md",
+    )
     run.add_argument("--no-leaderboard", action="store_true", help="do not re-render the task's leaderboard")
     pm.hook.bench_addoption.call_historic(kwargs={"parser": run})
 
     gt = sub.add_parser("gt", parents=[common, problem], help="compute or top up ground truth, or summarise the cache")
-    gt.add_argument("--points", default="all", help="training points: all (default), random (the run's random "
-                    "selection) or a number N (the first N of the random order)")
+    gt.add_argument(
+        "--points",
+        default="all",
+        help="training points: all (default), random (the run's random "
+        "selection) or a number N (the first N of the random order)",
+    )
     gt.add_argument("--status", action="store_true", help="summarise what the cache holds and exit")
 
     board = sub.add_parser("leaderboard", parents=[common], help="render leaderboards from result records")
     board.add_argument("--task", help="only this task (default: every task with records)")
     board.add_argument("--results-dir", type=Path, help=f"default {DEFAULT_RESULTS_HELP}")
     board.add_argument("--output-dir", type=Path, help="where <task>.md goes (default: the results dir's parent)")
-    board.add_argument("--publish", action="store_true", help="re-render the repository's committed leaderboards: "
-                       "leaderboards/results -> leaderboards/<task>.md")
+    board.add_argument(
+        "--publish",
+        action="store_true",
+        help="re-render the repository's committed leaderboards: leaderboards/results -> leaderboards/<task>.md",
+    )
     board.add_argument("--strict", action="store_true", help="a bad result record is an error (default: skipped)")
 
-    study = sub.add_parser("study", parents=[common], help="run a declared sweep (tasks/studies/NAME.yaml): CSV + figures")
+    study = sub.add_parser(
+        "study", parents=[common], help="run a declared sweep (tasks/studies/NAME.yaml): CSV + figures"
+    )
     study_command.add_arguments(study)
-    report = sub.add_parser("report", parents=[common], help="one HTML page of leaderboards, timings, study figures "
-                            "and claims; the claims table in leaderboards/README.md")
+    report = sub.add_parser(
+        "report",
+        parents=[common],
+        help="one HTML page of leaderboards, timings, study figures "
+        "and claims; the claims table in leaderboards/README.md",
+    )
     report_command.add_arguments(report)
-    timing = sub.add_parser("timing", parents=[common], help="the paper's Table 2 as Markdown from the asv suite's "
-                            "results (docs/timing.md)")
+    timing = sub.add_parser(
+        "timing", parents=[common], help="the paper's Table 2 as Markdown from the asv suite's results (docs/timing.md)"
+    )
     timing_command.add_arguments(timing)
     return parser
 
 
 def _results_dir(args: argparse.Namespace, from_yaml: Any = None) -> Path:
     if getattr(args, "publish", False):
-        given = (("--results-dir", getattr(args, "results_dir", None)),
-                 ("--output-dir", getattr(args, "output_dir", None)), ("results_dir in --config", from_yaml))
+        given = (
+            ("--results-dir", getattr(args, "results_dir", None)),
+            ("--output-dir", getattr(args, "output_dir", None)),
+            ("results_dir in --config", from_yaml),
+        )
         for flag, value in given:
             if value is not None:
                 raise UsageError(f"--publish writes {published_dir()}; it cannot be combined with {flag} {value}")
@@ -208,8 +284,15 @@ def _protocol_dampings(registry: Registry) -> dict[str, float]:
 
 def _command_list(args: argparse.Namespace, registry: Registry) -> int:
     dampings = _protocol_dampings(registry) if args.options else {}
-    protocol_note = ("a task's protocol sets it unless --set or a YAML section does (" + ", ".join(
-        f"{task}: {value:g}" for task, value in dampings.items()) + "; other tasks: this default)") if dampings else ""
+    protocol_note = (
+        (
+            "a task's protocol sets it unless --set or a YAML section does ("
+            + ", ".join(f"{task}: {value:g}" for task, value in dampings.items())
+            + "; other tasks: this default)"
+        )
+        if dampings
+        else ""
+    )
     for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
         print(f"{kind}:")
         for name, entry in sorted(entries.items()):
@@ -275,8 +358,10 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     if getattr(args, "estimators", None) is not None:  # the command line runs a subset of the file's estimators
         for name in set(sections) - set(overrides) - set(estimators) - {task}:
             configuration.build(registry.estimator(name).Config, sections.pop(name), name)  # still checked
-    for flag, field, value in (("--data-dir", "data_dir", getattr(args, "data_dir", None)),
-                               ("--download", "download", getattr(args, "download", False) or None)):
+    for flag, field, value in (
+        ("--data-dir", "data_dir", getattr(args, "data_dir", None)),
+        ("--download", "download", getattr(args, "download", False) or None),
+    ):
         if value is None:
             continue
         if field not in {f.name for f in dataclasses.fields(registry.task(task).Config)}:
@@ -315,8 +400,9 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     )
 
 
-def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str | None,
-            strict: bool = False) -> list[tuple[str, Path, int]]:
+def _render(
+    registry: Registry, results_dir: Path, output_dir: Path, task: str | None, strict: bool = False
+) -> list[tuple[str, Path, int]]:
     """Render and write the leaderboard of ``task`` (or of every task); ``(text, path, records)`` for each."""
     tasks = [task] if task else sorted(p.name for p in results_dir.glob("*") if p.is_dir())
     if not tasks:
@@ -330,8 +416,9 @@ def _render(registry: Registry, results_dir: Path, output_dir: Path, task: str |
         if name in registry.tasks:
             defaults = dataclasses.asdict(registry.tasks[name].cls.Config())
             reference_rows = registry.tasks[name].cls.reference_rows()
-        estimator_defaults = {estimator: dataclasses.asdict(entry.cls.Config())
-                              for estimator, entry in registry.estimators.items()}
+        estimator_defaults = {
+            estimator: dataclasses.asdict(entry.cls.Config()) for estimator, entry in registry.estimators.items()
+        }
         text = leaderboard.render(found, name, defaults, reference_rows, estimator_defaults)
         texts.append((text, leaderboard.write(text, output_dir, name), len(found)))
     return texts
@@ -356,17 +443,19 @@ def _summary(written: list[dict[str, Any]]) -> str:
         metrics = record.get("metrics") or {}
         residual = metrics.get("ihvp_relative_residual")
         residual_text = f"{residual:.1e}" if residual is not None else metrics.get("ihvp_residual_undefined", "-")
-        rows.append({
-            "estimator": f"`{record['estimator']['name']}`",
-            "selection": f"{record['selection']['kind']} {record['selection']['size']}",
-            "Pearson": _correlation(metrics.get("pearson")),
-            "Spearman": _correlation(metrics.get("spearman")),
-            "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
-            "iHVP residual": residual_text,
-            "prepare s": _seconds(record["timings"].get("prepare_s")),
-            "query s": _seconds(record["timings"].get("query_s")),
-            "status": "ok" if record["status"] == "ok" else f"{record['status']}: {record['failure']}",
-        })
+        rows.append(
+            {
+                "estimator": f"`{record['estimator']['name']}`",
+                "selection": f"{record['selection']['kind']} {record['selection']['size']}",
+                "Pearson": _correlation(metrics.get("pearson")),
+                "Spearman": _correlation(metrics.get("spearman")),
+                "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
+                "iHVP residual": residual_text,
+                "prepare s": _seconds(record["timings"].get("prepare_s")),
+                "query s": _seconds(record["timings"].get("query_s")),
+                "status": "ok" if record["status"] == "ok" else f"{record['status']}: {record['failure']}",
+            }
+        )
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
@@ -375,8 +464,10 @@ def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
     run = Run(config, registry, pm)  # checks the results directory and the cache
     board_dir = published_dir() if args.publish else config.results_dir.parent
     if not args.no_leaderboard and not writable_directory(board_dir, "leaderboard directory"):
-        raise UsageError(f"leaderboard directory {board_dir} is not writable: pass --results-dir DIR (the leaderboard "
-                         "goes beside it) or --no-leaderboard")
+        raise UsageError(
+            f"leaderboard directory {board_dir} is not writable: pass --results-dir DIR (the leaderboard "
+            "goes beside it) or --no-leaderboard"
+        )
     written = run.execute()
     failed = [r for r in written if r["status"] != "ok"]
     if written:
@@ -387,8 +478,13 @@ def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         for _, path, count in _render(registry, config.results_dir, board_dir, config.task):
             print(f"leaderboard: {path} ({count} records)")
     for record in failed:
-        log.warning("%s (%s): %s: %s", record["estimator"]["name"], record["selection"]["kind"], record["status"],
-                    record["failure"])
+        log.warning(
+            "%s (%s): %s: %s",
+            record["estimator"]["name"],
+            record["selection"]["kind"],
+            record["status"],
+            record["failure"],
+        )
     ratio = records.drift_dominated(written[0]["ground_truth"]) if written else None
     if ratio is not None:
         log.warning("%s", records.drift_warning(ratio))
@@ -398,8 +494,13 @@ def _command_run(args: argparse.Namespace, registry: Registry, pm: Any) -> int:
         return 1
     if written and not any(r["status"] == "ok" for r in written):
         skipped = sum(r["status"] == "skipped" for r in written)
-        what = ("failed" if not skipped else "were skipped" if skipped == len(written)
-                else f"failed or were skipped ({len(written) - skipped} failed, {skipped} skipped)")
+        what = (
+            "failed"
+            if not skipped
+            else "were skipped"
+            if skipped == len(written)
+            else f"failed or were skipped ({len(written) - skipped} failed, {skipped} skipped)"
+        )
         print(f"bench: error: no estimator produced a score: all {len(written)} records {what}", file=sys.stderr)
         return 1
     return 0
@@ -445,9 +546,11 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
     for ground_truth in run.ground_truths(problem, protocol, test_index):
         ground_truth.effects(points, executor)
         stats = ground_truth.stats
-        print(f"seed {ground_truth.recipe.seed}: {len(points)} points for test point {test_index}: {stats.cached} "
-              f"cached, {stats.computed} computed, {stats.corrupt} corrupt recomputed, {stats.seconds:.1f} s "
-              f"({ground_truth.directory})")
+        print(
+            f"seed {ground_truth.recipe.seed}: {len(points)} points for test point {test_index}: {stats.cached} "
+            f"cached, {stats.computed} computed, {stats.corrupt} corrupt recomputed, {stats.seconds:.1f} s "
+            f"({ground_truth.directory})"
+        )
     return 0
 
 

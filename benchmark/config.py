@@ -49,8 +49,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise UsageError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise UsageError(f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
-                         f"offset {error.start}); save it as UTF-8") from None
+        raise UsageError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+            f"offset {error.start}); save it as UTF-8"
+        ) from None
     try:
         data = safe_load(text)
     except yaml.MarkedYAMLError as error:

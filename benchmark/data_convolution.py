@@ -26,8 +26,9 @@ class DataConvolution(torch.autograd.Function):
     """``conv2d(x, weight, bias)`` for an ``x`` without gradient, twice differentiable in ``weight`` and ``bias``."""
 
     @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any,
-                groups: int) -> Tensor:
+    def forward(
+        x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int
+    ) -> Tensor:
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
@@ -50,11 +51,28 @@ class WeightGradient(torch.autograd.Function):
     gg_bias)``."""
 
     @staticmethod
-    def forward(grad_output: Tensor, x: Tensor, weight: Tensor, has_bias: bool, stride: Any, padding: Any,
-                dilation: Any, groups: int) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        grad_output: Tensor,
+        x: Tensor,
+        weight: Tensor,
+        has_bias: bool,
+        stride: Any,
+        padding: Any,
+        dilation: Any,
+        groups: int,
+    ) -> tuple[Tensor, Tensor | None]:
         _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_output, x, weight, [weight.shape[0]] if has_bias else None, _pair(stride), _pair(padding),
-            _pair(dilation), False, [0, 0], groups, [False, True, has_bias],
+            grad_output,
+            x,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            _pair(stride),
+            _pair(padding),
+            _pair(dilation),
+            False,
+            [0, 0],
+            groups,
+            [False, True, has_bias],
         )
         return grad_weight, grad_bias
 
@@ -84,8 +102,15 @@ class _DataConvolutions(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _bind(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0,
-          dilation: Any = 1, groups: int = 1) -> tuple[Any, ...] | None:
+def _bind(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> tuple[Any, ...] | None:
     """The arguments for :class:`DataConvolution`, or ``None`` where the native convolution is the right one."""
     if x.requires_grad or not weight.requires_grad or isinstance(padding, str) or x.dim() != 4:
         return None

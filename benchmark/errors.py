@@ -74,8 +74,10 @@ def describe(error: BaseException) -> str:
 def user_interrupts() -> Iterator[None]:
     """Within the block, SIGINT raises :class:`Interrupted` (where this is the main thread and SIGINT has Python's
     default handler), so that the user's Ctrl-C still stops a run while plugin code's ``KeyboardInterrupt`` does not."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
 

@@ -118,7 +118,8 @@ class Estimator(abc.ABC):
         return self.influence_from_solutions(self.ihvp(problem.test_gradients(test_indices)))
 
     def influence_from_solutions(self, solutions: Tensor) -> Tensor:
-        """``(1/n) G_train s`` for each row ``s`` of ``solutions`` (``Tensor[m, P]`` of ``H^-1 g_test``): ``Tensor[m, n]``."""
+        """``(1/n) G_train s`` for each row ``s`` of ``solutions`` (``Tensor[m, P]`` of ``H^-1 g_test``):
+        ``Tensor[m, n]``."""
         problem = self._require_problem()
         return problem.train_gradient_products(solutions) / problem.n_train
 
@@ -137,12 +138,14 @@ class Estimator(abc.ABC):
         problems = []
         name = vars(cls).get("name", getattr(cls, "name", None))
         if not isinstance(name, str) or not name:
-            problems.append(f"{cls.__name__} has no name (set the class attribute name = \"...\")")
+            problems.append(f'{cls.__name__} has no name (set the class attribute name = "...")')
         overrides_ihvp = cls.ihvp is not Estimator.ihvp
         overrides_influence = cls.influence is not Estimator.influence
         if cls.no_ihvp is None and not overrides_ihvp:
-            problems.append(f"{cls.__name__} implements no ihvp(); an estimator without one sets no_ihvp to the "
-                            "reason and overrides influence()")
+            problems.append(
+                f"{cls.__name__} implements no ihvp(); an estimator without one sets no_ihvp to the "
+                "reason and overrides influence()"
+            )
         if cls.no_ihvp is not None and not (isinstance(cls.no_ihvp, str) and cls.no_ihvp):
             problems.append(f"{cls.__name__}.no_ihvp must be a reason (a non-empty string), not {cls.no_ihvp!r}")
         elif cls.no_ihvp is not None and not overrides_influence:
@@ -150,8 +153,10 @@ class Estimator(abc.ABC):
         if cls.damping_field is not None:
             fields = [f.name for f in dataclasses.fields(cls.Config)] if dataclasses.is_dataclass(cls.Config) else []
             if cls.damping_field not in fields:
-                problems.append(f"{cls.__name__}.damping_field {cls.damping_field!r} is not a field of its Config "
-                                f"(fields: {', '.join(fields) or 'none'})")
+                problems.append(
+                    f"{cls.__name__}.damping_field {cls.damping_field!r} is not a field of its Config "
+                    f"(fields: {', '.join(fields) or 'none'})"
+                )
         abstract = sorted(getattr(cls, "__abstractmethods__", ()))
         if abstract:
             problems.append(f"{cls.__name__} leaves abstract methods {', '.join(abstract)} unimplemented")

@@ -59,8 +59,9 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
         torch.set_num_threads(threads)
     cache = Cache(spec.cache_dir)
     problem = task.build(BuildContext(spec.device, spec.seed, cache, progress=False))
-    ground_truth = GroundTruth(problem, Recipe(**spec.recipe), cache, task.problem_key(spec.seed), spec.test_index,
-                               spec.chunk_size)
+    ground_truth = GroundTruth(
+        problem, Recipe(**spec.recipe), cache, task.problem_key(spec.seed), spec.test_index, spec.chunk_size
+    )
     return ground_truth.compute(indices)
 
 
@@ -87,19 +88,25 @@ class ProcessPool:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         context = multiprocessing.get_context("spawn")
         computed = 0
-        with concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=context, initializer=_limit_threads,
-                                                    initargs=(threads,)) as pool:
-            futures = {pool.submit(compute_shard, spec, shard): len(shard)
-                       for shard in shards(missing, self.workers, self.shard_size)}
-            with tqdm(total=len(missing), desc="leave-one-out (processes)", unit="model",
-                      disable=not ground_truth.progress) as bar:
+        with concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)
+        ) as pool:
+            futures = {
+                pool.submit(compute_shard, spec, shard): len(shard)
+                for shard in shards(missing, self.workers, self.shard_size)
+            }
+            with tqdm(
+                total=len(missing), desc="leave-one-out (processes)", unit="model", disable=not ground_truth.progress
+            ) as bar:
                 try:
                     for future in concurrent.futures.as_completed(futures):
                         computed += future.result()
                         bar.update(futures[future])
                 except concurrent.futures.process.BrokenProcessPool:
-                    raise BenchError("a ground-truth worker process died; the entries it finished are cached, "
-                                     "so rerunning the same command completes only the missing ones") from None
+                    raise BenchError(
+                        "a ground-truth worker process died; the entries it finished are cached, "
+                        "so rerunning the same command completes only the missing ones"
+                    ) from None
         return computed
 
 
@@ -110,8 +117,9 @@ class RayCluster:
     computes only the entries still missing.
     """
 
-    def __init__(self, spec_for: Callable[[Any], WorkerSpec], address: str | None = None,
-                 shard_size: int | None = None):
+    def __init__(
+        self, spec_for: Callable[[Any], WorkerSpec], address: str | None = None, shard_size: int | None = None
+    ):
         try:
             import ray
         except ImportError:
@@ -129,8 +137,9 @@ class RayCluster:
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=3)(compute_shard)
         pending = {task.remote(spec, shard): len(shard) for shard in shards(missing, workers, self.shard_size)}
         computed = 0
-        with tqdm(total=len(missing), desc="leave-one-out (ray)", unit="model",
-                  disable=not ground_truth.progress) as bar:
+        with tqdm(
+            total=len(missing), desc="leave-one-out (ray)", unit="model", disable=not ground_truth.progress
+        ) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
@@ -139,8 +148,13 @@ class RayCluster:
         return computed
 
 
-def make_executor(name: str, spec_for: Callable[[Any], WorkerSpec], workers: int | None = None,
-                  address: str | None = None, shard_size: int | None = None) -> Callable[[Any, list[int]], int] | None:
+def make_executor(
+    name: str,
+    spec_for: Callable[[Any], WorkerSpec],
+    workers: int | None = None,
+    address: str | None = None,
+    shard_size: int | None = None,
+) -> Callable[[Any, list[int]], int] | None:
     """The executor called ``name`` (``None`` for ``local``, which computes in this process)."""
     if name not in EXECUTORS:
         raise UnknownNameError("executor", name, EXECUTORS)

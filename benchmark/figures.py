@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-
 def _pyplot() -> Any:
     import matplotlib
 
@@ -48,13 +47,20 @@ def _positions(study: Study, column: str, values: pd.Series) -> tuple[dict[Any, 
 
 
 def _check_columns(study: Study, index: int, panel: Panel, frame: pd.DataFrame, table: Path) -> None:
-    wanted = {"x": [panel.x], "y": [panel.y], "series": panel.series, "facet": [panel.facet] if panel.facet else [],
-              "where": list(panel.where)}
+    wanted = {
+        "x": [panel.x],
+        "y": [panel.y],
+        "series": panel.series,
+        "facet": [panel.facet] if panel.facet else [],
+        "where": list(panel.where),
+    }
     for field, columns in wanted.items():
         for column in columns:
             if column not in frame.columns:
-                raise UsageError(f"{study.path}: field 'panels[{index}].{field}': no column {column!r} in {table} "
-                                 f"(columns: {', '.join(map(str, frame.columns))})")
+                raise UsageError(
+                    f"{study.path}: field 'panels[{index}].{field}': no column {column!r} in {table} "
+                    f"(columns: {', '.join(map(str, frame.columns))})"
+                )
 
 
 def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path: Path) -> Path:
@@ -91,8 +97,17 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
                 spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
             else:
                 spread = stats["std"].fillna(0.0)
-            ax.errorbar(stats.index, stats["mean"], yerr=spread, marker="o", markersize=4, capsize=3, linewidth=1.4,
-                        label=label, **style)
+            ax.errorbar(
+                stats.index,
+                stats["mean"],
+                yerr=spread,
+                marker="o",
+                markersize=4,
+                capsize=3,
+                linewidth=1.4,
+                label=label,
+                **style,
+            )
         if panel.kind == "scatter" and len(part):
             low = float(np.nanmin(part[[panel.x, panel.y]].to_numpy(dtype=float)))
             high = float(np.nanmax(part[[panel.x, panel.y]].to_numpy(dtype=float)))
@@ -124,8 +139,15 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
         note += f"; {left_out}"
     title = panel.title + (f" ({panel.figure})" if panel.figure else "")
     figure.suptitle("\n".join(textwrap.wrap(title, 58 * len(facets))), fontsize=11)
-    figure.text(0.01, 0.005, textwrap.fill(f"{study.name}: {note}", 95 * len(facets)), ha="left", va="bottom",
-                fontsize=7, color="grey")
+    figure.text(
+        0.01,
+        0.005,
+        textwrap.fill(f"{study.name}: {note}", 95 * len(facets)),
+        ha="left",
+        va="bottom",
+        fontsize=7,
+        color="grey",
+    )
     figure.tight_layout(rect=(0, 0.035, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, metadata={"Software": None})
@@ -157,16 +179,19 @@ def panel_path(study: Study, panel: Panel, output_dir: Path) -> Path:
 
 def plot_study(study: Study, output_dir: Path) -> list[Path]:
     """Draw every panel of ``study`` from its CSV files under ``output_dir``; returns the PNG paths."""
-    tables: dict[str, Path] = {"rows": Path(output_dir) / f"{study.name}.csv",
-                               "points": Path(output_dir) / f"{study.name}-points.csv"}
+    tables: dict[str, Path] = {
+        "rows": Path(output_dir) / f"{study.name}.csv",
+        "points": Path(output_dir) / f"{study.name}-points.csv",
+    }
     frames: dict[str, pd.DataFrame] = {}
     out = []
     for index, panel in enumerate(study.panels):
         table = tables[panel.table]
         if panel.table not in frames:
             if not table.exists():
-                raise UsageError(f"no results for study {study.name!r}: {table} is missing (run `bench study "
-                                 f"{study.name}` first)")
+                raise UsageError(
+                    f"no results for study {study.name!r}: {table} is missing (run `bench study {study.name}` first)"
+                )
             frames[panel.table] = read_table(table)
         out.append(plot_panel(study, index, frames[panel.table], table, panel_path(study, panel, output_dir)))
     return out

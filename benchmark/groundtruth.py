@@ -192,8 +192,14 @@ class GroundTruth:
         if missing:
             self.reference()
             if executor is None:
-                bar = tqdm(total=len(wanted), initial=len(wanted) - len(missing), desc="leave-one-out", unit="model",
-                           disable=not self.progress, mininterval=0.5)
+                bar = tqdm(
+                    total=len(wanted),
+                    initial=len(wanted) - len(missing),
+                    desc="leave-one-out",
+                    unit="model",
+                    disable=not self.progress,
+                    mininterval=0.5,
+                )
                 bar.set_postfix_str(f"{len(wanted) - len(missing)} cached")
                 computed = self.compute(missing, on_chunk=bar.update)
                 bar.close()
@@ -288,8 +294,7 @@ class GroundTruth:
         return best
 
     # -- re-training -------------------------------------------------------------------------------------------------
-    def _compute_chunks(self, indices: list[int], reference: Reference,
-                        on_chunk: Callable[[int], None] | None) -> int:
+    def _compute_chunks(self, indices: list[int], reference: Reference, on_chunk: Callable[[int], None] | None) -> int:
         if not indices:
             return 0
         chunk_size = self.choose_chunk_size(len(indices))
@@ -361,8 +366,11 @@ _PAYLOAD_FIELDS = {field.name for field in dataclasses.fields(LooEffect)} - {"re
 
 
 def _valid_payload(payload: Any) -> bool:
-    return (isinstance(payload, dict) and set(payload) == _PAYLOAD_FIELDS
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values()))
+    return (
+        isinstance(payload, dict)
+        and set(payload) == _PAYLOAD_FIELDS
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values())
+    )
 
 
 def _entry_key_if_valid(cache: Cache, directory: Path, path: Path) -> dict[str, Any] | None:
@@ -389,15 +397,17 @@ def cache_status(cache: Cache) -> list[dict[str, Any]]:
             rows.append({"directory": directory.name[:12], "task": "?", "entries": 0, "corrupt": len(entries)})
             continue
         key = keys[0]
-        rows.append({
-            "directory": directory.name[:12],
-            "task": f"{key['task']} v{key['version']}",
-            "config": ", ".join(f"{k}={v}" for k, v in key["config"].items()),
-            "seed": key["seed"],
-            "test point": key["test_index"],
-            "re-training": f"{key['recipe']['steps']} steps, seed {key['recipe']['seed']}",
-            "entries": len(keys),
-            "corrupt": len(entries) - len(keys),
-            "reference": (cache.root / "loo-reference" / f"{digest({**key, 'removed': 'reference'})}.pt").exists(),
-        })
+        rows.append(
+            {
+                "directory": directory.name[:12],
+                "task": f"{key['task']} v{key['version']}",
+                "config": ", ".join(f"{k}={v}" for k, v in key["config"].items()),
+                "seed": key["seed"],
+                "test point": key["test_index"],
+                "re-training": f"{key['recipe']['steps']} steps, seed {key['recipe']['seed']}",
+                "entries": len(keys),
+                "corrupt": len(entries) - len(keys),
+                "reference": (cache.root / "loo-reference" / f"{digest({**key, 'removed': 'reference'})}.pt").exists(),
+            }
+        )
     return rows

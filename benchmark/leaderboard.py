@@ -77,9 +77,15 @@ def completed(values: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> 
 def _group_key(record: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
     task = {**record["task"], "config": completed(record["task"]["config"], defaults)}
     return json.dumps(
-        [task, record["seed"], record["device"]["type"], record["test_point"]["rule"],
-         record["ground_truth"]["recipe"]],
-        sort_keys=True, default=str,
+        [
+            task,
+            record["seed"],
+            record["device"]["type"],
+            record["test_point"]["rule"],
+            record["ground_truth"]["recipe"],
+        ],
+        sort_keys=True,
+        default=str,
     )
 
 
@@ -98,8 +104,9 @@ def _command(record: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> s
     return " ".join(parts)
 
 
-def _latest(group: list[dict[str, Any]],
-            estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+def _latest(
+    group: list[dict[str, Any]], estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The records a section shows: the latest of each (estimator, hyperparameters, selection), hyperparameters
     completed with the estimator's current defaults (:func:`completed`)."""
     latest: dict[str, dict[str, Any]] = {}
@@ -128,34 +135,47 @@ def _table(shown: list[dict[str, Any]]) -> pd.DataFrame:
     for record in shown:
         metrics = record.get("metrics") or {}
         paper = record.get("paper") or {}
-        rows.append({
-            "estimator": f"`{record['estimator']['name']}`",
-            "hyperparameters": _hyperparameters(record["estimator"]["hyperparameters"]),
-            "selection": f"{record['selection']['kind']} {record['selection']['size']}",
-            "Pearson": _correlation(metrics.get("pearson")),
-            "Spearman": _correlation(metrics.get("spearman")),
-            "Spearman ceiling": _ceiling((metrics.get("ceiling") or {}).get("spearman")),
-            "paper Pearson": _number(paper.get("pearson"), 3) if paper.get("pearson") is not None else "-",
-            "paper Spearman": _number(paper.get("spearman"), 3) if paper.get("spearman") is not None else "-",
-            "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
-            "iHVP residual": _residual(metrics),
-            "prepare s": _number(record["timings"].get("prepare_s"), 3),
-            "query s": _number(record["timings"].get("query_s"), 3),
-            "status": _status(record),
-        })
+        rows.append(
+            {
+                "estimator": f"`{record['estimator']['name']}`",
+                "hyperparameters": _hyperparameters(record["estimator"]["hyperparameters"]),
+                "selection": f"{record['selection']['kind']} {record['selection']['size']}",
+                "Pearson": _correlation(metrics.get("pearson")),
+                "Spearman": _correlation(metrics.get("spearman")),
+                "Spearman ceiling": _ceiling((metrics.get("ceiling") or {}).get("spearman")),
+                "paper Pearson": _number(paper.get("pearson"), 3) if paper.get("pearson") is not None else "-",
+                "paper Spearman": _number(paper.get("spearman"), 3) if paper.get("spearman") is not None else "-",
+                "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
+                "iHVP residual": _residual(metrics),
+                "prepare s": _number(record["timings"].get("prepare_s"), 3),
+                "query s": _number(record["timings"].get("query_s"), 3),
+                "status": _status(record),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _not_run(records: list[dict[str, Any]], reference_rows: Sequence[ReferenceRow]) -> list[str]:
     """A section listing the paper's settings that no record ran, each with the command that runs it."""
     configs = [r["task"]["config"] for r in records if r["status"] == "ok"]
-    missing = [row for row in reference_rows
-               if not any(all(config.get(k) == v for k, v in row.options.items()) for config in configs)]
+    missing = [
+        row
+        for row in reference_rows
+        if not any(all(config.get(k) == v for k, v in row.options.items()) for config in configs)
+    ]
     if not missing:
         return []
-    table = pd.DataFrame([{"setting": row.label, "paper Pearson": f"{row.paper['pearson']:.2f}",
-                           "paper Spearman": f"{row.paper['spearman']:.2f}", "command": f"`{row.command}`"}
-                          for row in missing])
+    table = pd.DataFrame(
+        [
+            {
+                "setting": row.label,
+                "paper Pearson": f"{row.paper['pearson']:.2f}",
+                "paper Spearman": f"{row.paper['spearman']:.2f}",
+                "command": f"`{row.command}`",
+            }
+            for row in missing
+        ]
+    )
     return [
         "## Paper settings not run here",
         "",
@@ -168,9 +188,13 @@ def _not_run(records: list[dict[str, Any]], reference_rows: Sequence[ReferenceRo
     ]
 
 
-def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any] | None = None,
-           reference_rows: Sequence[ReferenceRow] = (),
-           estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+def render(
+    records: list[dict[str, Any]],
+    task: str,
+    defaults: Mapping[str, Any] | None = None,
+    reference_rows: Sequence[ReferenceRow] = (),
+    estimator_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     """The Markdown leaderboard of ``task`` from its ``records``.
 
     Args:
@@ -221,12 +245,21 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
             f"- Ground truth: {gt['protocol']}, {recipe['steps']} steps, lr {recipe['lr']}, batch "
             f"{recipe['batch_size'] or 'full'}, {gt.get('seeds', 1)} seed(s); against {gt['reference']} (drift of "
             f"the test loss {gt['reference_drift']:.2e}"
-            + (f", {gt['drift_to_effect']:.2g} x the median |leave-one-out effect|"
-               if gt.get("drift_to_effect") is not None else "")
+            + (
+                f", {gt['drift_to_effect']:.2g} x the median |leave-one-out effect|"
+                if gt.get("drift_to_effect") is not None
+                else ""
+            )
             + f"); {gt['points']} points",
-            *([f"- **Drift-dominated ground truth** (drift {drift:.2g} x the median |leave-one-out effect|, above "
-               f"{DRIFT_DOMINATED:g}): re-training moves the model more than removing a point does, so these "
-               "correlations measure mostly drift, not influence."] if drift is not None else []),
+            *(
+                [
+                    f"- **Drift-dominated ground truth** (drift {drift:.2g} x the median |leave-one-out effect|, above "
+                    f"{DRIFT_DOMINATED:g}): re-training moves the model more than removing a point does, so these "
+                    "correlations measure mostly drift, not influence."
+                ]
+                if drift is not None
+                else []
+            ),
             "",
             _table(shown).to_markdown(index=False, disable_numparse=True),
             "",
@@ -237,11 +270,18 @@ def render(records: list[dict[str, Any]], task: str, defaults: Mapping[str, Any]
         "`random k` = the same k random training points for every estimator; *paper Pearson/Spearman* = the "
         "paper's figure for this setting, where the paper has one; *‖Δθ‖ Spearman* = "
         "predicted against re-trained parameter-change norms (not computed where the task turns it off for cost); "
-        "*iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the test gradient against a dense float64 solve at the estimator's damping; *[a, b]* = 95% bootstrap interval "
-        "over points and ground-truth seeds; *Spearman ceiling* = the score a noise-free estimator is expected to reach "
+        "*iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the test gradient against a dense float64 solve at the "
+        "estimator's damping; *[a, b]* = 95% bootstrap interval "
+        "over points and ground-truth seeds; *Spearman ceiling* = the score a noise-free estimator is expected to "
+        "reach "
         "given how well independent ground-truth seeds agree (needs `--gt-seeds 2` or more)"
-        + ("; *status* `skipped: reason` = the estimator does not apply to this problem (e.g. `exact` above its "
-           "`max_params`), not a failure" if any(r["status"] == "skipped" for r in records) else "") + ".",
+        + (
+            "; *status* `skipped: reason` = the estimator does not apply to this problem (e.g. `exact` above its "
+            "`max_params`), not a failure"
+            if any(r["status"] == "skipped" for r in records)
+            else ""
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)

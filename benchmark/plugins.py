@@ -70,8 +70,9 @@ def is_file_path(arg: str) -> bool:
 def _load_file(path: str) -> types.ModuleType:
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"no such file {path!r} (-p takes a module path such as examples.diagonal_estimator "
-                                "or a .py file)")
+        raise FileNotFoundError(
+            f"no such file {path!r} (-p takes a module path such as examples.diagonal_estimator or a .py file)"
+        )
     name = f"bench_plugin_file_{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -73,15 +72,22 @@ class Problem:
 
     @classmethod
     def from_module(
-        cls, module: torch.nn.Module, loss: Loss, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
-        weight_decay: float = 0.0, chunk_size: int | None = None,
+        cls,
+        module: torch.nn.Module,
+        loss: Loss,
+        x_train: Tensor,
+        y_train: Tensor,
+        x_test: Tensor,
+        y_test: Tensor,
+        weight_decay: float = 0.0,
+        chunk_size: int | None = None,
     ) -> Problem:
         """The problem of an ``nn.Module`` at its current parameters, made functional with ``functional_call``."""
 
         def model(params: dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(module, params, (x,))
 
-        params = dict(module.named_parameters())
+        params: dict[str, Tensor] = {name: p for name, p in module.named_parameters()}
         return cls(model, loss, params, x_train, y_train, x_test, y_test, weight_decay, chunk_size)
 
     def __post_init__(self) -> None:
@@ -297,8 +303,9 @@ class Problem:
         total = self.weight_decay * vectors
         with torch.enable_grad():
             for theta, gradient in self._gradient_graph:
-                total = total + torch.stack([torch.autograd.grad(gradient, theta, v, retain_graph=True)[0]
-                                             for v in vectors])
+                total = total + torch.stack(
+                    [torch.autograd.grad(gradient, theta, v, retain_graph=True)[0] for v in vectors]
+                )
         return total
 
     def _hvp_on(self, vectors: Tensor, x: Tensor, y: Tensor, weight_decay: float | None = None) -> Tensor:

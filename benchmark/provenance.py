@@ -35,7 +35,11 @@ def git_commit(paths: Sequence[str] = CODE_PATHS, root: Path = REPO) -> tuple[st
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
-            cwd=root, capture_output=True, text=True, timeout=10, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -49,8 +53,9 @@ def commit_label(paths: Sequence[str] = CODE_PATHS, root: Path = REPO) -> str:
     if commit is None:
         return "unknown"
     try:
-        short = subprocess.run(["git", "rev-parse", "--short", commit], cwd=root, capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
+        short = subprocess.run(
+            ["git", "rev-parse", "--short", commit], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         short = commit[:7]
     return short + (" (with uncommitted changes)" if dirty else "")
@@ -76,9 +81,13 @@ def _code_only(node: ast.AST) -> ast.AST:
     for field in ("body", "orelse", "finalbody"):
         statements = getattr(node, field, None)
         if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
-            kept = [s for s in statements
-                    if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
-                            and isinstance(s.value.value, str))]
+            kept = [
+                s
+                for s in statements
+                if not (
+                    isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)
+                )
+            ]
             setattr(node, field, kept or [ast.Pass()])
     for child in ast.iter_child_nodes(node):
         _code_only(child)

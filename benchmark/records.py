@@ -59,9 +59,11 @@ def drift_dominated(ground_truth: dict[str, Any]) -> float | None:
 
 def drift_warning(ratio: float) -> str:
     """The one-line warning of a drift-dominated ground truth (see :data:`DRIFT_DOMINATED`)."""
-    return (f"drift-dominated ground truth: the reference drift is {ratio:.3g}x the median |leave-one-out effect| "
-            f"(threshold {DRIFT_DOMINATED:g}): the re-training recipe moves the model more than removing a point "
-            "does, so the correlations measure mostly drift, not influence (is the optimum stationary?)")
+    return (
+        f"drift-dominated ground truth: the reference drift is {ratio:.3g}x the median |leave-one-out effect| "
+        f"(threshold {DRIFT_DOMINATED:g}): the re-training recipe moves the model more than removing a point "
+        "does, so the correlations measure mostly drift, not influence (is the optimum stationary?)"
+    )
 
 
 def new_run_id() -> str:
@@ -100,8 +102,9 @@ def _correlation_entry(value: Any) -> str | None:
     if value.get("value") != value.get("value"):
         return "value: NaN (an undefined correlation is null with its reason under 'undefined')"
     interval = value.get("interval")
-    if interval is not None and (not isinstance(interval, list) or len(interval) != 2
-                                 or any(_kind(bound, _NUMBER) for bound in interval)):
+    if interval is not None and (
+        not isinstance(interval, list) or len(interval) != 2 or any(_kind(bound, _NUMBER) for bound in interval)
+    ):
         return f"interval: expected two numbers or null, got {interval!r}"
     return None
 
@@ -306,8 +309,13 @@ def _members(kind: Any) -> tuple[Any, ...]:
     return (kind,)
 
 
-_PLAIN: dict[Any, tuple[Any, ...]] = {str: (str,), int: (int,), float: (int, float), bool: (bool,),
-                                      type(None): (type(None),)}
+_PLAIN: dict[Any, tuple[Any, ...]] = {
+    str: (str,),
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    type(None): (type(None),),
+}
 
 
 def _kinds(kind: Any) -> tuple[Any, ...]:
@@ -416,10 +424,17 @@ def _kind(value: Any, kinds: tuple[Any, ...]) -> str | None:
             ok = isinstance(value, kinds)
         if ok:
             return None
-        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping",
-                 type(None): "null"}
-        expected = " or ".join(dict.fromkeys(names.get(kind, kind.__name__) for kind in kinds
-                                             if not (kind is int and float in kinds)))
+        names = {
+            int: "an integer",
+            float: "a number",
+            str: "a string",
+            bool: "true or false",
+            dict: "a mapping",
+            type(None): "null",
+        }
+        expected = " or ".join(
+            dict.fromkeys(names.get(kind, kind.__name__) for kind in kinds if not (kind is int and float in kinds))
+        )
         return f"expected {expected}, got {json.dumps(value)[:40]}"
     if value not in kinds:
         return f"expected one of {', '.join(map(repr, kinds))}, got {json.dumps(value)[:40]}"

@@ -58,7 +58,7 @@ SELECTIONS = {
     "top": "top-k by |estimated influence|, each estimator its own (the paper's protocol)",
     "random": "k training points drawn uniformly with the run's seed, the same for every estimator",
     "pNN": "the k training points whose estimated influence is nearest its NN-th percentile, each estimator its own "
-           "(the paper's Fig. 3b uses p30)",
+    "(the paper's Fig. 3b uses p30)",
 }
 CONVERGENCE_TOL = 1e-4
 """An optimum whose objective gradient norm exceeds this is reported as not converged."""
@@ -75,8 +75,10 @@ claims table ``README.md``."""
 def published_dir() -> Path:
     """:data:`PUBLISHED_DIR`; :class:`UsageError` where the package runs from no source checkout."""
     if not PUBLISHED_DIR.is_dir():
-        raise UsageError(f"--publish writes a source checkout's committed leaderboards, and there are none at "
-                         f"{PUBLISHED_DIR}: name the directories instead")
+        raise UsageError(
+            f"--publish writes a source checkout's committed leaderboards, and there are none at "
+            f"{PUBLISHED_DIR}: name the directories instead"
+        )
     return PUBLISHED_DIR
 
 
@@ -101,20 +103,22 @@ def writable_directory(path: Path, what: str) -> bool:
     return os.access(probe, os.W_OK | os.X_OK)
 
 
-def resolve_hyperparameters(cls: type[Estimator], options: dict[str, Any] | None, protocol: Protocol,
-                            name: str) -> Any:
+def resolve_hyperparameters(cls: type[Estimator], options: dict[str, Any] | None, protocol: Protocol, name: str) -> Any:
     """The config of estimator ``cls`` for a run: the protocol's settings for it (:meth:`Estimator.protocol_options`,
     e.g. the protocol damping), overridden field by field by the run's own ``options`` (``--set``, YAML), over the
     Config's defaults. A bad value is a one-line :class:`UsageError` naming ``name``."""
     from_protocol = cls.protocol_options(protocol)
     if not isinstance(from_protocol, dict):
-        raise PluginError(f"estimator {name!r}: protocol_options returned a {type(from_protocol).__name__}, expected a "
-                          "dict of its Config fields")
+        raise PluginError(
+            f"estimator {name!r}: protocol_options returned a {type(from_protocol).__name__}, expected a "
+            "dict of its Config fields"
+        )
     return configuration.build(cls.Config, {**from_protocol, **(options or {})}, name)
 
 
 def selection_description(selection: str) -> str:
-    """What ``selection`` scores (a key of :data:`SELECTIONS`, or ``pNN`` with ``NN`` in 0..100); one-line error else."""
+    """What ``selection`` scores (a key of :data:`SELECTIONS`, or ``pNN`` with ``NN`` in 0..100); a one-line error for
+    anything else."""
     if selection in SELECTIONS and selection != "pNN":
         return SELECTIONS[selection]
     if selection.startswith("p") and selection[1:].isdigit() and 0 <= int(selection[1:]) <= 100:
@@ -123,7 +127,8 @@ def selection_description(selection: str) -> str:
 
 
 def select(selection: str, scores: np.ndarray, k: int, random_set: list[int]) -> list[int]:
-    """The training indices ``selection`` scores, given one estimator's influence ``scores`` (see :data:`SELECTIONS`)."""
+    """The training indices ``selection`` scores, given one estimator's influence ``scores``
+    (see :data:`SELECTIONS`)."""
     if selection == "top":
         return np.argsort(-np.abs(scores), kind="stable")[:k].tolist()
     if selection == "random":
@@ -233,8 +238,7 @@ def _merge(failures: list[PluginHookError]) -> list[PluginHookError]:
     return [PluginHookError(plugin, hook, group[0].error, len(group)) for (plugin, hook), group in merged.items()]
 
 
-def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int,
-                       test_gradient: torch.Tensor) -> None:
+def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int, test_gradient: torch.Tensor) -> None:
     """Prepare ``evaluation``'s estimator on ``problem`` and score every training point's influence on the test
     point (timed: ``timings``), keeping its test iHVP for the residual (:func:`ihvp_residuals`). Every output is
     checked (:func:`check_output`); a failure or a skip is recorded on ``evaluation`` (``failure``, ``skipped``,
@@ -252,16 +256,26 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         if overrides_influence:
             scores = estimator.influence([test_index])
         else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
-            evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
-                                               test_gradient.dtype, "one row per vector, one column per parameter")
+            evaluation.solution = check_output(
+                "ihvp",
+                estimator.ihvp(test_gradient),
+                ihvp_shape,
+                test_gradient.dtype,
+                "one row per vector, one column per parameter",
+            )
             scores = estimator.influence_from_solutions(evaluation.solution)
         evaluation.timings["query_s"] = time.perf_counter() - start
         evaluation.diagnostics = dict(estimator.diagnostics)
         scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
         evaluation.scores = scores.detach().cpu().double().numpy()
         if overrides_influence and estimator.no_ihvp is None:  # untimed: only for the residual
-            evaluation.solution = check_output("ihvp", estimator.ihvp(test_gradient), ihvp_shape,
-                                               test_gradient.dtype, "one row per vector, one column per parameter")
+            evaluation.solution = check_output(
+                "ihvp",
+                estimator.ihvp(test_gradient),
+                ihvp_shape,
+                test_gradient.dtype,
+                "one row per vector, one column per parameter",
+            )
     except Interrupted:
         raise
     except EstimatorSkipped as skip:
@@ -272,12 +286,19 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         evaluation.failure, evaluation.error = _failure(error), error
         log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
         return
-    log.info("estimator %s: prepare %.2f s, query %.2f s", estimator.name, evaluation.timings["prepare_s"],
-             evaluation.timings["query_s"])
+    log.info(
+        "estimator %s: prepare %.2f s, query %.2f s",
+        estimator.name,
+        evaluation.timings["prepare_s"],
+        evaluation.timings["query_s"],
+    )
 
 
-def ihvp_residuals(evaluations: list[Evaluation], problem: Problem, test_gradient: torch.Tensor,
-                   ) -> DenseHessian | None:
+def ihvp_residuals(
+    evaluations: list[Evaluation],
+    problem: Problem,
+    test_gradient: torch.Tensor,
+) -> DenseHessian | None:
     """Set each evaluation's ``residual``, ``|s - s*| / |s*|`` of its test iHVP ``s`` against the dense float64 solve
     ``s*`` at its own damping, where a dense Hessian exists (shared by ``exact``) or is affordable
     (:data:`DENSE_LIMIT`); returns the dense Hessian, or ``None``."""
@@ -293,8 +314,11 @@ def ihvp_residuals(evaluations: list[Evaluation], problem: Problem, test_gradien
     return dense
 
 
-def score_selection(scores: np.ndarray, indices: list[int], effects: list[dict[int, LooEffect]],
-                    ) -> tuple[list[float], np.ndarray, dict[str, dict[str, Any]]]:
+def score_selection(
+    scores: np.ndarray,
+    indices: list[int],
+    effects: list[dict[int, LooEffect]],
+) -> tuple[list[float], np.ndarray, dict[str, dict[str, Any]]]:
     """How well an estimator's ``scores`` predict re-training on the training points ``indices`` (a selection):
     the estimated loss changes, the re-trained ones per ground-truth seed (``[seeds, len(indices)]``), and the
     Pearson and Spearman correlations of the first with the mean of the second (:func:`benchmark.scoring.correlations`).
@@ -312,8 +336,9 @@ class Run:
         self.device = resolve_device(config.device)
         task_cls = registry.task(config.task)
         task_config = configuration.build(task_cls.Config, config.task_options, config.task)
-        self.task: Task = self._plugin_call(f"task {config.task!r}", registry.tasks[config.task].plugin, "__init__",
-                                            task_cls, task_config)
+        self.task: Task = self._plugin_call(
+            f"task {config.task!r}", registry.tasks[config.task].plugin, "__init__", task_cls, task_config
+        )
         for name in sorted(set(config.estimator_options) - set(config.estimators)):
             if name in registry.estimators:
                 raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
@@ -323,10 +348,19 @@ class Run:
         for name in config.estimators:
             cls = registry.estimator(name)
             plugin = registry.estimators[name].plugin
-            hyper = self._plugin_call(f"estimator {name!r}", plugin, "protocol_options", resolve_hyperparameters, cls,
-                                      config.estimator_options.get(name), protocol, name)
-            estimator = self._plugin_call(f"estimator {name!r}", plugin, "__init__", cls, hyper,
-                                          progress=config.progress)
+            hyper = self._plugin_call(
+                f"estimator {name!r}",
+                plugin,
+                "protocol_options",
+                resolve_hyperparameters,
+                cls,
+                config.estimator_options.get(name),
+                protocol,
+                name,
+            )
+            estimator = self._plugin_call(
+                f"estimator {name!r}", plugin, "__init__", cls, hyper, progress=config.progress
+            )
             self.estimators.append(Evaluation(estimator, plugin, dataclasses.asdict(hyper)))
         for selection in config.selections:
             selection_description(selection)
@@ -335,8 +369,10 @@ class Run:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
         self.cache = Cache(config.cache_dir)
         if not writable_directory(config.results_dir, "results directory"):
-            raise UsageError(f"results directory {config.results_dir} is not writable: pass --results-dir DIR or set "
-                             f"${records.RESULTS_ENV}")
+            raise UsageError(
+                f"results directory {config.results_dir} is not writable: pass --results-dir DIR or set "
+                f"${records.RESULTS_ENV}"
+            )
         self.read_only_cache = not writable_directory(self.cache.root, "cache directory")
         if self.read_only_cache:
             log.info("cache directory %s is read-only: this run can use only what it already holds", self.cache.root)
@@ -348,8 +384,9 @@ class Run:
         """Reporting hooks that failed (every record is written regardless), one per plugin and hook."""
 
     @staticmethod
-    def _plugin_call(what: str, plugin: str, method: str, function: Callable[..., Any], *args: Any,
-                     **kwargs: Any) -> Any:
+    def _plugin_call(
+        what: str, plugin: str, method: str, function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         """``function(*args, **kwargs)`` of a task's or estimator's code outside the scored steps: its exception is
         one line naming it, its plugin and the method (the traceback with ``-v``)."""
         try:
@@ -376,11 +413,13 @@ class Run:
             torch.set_num_threads(threads)
         log.info("building task %s (seed %d, %s)", config.task, config.seed, self.device)
         context = BuildContext(self.device, config.seed, self.cache, config.progress)
-        problem = self._plugin_call(f"task {config.task!r}", self.registry.tasks[config.task].plugin, "build",
-                                    self.task.build, context)
+        problem = self._plugin_call(
+            f"task {config.task!r}", self.registry.tasks[config.task].plugin, "build", self.task.build, context
+        )
         if not isinstance(problem, Problem):
-            raise PluginError(f"task {config.task!r}: build returned a {type(problem).__name__}, expected a "
-                              "benchmark.Problem")
+            raise PluginError(
+                f"task {config.task!r}: build returned a {type(problem).__name__}, expected a benchmark.Problem"
+            )
         if not bool(torch.isfinite(problem.theta).all()):
             raise BenchError(f"training the {config.task} optimum diverged (non-finite parameters); lower its lr")
         protocol = self._protocol()
@@ -390,9 +429,15 @@ class Run:
     def ground_truths(self, problem: Problem, protocol: Protocol, test_index: int) -> list[GroundTruth]:
         """One ground truth per re-training seed (``gt_seeds``); seed ``s`` shifts the minibatch seed by ``s``."""
         return [
-            GroundTruth(problem, dataclasses.replace(protocol.retrain, seed=protocol.retrain.seed + s), self.cache,
-                        self.task.problem_key(self.config.seed), test_index, self.config.gt_chunk_size,
-                        self.config.progress)
+            GroundTruth(
+                problem,
+                dataclasses.replace(protocol.retrain, seed=protocol.retrain.seed + s),
+                self.cache,
+                self.task.problem_key(self.config.seed),
+                test_index,
+                self.config.gt_chunk_size,
+                self.config.progress,
+            )
             for s in range(self.config.gt_seeds)
         ]
 
@@ -401,10 +446,18 @@ class Run:
         config = self.config
 
         def spec_for(ground_truth: GroundTruth) -> WorkerSpec:
-            return WorkerSpec(plugins=list(config.plugins), task=config.task, task_options=dict(config.task_options),
-                              seed=config.seed, device=self.device, cache_dir=str(self.cache.root),
-                              test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe),
-                              chunk_size=config.gt_chunk_size, threads=config.threads)
+            return WorkerSpec(
+                plugins=list(config.plugins),
+                task=config.task,
+                task_options=dict(config.task_options),
+                seed=config.seed,
+                device=self.device,
+                cache_dir=str(self.cache.root),
+                test_index=ground_truth.test_index,
+                recipe=dataclasses.asdict(ground_truth.recipe),
+                chunk_size=config.gt_chunk_size,
+                threads=config.threads,
+            )
 
         return make_executor(config.executor, spec_for, config.workers, config.ray_address)
 
@@ -421,8 +474,10 @@ class Run:
             root = self.cache.root
             if path.is_relative_to(root):
                 state = "read-only" if self.read_only_cache else "not writable"
-                raise BenchError(f"cache directory {root} is {state} ({reason}) and lacks an entry this run needs: "
-                                 "make it writable or pass --cache-dir DIR") from error
+                raise BenchError(
+                    f"cache directory {root} is {state} ({reason}) and lacks an entry this run needs: "
+                    "make it writable or pass --cache-dir DIR"
+                ) from error
             if path.is_relative_to(self.config.results_dir):
                 raise BenchError(f"results directory {self.config.results_dir} is not writable ({reason})") from error
             raise BenchError(f"cannot write {error.filename}: {error.strerror}") from error
@@ -483,8 +538,16 @@ class Run:
         hook_failures: list[PluginHookError] = []
         for evaluation in self.estimators:
             for selection in config.selections:
-                record = self._record(common, evaluation, selection, chosen.get((evaluation.estimator.name, selection)),
-                                      effects, k, problem_diagnostics, task_diagnostics)
+                record = self._record(
+                    common,
+                    evaluation,
+                    selection,
+                    chosen.get((evaluation.estimator.name, selection)),
+                    effects,
+                    k,
+                    problem_diagnostics,
+                    task_diagnostics,
+                )
                 self.written.append(records.write(record, config.results_dir))
                 hook_failures += call_each(self.pm.hook.bench_report_result, record=record)
                 out.append(record)
@@ -492,8 +555,13 @@ class Run:
         self.hook_failures = _merge(hook_failures)
         return out
 
-    def _ground_truth_summary(self, ground_truths: list[GroundTruth], effects: list[dict[int, LooEffect]],
-                              protocol: Protocol, needed: list[int]) -> dict[str, Any]:
+    def _ground_truth_summary(
+        self,
+        ground_truths: list[GroundTruth],
+        effects: list[dict[int, LooEffect]],
+        protocol: Protocol,
+        needed: list[int],
+    ) -> dict[str, Any]:
         references = [ground_truth.reference() for ground_truth in ground_truths]
         drifts = [reference.drift for reference in references]
         magnitudes = [abs(e.loss_change) for per_seed in effects for e in per_seed.values()]
@@ -538,15 +606,23 @@ class Run:
             log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
         return diagnostics
 
-    def _parameter_change(self, evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]],
-                          problem: Problem) -> None:
+    def _parameter_change(
+        self, evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]], problem: Problem
+    ) -> None:
         indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
-        log.info("estimator %s: parameter change of %d training points (the ‖Δθ‖ diagnostic)",
-                 evaluation.estimator.name, len(indices))
+        log.info(
+            "estimator %s: parameter change of %d training points (the ‖Δθ‖ diagnostic)",
+            evaluation.estimator.name,
+            len(indices),
+        )
         try:
-            changes = check_output("parameter_change", evaluation.estimator.parameter_change(indices),
-                                   (len(indices), problem.n_params), problem.dtype,
-                                   "one row per training point, one column per parameter")
+            changes = check_output(
+                "parameter_change",
+                evaluation.estimator.parameter_change(indices),
+                (len(indices), problem.n_params),
+                problem.dtype,
+                "one row per training point, one column per parameter",
+            )
             norms = torch.linalg.vector_norm(changes, dim=1).tolist()
             evaluation.param_norms = dict(zip(indices, norms))
         except Interrupted:
@@ -554,9 +630,17 @@ class Run:
         except PLUGIN_FAULTS as error:
             evaluation.param_failure = _failure(error)
 
-    def _record(self, common: dict[str, Any], evaluation: Evaluation, selection: str, indices: list[int] | None,
-                effects: list[dict[int, LooEffect]], k: int, problem_diagnostics: dict[str, Any],
-                task_diagnostics: dict[str, Any]) -> dict[str, Any]:
+    def _record(
+        self,
+        common: dict[str, Any],
+        evaluation: Evaluation,
+        selection: str,
+        indices: list[int] | None,
+        effects: list[dict[int, LooEffect]],
+        k: int,
+        problem_diagnostics: dict[str, Any],
+        task_diagnostics: dict[str, Any],
+    ) -> dict[str, Any]:
         name = evaluation.estimator.name
         record = {
             **common,
@@ -565,8 +649,11 @@ class Run:
             "status": ("skipped" if evaluation.skipped else "failed") if evaluation.failure else "ok",
             "failure": evaluation.failure,
             "timings": evaluation.timings,
-            "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics,
-                            "task": task_diagnostics},
+            "diagnostics": {
+                "problem": problem_diagnostics,
+                "estimator": evaluation.diagnostics,
+                "task": task_diagnostics,
+            },
             "paper": self.task.paper_reference(name, selection),
             "metrics": None,
             "points": None,
@@ -578,9 +665,13 @@ class Run:
         retrained = per_seed.mean(axis=0).tolist()
         for method, entry in metrics.items():
             entry["interval"] = bootstrap_interval(method, estimated, per_seed) if entry["value"] is not None else None
-        points: dict[str, Any] = {"train_indices": indices, "estimated": estimated, "retrained": retrained,
-                                  "retrained_per_seed": per_seed.tolist(),
-                                  "retrained_param_norm": norms_per_seed.mean(axis=0).tolist()}
+        points: dict[str, Any] = {
+            "train_indices": indices,
+            "estimated": estimated,
+            "retrained": retrained,
+            "retrained_per_seed": per_seed.tolist(),
+            "retrained_param_norm": norms_per_seed.mean(axis=0).tolist(),
+        }
         if evaluation.param_failure is None:
             points["estimated_param_norm"] = [evaluation.param_norms[i] for i in indices]
             norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])

@@ -18,7 +18,8 @@ METHODS = {"pearson": stats.pearsonr, "spearman": stats.spearmanr}
 
 
 def correlation(method: str, estimated: Sequence[float], retrained: Sequence[float]) -> dict[str, Any]:
-    """Pearson or Spearman correlation as a record: ``{"value", "p_value", "n"}`` or ``{"value": None, "undefined"}``."""
+    """Pearson or Spearman correlation as a record: ``{"value", "p_value", "n"}``, or
+    ``{"value": None, "undefined"}``."""
     x = np.asarray(estimated, dtype=np.float64)
     y = np.asarray(retrained, dtype=np.float64)
     if len(x) != len(y):
@@ -63,7 +64,11 @@ def _rowwise(method: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_interval(
-    method: str, estimated: Sequence[float], retrained: np.ndarray, resamples: int = 2000, level: float = 0.95,
+    method: str,
+    estimated: Sequence[float],
+    retrained: np.ndarray,
+    resamples: int = 2000,
+    level: float = 0.95,
     seed: int = 0,
 ) -> list[float] | None:
     """Percentile bootstrap interval of the correlation between ``estimated`` and the seed-mean of ``retrained``.

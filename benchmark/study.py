@@ -52,6 +52,7 @@ log = logging.getLogger("bench")
 DEFAULT_OUTPUT_DIR = Path("leaderboards") / "studies"
 """Where the committed study results are, in a source checkout (``bench study --publish`` writes them)."""
 
+
 # -- running --------------------------------------------------------------------------------------------------------
 class _TaskGroundTruth(GroundTruth):
     """Ground truth whose re-training goes through the task's own ``descend`` (same recipe, same cache entries).
@@ -78,8 +79,9 @@ class _TaskGroundTruth(GroundTruth):
         if all(len(r) == 1 and r[0] in self._ready for r in removed):
             return torch.stack([self._ready.pop(r[0]) for r in removed])
         if len(weights) == 1 and not removed[0] and self._upcoming:
-            batch = torch.ones(1 + len(self._upcoming), self.problem.n_train, dtype=weights.dtype,
-                               device=weights.device)
+            batch = torch.ones(
+                1 + len(self._upcoming), self.problem.n_train, dtype=weights.dtype, device=weights.device
+            )
             batch[torch.arange(1, len(batch)), torch.tensor(self._upcoming)] = 0.0
             thetas = self._descend(batch, f"re-training the reference and {len(self._upcoming)} models")
             self._ready = dict(zip(self._upcoming, thetas[1:]))
@@ -100,8 +102,19 @@ class StudyRun(Run):
         if not type(self.task).overrides("descend") or self.config.executor != "local":
             return plain
         descend = self.task.descend
-        return [_TaskGroundTruth(g.problem, g.recipe, self.cache, self.task.problem_key(self.config.seed), test_index,
-                                 self.config.gt_chunk_size, self.config.progress, descend=descend) for g in plain]
+        return [
+            _TaskGroundTruth(
+                g.problem,
+                g.recipe,
+                self.cache,
+                self.task.problem_key(self.config.seed),
+                test_index,
+                self.config.gt_chunk_size,
+                self.config.progress,
+                descend=descend,
+            )
+            for g in plain
+        ]
 
 
 @dataclasses.dataclass
@@ -139,8 +152,9 @@ class StudyResult:
     optima_trained: int | None
 
 
-def _resolved(study: Study, options: StudyOptions, registry: Registry) -> tuple[list[str], dict[str, dict], list[int],
-                                                                               list[str], dict[str, Any]]:
+def _resolved(
+    study: Study, options: StudyOptions, registry: Registry
+) -> tuple[list[str], dict[str, dict], list[int], list[str], dict[str, Any]]:
     estimators = options.estimators or study.estimators
     for name in estimators:
         registry.estimator(name)
@@ -156,8 +170,13 @@ def _resolved(study: Study, options: StudyOptions, registry: Registry) -> tuple[
             estimator_options.setdefault(namespace, {}).update(values)
         else:
             raise UnknownNameError("task or estimator in --set", namespace, [study.task, *registry.estimators])
-    return (list(estimators), estimator_options, list(options.seeds or study.seeds),
-            list(options.selections or study.selections), fixed)
+    return (
+        list(estimators),
+        estimator_options,
+        list(options.seeds or study.seeds),
+        list(options.selections or study.selections),
+        fixed,
+    )
 
 
 def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str:
@@ -176,10 +195,17 @@ def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str
 def run_key(config: RunConfig, code: str) -> dict[str, Any]:
     """What determines a run's records: its resolved options and the code (:func:`code_digest`)."""
     return {
-        "task": config.task, "task_options": config.task_options, "estimators": config.estimators,
-        "estimator_options": config.estimator_options, "seed": config.seed, "device": config.device,
-        "selections": config.selections, "gt_seeds": config.gt_seeds, "gt_chunk_size": config.gt_chunk_size,
-        "plugins": config.plugins, "code": code,
+        "task": config.task,
+        "task_options": config.task_options,
+        "estimators": config.estimators,
+        "estimator_options": config.estimator_options,
+        "seed": config.seed,
+        "device": config.device,
+        "selections": config.selections,
+        "gt_seeds": config.gt_seeds,
+        "gt_chunk_size": config.gt_chunk_size,
+        "plugins": config.plugins,
+        "code": code,
     }
 
 
@@ -211,8 +237,9 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
         if wanted:
             torch.set_num_threads(wanted)
         try:
-            trained = task_cls.train_many([t for t, _ in pairs], [s for _, s in pairs],
-                                          BuildContext(device, 0, cache, options.progress))
+            trained = task_cls.train_many(
+                [t for t, _ in pairs], [s for _, s in pairs], BuildContext(device, 0, cache, options.progress)
+            )
         finally:
             torch.set_num_threads(threads)
         log.info("study %s: %d optima trained, %d cached", study.name, trained, total - trained)
@@ -221,13 +248,28 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
     point_rows: list[dict[str, Any]] = []
     for number, ((index, point), seed) in enumerate(itertools.product(enumerate(points), seeds), start=1):
         swept = {k: point[k] for k in study.sweep}
-        log.info("study %s: run %d/%d: %s, seed %d", study.name, number, total,
-                 ", ".join(f"{k}={v}" for k, v in swept.items()), seed)
+        log.info(
+            "study %s: run %d/%d: %s, seed %d",
+            study.name,
+            number,
+            total,
+            ", ".join(f"{k}={v}" for k, v in swept.items()),
+            seed,
+        )
         config = RunConfig(
-            task=study.task, estimators=estimators, task_options=point, estimator_options=estimator_options,
-            seed=seed, device=options.device, selections=selections, cache_dir=cache.root, results_dir=records_dir,
-            progress=options.progress, gt_chunk_size=study.run.get("gt_chunk_size"),
-            gt_seeds=study.run.get("gt_seeds", 1), threads=options.threads or study.run.get("threads"),
+            task=study.task,
+            estimators=estimators,
+            task_options=point,
+            estimator_options=estimator_options,
+            seed=seed,
+            device=options.device,
+            selections=selections,
+            cache_dir=cache.root,
+            results_dir=records_dir,
+            progress=options.progress,
+            gt_chunk_size=study.run.get("gt_chunk_size"),
+            gt_seeds=study.run.get("gt_seeds", 1),
+            threads=options.threads or study.run.get("threads"),
             plugins=list(options.plugins),
         )
         started = time.perf_counter()
@@ -241,8 +283,15 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             written = StudyRun(config, registry, pm).execute()
             cache.write_json(path, key, {"records": written})
             gt = written[0]["ground_truth"] if written else {}
-            log.info("study %s: run %d/%d done in %.1f s (ground truth: %s computed, %s cached)", study.name, number,
-                     total, time.perf_counter() - started, gt.get("computed"), gt.get("cached"))
+            log.info(
+                "study %s: run %d/%d done in %.1f s (ground truth: %s computed, %s cached)",
+                study.name,
+                number,
+                total,
+                time.perf_counter() - started,
+                gt.get("computed"),
+                gt.get("cached"),
+            )
         for record in written:
             rows.append(record_row(record, study.name, index))
             if study.needs_points:
@@ -268,21 +317,45 @@ def _seeds(value: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``bench study``."""
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="studies under tasks/studies/ (see --list) or paths to .yaml files, run in this order")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="studies under tasks/studies/ (see --list) or paths to .yaml files, run in this order",
+    )
     parser.add_argument("--list", action="store_true", help="list the declared studies and exit")
-    parser.add_argument("--estimator", "--estimators", dest="estimators", type=configuration.split_names,
-                        help="comma-separated estimators, replacing the study's (plugins' too, with -p)")
+    parser.add_argument(
+        "--estimator",
+        "--estimators",
+        dest="estimators",
+        type=configuration.split_names,
+        help="comma-separated estimators, replacing the study's (plugins' too, with -p)",
+    )
     parser.add_argument("--seeds", type=_seeds, help="comma-separated seeds, replacing the study's")
-    parser.add_argument("--selection", "--selections", dest="selections", type=configuration.split_names,
-                        help="which training points to score, replacing the study's")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.FIELD=VALUE",
-                        help="a task option for every point (not a swept one) or an estimator hyperparameter")
-    parser.add_argument("--output-dir", type=Path,
-                        help="where the CSV files and figures go (default: studies/ beside the results directory, "
-                             "$XDG_DATA_HOME/bench/studies or ~/.local/share/bench/studies)")
-    parser.add_argument("--publish", action="store_true",
-                        help=f"write the repository's committed {DEFAULT_OUTPUT_DIR} instead")
+    parser.add_argument(
+        "--selection",
+        "--selections",
+        dest="selections",
+        type=configuration.split_names,
+        help="which training points to score, replacing the study's",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME.FIELD=VALUE",
+        help="a task option for every point (not a swept one) or an estimator hyperparameter",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="where the CSV files and figures go (default: studies/ beside the results directory, "
+        "$XDG_DATA_HOME/bench/studies or ~/.local/share/bench/studies)",
+    )
+    parser.add_argument(
+        "--publish", action="store_true", help=f"write the repository's committed {DEFAULT_OUTPUT_DIR} instead"
+    )
     parser.add_argument("--cache-dir", type=Path, help="cache directory (default $BENCH_CACHE_DIR or ~/.cache/bench)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     parser.add_argument("--threads", type=int, help="torch threads on a CPU (default: the task's choice)")
@@ -298,8 +371,10 @@ def output_dir(args: argparse.Namespace) -> Path:
     """``--output-dir``; with ``--publish`` the committed studies; else ``studies/`` in the user's results home."""
     if args.publish:
         if args.output_dir is not None:
-            raise UsageError(f"--publish writes {published_dir() / 'studies'}; it cannot be combined with "
-                             f"--output-dir {args.output_dir}")
+            raise UsageError(
+                f"--publish writes {published_dir() / 'studies'}; it cannot be combined with "
+                f"--output-dir {args.output_dir}"
+            )
         return published_dir() / "studies"
     return args.output_dir if args.output_dir is not None else results_home() / "studies"
 
@@ -329,9 +404,16 @@ def _run_command(study: Study, args: argparse.Namespace, registry: Registry, pm:
         files = figures.plot_study(study, args.output_dir)
     else:
         options = StudyOptions(
-            estimators=args.estimators, seeds=args.seeds, selections=args.selections,
-            overrides=configuration.parse_set(args.overrides), output_dir=args.output_dir, cache_dir=args.cache_dir,
-            device=args.device, threads=args.threads, progress=not args.no_progress, plugins=list(args.plugins),
+            estimators=args.estimators,
+            seeds=args.seeds,
+            selections=args.selections,
+            overrides=configuration.parse_set(args.overrides),
+            output_dir=args.output_dir,
+            cache_dir=args.cache_dir,
+            device=args.device,
+            threads=args.threads,
+            progress=not args.no_progress,
+            plugins=list(args.plugins),
         )
         result = run_study(study, registry, pm, options)
         files = result.files

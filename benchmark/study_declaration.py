@@ -261,15 +261,37 @@ def _claim(path: Path, where: str, data: Any) -> Claim:
     for column in ("where", "a", "b"):
         if column in rule:
             _filter(_Fields(path, f"{where}.rule", rule), column)
-    return Claim(id=fields.text("id"), section=str(fields.get("section", (str, int, float))),
-                 figure=fields.text("figure"), text=fields.text("text"),
-                 paper=str(fields.get("paper", (str, int, float))), rule=dict(rule))
+    return Claim(
+        id=fields.text("id"),
+        section=str(fields.get("section", (str, int, float))),
+        figure=fields.text("figure"),
+        text=fields.text("text"),
+        paper=str(fields.get("paper", (str, int, float))),
+        rule=dict(rule),
+    )
 
 
 def _panel(path: Path, where: str, data: Any) -> Panel:
     fields = _Fields(path, where, data)
-    fields.unknown(("name", "title", "figure", "kind", "x", "y", "series", "facet", "where", "table", "xscale",
-                    "yscale", "hline", "caption", "claims"))
+    fields.unknown(
+        (
+            "name",
+            "title",
+            "figure",
+            "kind",
+            "x",
+            "y",
+            "series",
+            "facet",
+            "where",
+            "table",
+            "xscale",
+            "yscale",
+            "hline",
+            "caption",
+            "claims",
+        )
+    )
     kind = fields.text("kind", "line")
     if kind not in PANEL_KINDS:
         raise fields.error("kind", f"unknown kind {kind!r} (choices: {', '.join(PANEL_KINDS)})")
@@ -289,18 +311,46 @@ def _panel(path: Path, where: str, data: Any) -> Panel:
     if not all(ch.isalnum() or ch in "-_" for ch in name):
         raise fields.error("name", f"{name!r} must be letters, digits, '-' or '_' (it names a file)")
     claims = [_claim(path, f"{where}.claims[{i}]", c) for i, c in enumerate(fields.get("claims", list, []))]
-    return Panel(name=name, title=fields.text("title"), figure=fields.text("figure", ""), kind=kind,
-                 x=fields.text("x"), y=fields.text("y"), series=list(series), facet=fields.get("facet", str, None),
-                 where=_filter(fields, "where"), table=table, xscale=scales["xscale"], yscale=scales["yscale"],
-                 hline=fields.get("hline", (int, float), None), caption=fields.text("caption", ""), claims=claims)
+    return Panel(
+        name=name,
+        title=fields.text("title"),
+        figure=fields.text("figure", ""),
+        kind=kind,
+        x=fields.text("x"),
+        y=fields.text("y"),
+        series=list(series),
+        facet=fields.get("facet", str, None),
+        where=_filter(fields, "where"),
+        table=table,
+        xscale=scales["xscale"],
+        yscale=scales["yscale"],
+        hline=fields.get("hline", (int, float), None),
+        caption=fields.text("caption", ""),
+        claims=claims,
+    )
 
 
 def parse_study(path: Path, data: Any) -> Study:
     """Check a study declaration (``data`` read from ``path``) and return it; :class:`UsageError` naming the file and
     the field otherwise."""
     fields = _Fields(path, "", data)
-    fields.unknown(("name", "title", "paper", "description", "task", "base", "sweep", "seeds", "estimators",
-                    "estimator_options", "selections", "run", "panels"))
+    fields.unknown(
+        (
+            "name",
+            "title",
+            "paper",
+            "description",
+            "task",
+            "base",
+            "sweep",
+            "seeds",
+            "estimators",
+            "estimator_options",
+            "selections",
+            "run",
+            "panels",
+        )
+    )
     name = fields.text("name")
     if name != path.stem:
         raise fields.error("name", f"{name!r} differs from the file name {path.stem!r}")
@@ -334,19 +384,29 @@ def parse_study(path: Path, data: Any) -> Study:
     for panel in panels:
         for claim in panel.claims:
             if claim.id in ids:
-                raise UsageError(f"{path}: field 'panels[{panels.index(panel)}].claims': claim id {claim.id!r} is "
-                                 f"used twice")
+                raise UsageError(
+                    f"{path}: field 'panels[{panels.index(panel)}].claims': claim id {claim.id!r} is used twice"
+                )
             ids.append(claim.id)
     base = fields.get("base", dict, {})
     overlap = sorted(set(base) & set(sweep))
     if overlap:
         raise fields.error("base", f"{overlap[0]!r} is also swept")
     return Study(
-        name=name, title=fields.text("title"), paper=fields.text("paper", ""),
+        name=name,
+        title=fields.text("title"),
+        paper=fields.text("paper", ""),
         description=fields.text("description", ""),
-        path=path, task=fields.text("task"), base=dict(base), sweep=dict(sweep), seeds=list(seeds),
-        estimators=fields.names("estimators"), estimator_options={k: dict(v) for k, v in estimator_options.items()},
-        selections=fields.names("selections", ["top"]), run=dict(run), panels=panels,
+        path=path,
+        task=fields.text("task"),
+        base=dict(base),
+        sweep=dict(sweep),
+        seeds=list(seeds),
+        estimators=fields.names("estimators"),
+        estimator_options={k: dict(v) for k, v in estimator_options.items()},
+        selections=fields.names("selections", ["top"]),
+        run=dict(run),
+        panels=panels,
     )
 
 
@@ -402,8 +462,10 @@ def declared_studies(pm: pluggy.PluginManager | None = None) -> dict[str, Declar
                 raise PluginError(f'plugin "{impl.plugin_name}": bench_studies: {error}') from None
             for path in paths:
                 if path.stem in found and found[path.stem].path != path:
-                    raise PluginError(f'study {path.stem!r} is shipped by both plugin "{found[path.stem].plugin}" and '
-                                      f'"{impl.plugin_name}"')
+                    raise PluginError(
+                        f'study {path.stem!r} is shipped by both plugin "{found[path.stem].plugin}" and '
+                        f'"{impl.plugin_name}"'
+                    )
                 found[path.stem] = DeclaredStudy(path, impl.plugin_name)
     return found
 

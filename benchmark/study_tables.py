@@ -18,15 +18,52 @@ from benchmark.study_declaration import Study
 from benchmark.task import Task
 
 ROW_COLUMNS = (
-    "study", "point", "seed", "estimator", "selection", "status", "failure", "task", "task_version",
-    "test_point_index", "test_loss", "k", "pearson", "pearson_p", "spearman", "spearman_p", "undefined",
-    "param_norm_pearson", "param_norm_spearman", "ihvp_residual", "top_eigenvalue", "bottom_eigenvalue",
-    "gradient_norm", "converged", "n_params", "n_train", "gt_drift", "drift_to_effect", "median_abs_effect",
-    "prepare_s", "query_s", "estimator_hyperparameters", "estimator_diagnostics", "commit", "dirty", "run_id",
+    "study",
+    "point",
+    "seed",
+    "estimator",
+    "selection",
+    "status",
+    "failure",
+    "task",
+    "task_version",
+    "test_point_index",
+    "test_loss",
+    "k",
+    "pearson",
+    "pearson_p",
+    "spearman",
+    "spearman_p",
+    "undefined",
+    "param_norm_pearson",
+    "param_norm_spearman",
+    "ihvp_residual",
+    "top_eigenvalue",
+    "bottom_eigenvalue",
+    "gradient_norm",
+    "converged",
+    "n_params",
+    "n_train",
+    "gt_drift",
+    "drift_to_effect",
+    "median_abs_effect",
+    "prepare_s",
+    "query_s",
+    "estimator_hyperparameters",
+    "estimator_diagnostics",
+    "commit",
+    "dirty",
+    "run_id",
 )
 """The fixed columns of a study CSV; the task's config fields come after ``task_version``."""
-POINT_COLUMNS = ("train_index", "estimated", "retrained", "estimated_param_norm", "retrained_param_norm",
-                 "abs_log_norm_ratio")
+POINT_COLUMNS = (
+    "train_index",
+    "estimated",
+    "retrained",
+    "estimated_param_norm",
+    "retrained_param_norm",
+    "abs_log_norm_ratio",
+)
 """Per-training-point columns of ``NAME-points.csv`` (after the study, point, seed, estimator, selection and the
 swept options); ``abs_log_norm_ratio`` is ``|log10(estimated / re-trained parameter-change norm)|``."""
 
@@ -43,22 +80,33 @@ def check_columns(study: Study, task_cls: type[Task]) -> None:
     """Every column a panel or a claim names exists in its table; :class:`UsageError` naming the field otherwise."""
     columns = table_columns(study, task_cls)
     for i, panel in enumerate(study.panels):
-        named = {"x": [panel.x], "y": [panel.y], "series": panel.series, "facet": [panel.facet] if panel.facet else [],
-                 "where": list(panel.where)}
+        named = {
+            "x": [panel.x],
+            "y": [panel.y],
+            "series": panel.series,
+            "facet": [panel.facet] if panel.facet else [],
+            "where": list(panel.where),
+        }
         for j, claim in enumerate(panel.claims):
             rule = claim.rule
             by = rule.get("by") or []
             named[f"claims[{j}].rule"] = [
-                *(rule[k] for k in ("x", "y") if k in rule), *([by] if isinstance(by, str) else by),
+                *(rule[k] for k in ("x", "y") if k in rule),
+                *([by] if isinstance(by, str) else by),
                 *(c for k in ("where", "a", "b") for c in rule.get(k, {})),
             ]
         for field, names in named.items():
-            table = (panel.table if not field.startswith("claims")
-                     else panel.claims[int(field[7:].split("]")[0])].rule.get("table", "rows"))
+            table = (
+                panel.table
+                if not field.startswith("claims")
+                else panel.claims[int(field[7:].split("]")[0])].rule.get("table", "rows")
+            )
             for name in names:
                 if name not in columns[table]:
-                    raise UsageError(f"{study.path}: field 'panels[{i}].{field}': no column {name!r} in the "
-                                     f"{table} table (columns: {', '.join(sorted(columns[table]))})")
+                    raise UsageError(
+                        f"{study.path}: field 'panels[{i}].{field}': no column {name!r} in the "
+                        f"{table} table (columns: {', '.join(sorted(columns[table]))})"
+                    )
 
 
 # -- tables ---------------------------------------------------------------------------------------------------------
@@ -77,26 +125,49 @@ def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]
     norm_pearson, _, _ = _correlation(metrics, "param_norm_pearson")
     norm_spearman, _, _ = _correlation(metrics, "param_norm_spearman")
     row: dict[str, Any] = {
-        "study": study, "point": point, "seed": record["seed"], "estimator": record["estimator"]["name"],
-        "selection": record["selection"]["kind"], "status": record["status"], "failure": record["failure"],
-        "task": record["task"]["name"], "task_version": record["task"]["version"],
+        "study": study,
+        "point": point,
+        "seed": record["seed"],
+        "estimator": record["estimator"]["name"],
+        "selection": record["selection"]["kind"],
+        "status": record["status"],
+        "failure": record["failure"],
+        "task": record["task"]["name"],
+        "task_version": record["task"]["version"],
     }
     for key, value in sorted(record["task"]["config"].items()):  # sorted: cached records come back key-sorted
         row[key if key not in ROW_COLUMNS else f"task_{key}"] = value
-    row.update({
-        "test_point_index": record["test_point"]["index"], "test_loss": record["test_point"]["loss"],
-        "k": record["selection"]["size"], "pearson": pearson, "pearson_p": pearson_p, "spearman": spearman,
-        "spearman_p": spearman_p, "undefined": spearman_why or pearson_why, "param_norm_pearson": norm_pearson,
-        "param_norm_spearman": norm_spearman, "ihvp_residual": metrics.get("ihvp_relative_residual"),
-        "top_eigenvalue": problem.get("top_eigenvalue"), "bottom_eigenvalue": problem.get("bottom_eigenvalue"),
-        "gradient_norm": problem.get("gradient_norm"), "converged": problem.get("converged"),
-        "n_params": problem.get("n_params"), "n_train": problem.get("n_train"), "gt_drift": gt.get("reference_drift"),
-        "drift_to_effect": gt.get("drift_to_effect"), "median_abs_effect": gt.get("median_abs_effect"),
-        "prepare_s": record["timings"].get("prepare_s"), "query_s": record["timings"].get("query_s"),
-        "estimator_hyperparameters": json.dumps(record["estimator"]["hyperparameters"], sort_keys=True),
-        "estimator_diagnostics": json.dumps(record["diagnostics"].get("estimator") or {}, sort_keys=True),
-        "commit": record.get("commit"), "dirty": record.get("dirty"), "run_id": record["run_id"],
-    })
+    row.update(
+        {
+            "test_point_index": record["test_point"]["index"],
+            "test_loss": record["test_point"]["loss"],
+            "k": record["selection"]["size"],
+            "pearson": pearson,
+            "pearson_p": pearson_p,
+            "spearman": spearman,
+            "spearman_p": spearman_p,
+            "undefined": spearman_why or pearson_why,
+            "param_norm_pearson": norm_pearson,
+            "param_norm_spearman": norm_spearman,
+            "ihvp_residual": metrics.get("ihvp_relative_residual"),
+            "top_eigenvalue": problem.get("top_eigenvalue"),
+            "bottom_eigenvalue": problem.get("bottom_eigenvalue"),
+            "gradient_norm": problem.get("gradient_norm"),
+            "converged": problem.get("converged"),
+            "n_params": problem.get("n_params"),
+            "n_train": problem.get("n_train"),
+            "gt_drift": gt.get("reference_drift"),
+            "drift_to_effect": gt.get("drift_to_effect"),
+            "median_abs_effect": gt.get("median_abs_effect"),
+            "prepare_s": record["timings"].get("prepare_s"),
+            "query_s": record["timings"].get("query_s"),
+            "estimator_hyperparameters": json.dumps(record["estimator"]["hyperparameters"], sort_keys=True),
+            "estimator_diagnostics": json.dumps(record["diagnostics"].get("estimator") or {}, sort_keys=True),
+            "commit": record.get("commit"),
+            "dirty": record.get("dirty"),
+            "run_id": record["run_id"],
+        }
+    )
     return row
 
 
@@ -106,8 +177,14 @@ def record_points(record: dict[str, Any], study: str, point: int, swept: list[st
     if not points:
         return []
     config = record["task"]["config"]
-    head = {"study": study, "point": point, "seed": record["seed"], "estimator": record["estimator"]["name"],
-            "selection": record["selection"]["kind"], **{k: config[k] for k in swept}}
+    head = {
+        "study": study,
+        "point": point,
+        "seed": record["seed"],
+        "estimator": record["estimator"]["name"],
+        "selection": record["selection"]["kind"],
+        **{k: config[k] for k in swept},
+    }
     estimated_norms = points.get("estimated_param_norm") or [None] * len(points["train_indices"])
     out = []
     for i, index in enumerate(points["train_indices"]):
@@ -115,9 +192,17 @@ def record_points(record: dict[str, Any], study: str, point: int, swept: list[st
         ratio = None
         if estimated_norm and retrained_norm and estimated_norm > 0 and retrained_norm > 0:
             ratio = abs(math.log10(estimated_norm / retrained_norm))
-        out.append({**head, "train_index": index, "estimated": points["estimated"][i],
-                    "retrained": points["retrained"][i], "estimated_param_norm": estimated_norm,
-                    "retrained_param_norm": retrained_norm, "abs_log_norm_ratio": ratio})
+        out.append(
+            {
+                **head,
+                "train_index": index,
+                "estimated": points["estimated"][i],
+                "retrained": points["retrained"][i],
+                "estimated_param_norm": estimated_norm,
+                "retrained_param_norm": retrained_norm,
+                "abs_log_norm_ratio": ratio,
+            }
+        )
     return out
 
 

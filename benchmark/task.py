@@ -96,8 +96,13 @@ class Task(abc.ABC):
     def protocol(self) -> Protocol:
         """The evaluation protocol for this configuration."""
 
-    def trained(self, problem: Problem, recipe: Recipe | Polish | Sequence[Recipe | Polish],
-                context: BuildContext, key: dict[str, Any] | None = None) -> Problem:
+    def trained(
+        self,
+        problem: Problem,
+        recipe: Recipe | Polish | Sequence[Recipe | Polish],
+        context: BuildContext,
+        key: dict[str, Any] | None = None,
+    ) -> Problem:
         """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several phases one after
         the other, e.g. a learning-rate schedule and a final :class:`Polish`), or loaded from the cache under ``key``
         (default :meth:`problem_key`; a task that trains in stages caches each stage under its own key)."""
@@ -127,8 +132,15 @@ class Task(abc.ABC):
         return training.train(problem, recipe, progress)
 
     # -- optional speed-ups: a task may override these; the harness uses an override where it has one ---------------
-    def descend(self, problem: Problem, thetas: Tensor, weights: Tensor, recipe: Recipe, progress: bool = False,
-                description: str = "training") -> Tensor:
+    def descend(
+        self,
+        problem: Problem,
+        thetas: Tensor,
+        weights: Tensor,
+        recipe: Recipe,
+        progress: bool = False,
+        description: str = "training",
+    ) -> Tensor:
         """Optional: re-train ``K`` models of ``problem`` at once, a faster drop-in for
         :func:`benchmark.training.descend` (same arguments, same result to rounding: ``thetas`` ``[K, P]`` are the
         starting parameters, ``weights`` ``[K, n_train]`` the weight of each training example per model, 0 removing

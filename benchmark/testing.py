@@ -62,8 +62,16 @@ def logistic_regression_problem(
     params = {"weight": torch.zeros(dim, dtype=torch.float64), "bias": torch.zeros((), dtype=torch.float64)}
     problem = Problem(_linear, _logistic, params, x[:n_train], y[:n_train], x[n_train:], y[n_train:], weight_decay)
     theta = newton(problem)
-    return Problem(_linear, _logistic, problem.unflatten(theta), problem.x_train, problem.y_train,
-                   problem.x_test, problem.y_test, weight_decay)
+    return Problem(
+        _linear,
+        _logistic,
+        problem.unflatten(theta),
+        problem.x_train,
+        problem.y_train,
+        problem.x_test,
+        problem.y_test,
+        weight_decay,
+    )
 
 
 def exact_loo_loss_changes(problem: Problem, test_index: int) -> Tensor:
@@ -137,12 +145,21 @@ def _check(cls: type[Estimator], label: str, config: Any | None, min_correlation
     estimator.prepare(problem)
     if cls.no_ihvp is None:
         vectors = problem.test_gradients([0, 1, 2])
-        _check_tensor(label, "ihvp", _call(label, "ihvp", estimator.ihvp, vectors), tuple(vectors.shape),
-                      problem.dtype)
-        _check_tensor(label, "parameter_change", _call(label, "parameter_change", estimator.parameter_change, [0, 1]),
-                      (2, problem.n_params), problem.dtype)
-    scores = _check_tensor(label, "influence", _call(label, "influence", estimator.influence, [test_index, 0]),
-                           (2, problem.n_train), problem.dtype)
+        _check_tensor(label, "ihvp", _call(label, "ihvp", estimator.ihvp, vectors), tuple(vectors.shape), problem.dtype)
+        _check_tensor(
+            label,
+            "parameter_change",
+            _call(label, "parameter_change", estimator.parameter_change, [0, 1]),
+            (2, problem.n_params),
+            problem.dtype,
+        )
+    scores = _check_tensor(
+        label,
+        "influence",
+        _call(label, "influence", estimator.influence, [test_index, 0]),
+        (2, problem.n_train),
+        problem.dtype,
+    )
 
     again = cls(config)
     again.prepare(problem)

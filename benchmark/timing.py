@@ -54,8 +54,14 @@ TABLE2: dict[tuple[str, str], tuple[float, float]] = {
 set, hardware unstated. The small CNN was not run on CIFAR-10 and Iris was not timed."""
 
 TASK_TITLES = {"iris": "Iris", "mnist": "MNIST", "cifar": "CIFAR-10"}
-MODEL_TITLES = {"small-cnn": "small CNN", "lenet": "LeNet", "vgg13": "VGG13", "vgg14": "VGG14",
-                "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+MODEL_TITLES = {
+    "small-cnn": "small CNN",
+    "lenet": "LeNet",
+    "vgg13": "VGG13",
+    "vgg14": "VGG14",
+    "resnet18": "ResNet-18",
+    "resnet50": "ResNet-50",
+}
 
 
 @dataclasses.dataclass
@@ -119,16 +125,22 @@ def _parse(path: Path, machine: dict[str, Any]) -> AsvResults:
             values = fields.get("result")
             values = [values] if not isinstance(values, list) else values
             benchmarks[name] = BenchmarkResult(params, values)
-        return AsvResults(path, machine, data["commit_hash"], data.get("date"), data["env_name"], data.get("python"),
-                          benchmarks)
+        return AsvResults(
+            path, machine, data["commit_hash"], data.get("date"), data["env_name"], data.get("python"), benchmarks
+        )
     except KeyError as error:
         raise UsageError(f"malformed asv result file {str(path)!r}: no {error} field") from None
     except (TypeError, ValueError, SyntaxError) as error:
         raise UsageError(f"malformed asv result file {str(path)!r}: {type(error).__name__}: {error}") from None
 
 
-def load(results_dir: Path, machine: str | None = None, commit: str | None = None, env: str | None = None,
-         head: str | None = None) -> AsvResults:
+def load(
+    results_dir: Path,
+    machine: str | None = None,
+    commit: str | None = None,
+    env: str | None = None,
+    head: str | None = None,
+) -> AsvResults:
     """The asv result file for one machine, commit and environment.
 
     Args:
@@ -144,15 +156,19 @@ def load(results_dir: Path, machine: str | None = None, commit: str | None = Non
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
-        raise UsageError(f"no asv results directory {str(results_dir)!r}: run the asv suite first (docs/timing.md) "
-                         f"or pass --results-dir")
+        raise UsageError(
+            f"no asv results directory {str(results_dir)!r}: run the asv suite first (docs/timing.md) "
+            f"or pass --results-dir"
+        )
     machines = sorted(p.name for p in results_dir.iterdir() if (p / "machine.json").is_file())
     if not machines:
         raise UsageError(f"no asv machine under {str(results_dir)!r} (no <machine>/machine.json)")
     if machine is None:
         if len(machines) > 1:
-            raise UsageError(f"results from several machines under {str(results_dir)!r}: pass --machine "
-                             f"(choices: {', '.join(machines)})")
+            raise UsageError(
+                f"results from several machines under {str(results_dir)!r}: pass --machine "
+                f"(choices: {', '.join(machines)})"
+            )
         machine = machines[0]
     elif machine not in machines:
         raise UnknownNameError("machine", machine, machines)
@@ -165,8 +181,10 @@ def load(results_dir: Path, machine: str | None = None, commit: str | None = Non
     if commit is not None:
         matching = [c for c in commits if c.startswith(commit)]
         if not matching:
-            raise UsageError(f"no asv results for commit {commit!r} on machine {machine!r} "
-                             f"(commits with results: {', '.join(c[:8] for c in commits)})")
+            raise UsageError(
+                f"no asv results for commit {commit!r} on machine {machine!r} "
+                f"(commits with results: {', '.join(c[:8] for c in commits)})"
+            )
         if len(matching) > 1:
             raise UsageError(f"commit prefix {commit!r} is ambiguous: {', '.join(matching)}")
         chosen = matching[0]
@@ -175,8 +193,10 @@ def load(results_dir: Path, machine: str | None = None, commit: str | None = Non
     elif head is not None and head in commits:
         chosen = head
     else:
-        raise UsageError(f"results for several commits on machine {machine!r}: pass --commit "
-                         f"(choices: {', '.join(c[:8] for c in commits)})")
+        raise UsageError(
+            f"results for several commits on machine {machine!r}: pass --commit "
+            f"(choices: {', '.join(c[:8] for c in commits)})"
+        )
     candidates = [f for f in files if f.commit == chosen]
     envs = sorted(f.env_name for f in candidates)
     if env is not None:
@@ -184,8 +204,9 @@ def load(results_dir: Path, machine: str | None = None, commit: str | None = Non
             raise UnknownNameError("asv environment", env, envs)
         candidates = [f for f in candidates if f.env_name == env]
     elif len(envs) > 1:
-        raise UsageError(f"commit {chosen[:8]} has results from several asv environments: pass --env "
-                         f"(choices: {', '.join(envs)})")
+        raise UsageError(
+            f"commit {chosen[:8]} has results from several asv environments: pass --env (choices: {', '.join(envs)})"
+        )
     return candidates[0]
 
 
@@ -240,16 +261,20 @@ def _machine_line(results: AsvResults) -> str:
         ram_text = f"RAM {ram}"
     cuda = results.value(CUDA)
     device = "CUDA GPU" if cuda == 1 else "CPU" if cuda == 0 else "unknown (Device.track_cuda missing)"
-    return (f"machine `{info.get('machine', '?')}` ({info.get('cpu', '?')}, {info.get('num_cpu', '?')} CPUs, "
-            f"{ram_text}, {info.get('os', '?')}); device: **{device}**")
+    return (
+        f"machine `{info.get('machine', '?')}` ({info.get('cpu', '?')}, {info.get('num_cpu', '?')} CPUs, "
+        f"{ram_text}, {info.get('os', '?')}); device: **{device}**"
+    )
 
 
 def _clock(results: AsvResults) -> str:
     process = results.value(PROCESS_TIMER)
     if process == 1:
-        return ("the CPU time of each benchmark process (`BENCH_ASV_TIMER=process`), not the wall clock: on this shared "
-                "machine the wall clock also counts other users' processes; with one torch thread the CPU time is "
-                "what the wall clock shows on an idle machine")
+        return (
+            "the CPU time of each benchmark process (`BENCH_ASV_TIMER=process`), not the wall clock: on this shared "
+            "machine the wall clock also counts other users' processes; with one torch thread the CPU time is "
+            "what the wall clock shows on an idle machine"
+        )
     if process == 0:
         return "the wall clock"
     return "unknown (Device.track_process_timer missing: the wall clock in suites that predate it)"
@@ -291,8 +316,15 @@ def render(results: AsvResults, command: str) -> str:
         if not ran:
             continue
         lines += [f"## Size `{size}`", ""]
-        header = ["task", "architecture", "training points", "parameters", "torch threads", "paper, Table 2 (s)",
-                  *estimators]
+        header = [
+            "task",
+            "architecture",
+            "training points",
+            "parameters",
+            "torch threads",
+            "paper, Table 2 (s)",
+            *estimators,
+        ]
         rows = []
         for case in cases:
             task, model = _case_title(case)
@@ -301,25 +333,52 @@ def render(results: AsvResults, command: str) -> str:
                 prepare, query = results.value(PREPARE, case, name, size), results.value(QUERY, case, name, size)
                 status = _status(results, case, size, prepare) or _status(results, case, size, query)
                 cells.append(status if status else _seconds(prepare + query))
-            rows.append([task, model, _integer(results.value(TRAIN_POINTS, case, size)),
-                         _integer(results.value(PARAMETERS, case, size)),
-                         _integer(results.value(THREADS, case, size)), _paper(case), *cells])
+            rows.append(
+                [
+                    task,
+                    model,
+                    _integer(results.value(TRAIN_POINTS, case, size)),
+                    _integer(results.value(PARAMETERS, case, size)),
+                    _integer(results.value(THREADS, case, size)),
+                    _paper(case),
+                    *cells,
+                ]
+            )
         lines += [markdown.table(header, rows), ""]
-        lines += [f"### Size `{size}`: preparation, query, memory and accuracy", "",
-                  "Peak host memory: the maximum resident set of a process that built the problem, prepared and "
-                  "queried (asv's `peakmem_`). Spearman: the estimator's top-k training points by |influence| "
-                  "against leave-one-out re-training (the paper's protocol, as `bench run --selection top` "
-                  "computes it). Residual: `|s - s*| / |s*|` of the test iHVP against a dense float64 solve, where "
-                  "the harness has one.", ""]
-        header = ["task", "architecture", "estimator", "prepare (s)", "query (s)", "peak host memory (MiB)",
-                  "peak GPU memory (MiB)", "Spearman", "iHVP residual"]
+        lines += [
+            f"### Size `{size}`: preparation, query, memory and accuracy",
+            "",
+            "Peak host memory: the maximum resident set of a process that built the problem, prepared and "
+            "queried (asv's `peakmem_`). Spearman: the estimator's top-k training points by |influence| "
+            "against leave-one-out re-training (the paper's protocol, as `bench run --selection top` "
+            "computes it). Residual: `|s - s*| / |s*|` of the test iHVP against a dense float64 solve, where "
+            "the harness has one.",
+            "",
+        ]
+        header = [
+            "task",
+            "architecture",
+            "estimator",
+            "prepare (s)",
+            "query (s)",
+            "peak host memory (MiB)",
+            "peak GPU memory (MiB)",
+            "Spearman",
+            "iHVP residual",
+        ]
         rows = []
         for case in ran:
             task, model = _case_title(case)
             for name in estimators:
                 row = [task, model, name]
-                for benchmark, kind in ((PREPARE, "s"), (QUERY, "s"), (PEAKMEM, "MiB"), (GPU_MEMORY, "MiB"),
-                                        (SPEARMAN, "2"), (RESIDUAL, "e")):
+                for benchmark, kind in (
+                    (PREPARE, "s"),
+                    (QUERY, "s"),
+                    (PEAKMEM, "MiB"),
+                    (GPU_MEMORY, "MiB"),
+                    (SPEARMAN, "2"),
+                    (RESIDUAL, "e"),
+                ):
                     value = results.value(benchmark, case, name, size)
                     if value is None:
                         row.append("failed")
@@ -350,8 +409,12 @@ def write(text: str, path: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``bench timing``."""
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
-                        help=f"asv's results directory (default {DEFAULT_RESULTS_DIR})")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=DEFAULT_RESULTS_DIR,
+        help=f"asv's results directory (default {DEFAULT_RESULTS_DIR})",
+    )
     parser.add_argument("--machine", help="asv machine name (default: the only one)")
     parser.add_argument("--commit", help="commit hash or prefix (default: the only one, else the checked-out commit)")
     parser.add_argument("--env", help="asv environment name (default: the commit's only one)")

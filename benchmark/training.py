@@ -159,8 +159,9 @@ CHECKPOINT_EVERY = 50
 """L-BFGS iterations between two checkpoints of :func:`polish` (and between two checks of its progress)."""
 
 
-def polish(problem: Problem, recipe: Polish, progress: bool = False,
-           checkpoint: tuple[Cache, dict[str, Any]] | None = None) -> Tensor:
+def polish(
+    problem: Problem, recipe: Polish, progress: bool = False, checkpoint: tuple[Cache, dict[str, Any]] | None = None
+) -> Tensor:
     """``theta`` after full-batch L-BFGS from ``problem.theta`` on its whole training objective (:class:`Polish`).
 
     ``torch.optim.LBFGS`` with a strong-Wolfe line search runs in rounds of :data:`CHECKPOINT_EVERY` iterations and
@@ -184,8 +185,15 @@ def polish(problem: Problem, recipe: Polish, progress: bool = False,
                 log.info("L-BFGS resumes from its checkpoint after iteration %d", done)
                 break
     theta.requires_grad_(True)
-    optimiser = torch.optim.LBFGS([theta], lr=1.0, max_iter=CHECKPOINT_EVERY, history_size=recipe.history,
-                                  tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=CHECKPOINT_EVERY,
+        history_size=recipe.history,
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         value, gradient = objective_and_gradient(problem, theta)
@@ -194,8 +202,15 @@ def polish(problem: Problem, recipe: Polish, progress: bool = False,
 
     value, gradient = objective_and_gradient(problem, theta)
     norm = float(torch.linalg.vector_norm(gradient))
-    bar = tqdm(total=recipe.max_steps, initial=start, desc="polishing optimum (L-BFGS)", disable=not progress,
-               leave=False, mininterval=0.5, unit="step")
+    bar = tqdm(
+        total=recipe.max_steps,
+        initial=start,
+        desc="polishing optimum (L-BFGS)",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+        unit="step",
+    )
     done = start
     while norm > recipe.gradient_tol and done < recipe.max_steps:
         before = optimiser.state[theta].get("n_iter", 0)

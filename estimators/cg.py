@@ -130,8 +130,10 @@ class ConjugateGradient(Estimator):
             self._preconditioner = self._nystrom(problem)
             values = self._preconditioner.eigenvalues
             self._sketch_diagnostics = {
-                "sketch_rank": len(values), "sketch_top_eigenvalue": float(values[0]),
-                "sketch_bottom_eigenvalue": float(values[-1]), "sketch_seconds": time.perf_counter() - start,
+                "sketch_rank": len(values),
+                "sketch_top_eigenvalue": float(values[0]),
+                "sketch_bottom_eigenvalue": float(values[-1]),
+                "sketch_seconds": time.perf_counter() - start,
             }
         self.diagnostics = dict(self._sketch_diagnostics)
 
@@ -218,8 +220,9 @@ class ConjugateGradient(Estimator):
             inner = new_inner
         return solution, iterations
 
-    def _block_solve(self, apply: Callable[[Tensor], Tensor], vectors: Tensor,
-                     norms: Tensor) -> tuple[Tensor, int, bool, Tensor]:
+    def _block_solve(
+        self, apply: Callable[[Tensor], Tensor], vectors: Tensor, norms: Tensor
+    ) -> tuple[Tensor, int, bool, Tensor]:
         """Block CG as a Galerkin method: build an orthonormal basis ``Q`` of the block Krylov space of the residuals
         (block Lanczos with full re-orthogonalisation; directions that became dependent are dropped), and take
         ``t = Q (Q^T A Q)^-1 Q^T v`` on it, which is what block CG computes in exact arithmetic. With a preconditioner

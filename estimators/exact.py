@@ -58,8 +58,11 @@ class Exact(Estimator):
             )
         self._hessian = DenseHessian.of(problem, getattr(torch, self.config.hessian_dtype))
         eigenvalues = self._hessian.eigenvalues
-        self.diagnostics = {"top_eigenvalue": float(eigenvalues[-1]), "bottom_eigenvalue": float(eigenvalues[0]),
-                            "hessian_from_cache": self._hessian.from_cache}
+        self.diagnostics = {
+            "top_eigenvalue": float(eigenvalues[-1]),
+            "bottom_eigenvalue": float(eigenvalues[0]),
+            "hessian_from_cache": self._hessian.from_cache,
+        }
         shifted = (eigenvalues + self.config.damping).abs()
         if float(shifted.min()) <= 1e-12 * max(1.0, float(shifted.max())):
             raise EstimatorFailed(

@@ -90,10 +90,17 @@ class Lissa(Estimator):
             return
         generator = torch.Generator().manual_seed(c.seed + 1)
         batch = min(c.batch_size, problem.n_train)
-        tops = [abs(top_eigenvalue(problem, iterations=20, seed=c.seed + probe,
-                                   indices=torch.randint(problem.n_train, (batch,), generator=generator)
-                                   .to(problem.device)))
-                for probe in range(self.SCALE_PROBES)]
+        tops = [
+            abs(
+                top_eigenvalue(
+                    problem,
+                    iterations=20,
+                    seed=c.seed + probe,
+                    indices=torch.randint(problem.n_train, (batch,), generator=generator).to(problem.device),
+                )
+            )
+            for probe in range(self.SCALE_PROBES)
+        ]
         self.scale = c.scale_margin * (max(tops) + c.damping)
 
     def ihvp(self, vectors: Tensor) -> Tensor:
@@ -108,8 +115,14 @@ class Lissa(Estimator):
         total = torch.zeros_like(vectors)
         changes, steps = [], 0
         count = vectors.shape[0]  # the label says what this bar computes: the run shows more than one
-        bar = tqdm(total=c.repeats * c.depth, desc=f"lissa: {count} iHVP{'s' if count != 1 else ''}", unit="step",
-                   leave=False, mininterval=0.5, disable=not self.progress)
+        bar = tqdm(
+            total=c.repeats * c.depth,
+            desc=f"lissa: {count} iHVP{'s' if count != 1 else ''}",
+            unit="step",
+            leave=False,
+            mininterval=0.5,
+            disable=not self.progress,
+        )
         for repeat in range(c.repeats):
             estimate = vectors.clone()
             history = {0: estimate}  # estimates at multiples of CHECK_EVERY, to measure the change over the tail
@@ -140,8 +153,12 @@ class Lissa(Estimator):
             changes.append(change)
             total += estimate / scale
         bar.close()
-        self.diagnostics = {"scale": scale, "steps": steps, "relative_change": max(changes),
-                            "converged": max(changes) <= c.tol}
+        self.diagnostics = {
+            "scale": scale,
+            "steps": steps,
+            "relative_change": max(changes),
+            "converged": max(changes) <= c.tol,
+        }
         return total / c.repeats
 
 

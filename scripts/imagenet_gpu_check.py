@@ -49,10 +49,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--estimators", default="first-order,cg", help="comma-separated (default first-order,cg)")
     parser.add_argument("--test-points", default="p83,p37", help="test-point rules (default: the paper's p83,p37)")
     parser.add_argument("--checkpoint", type=Path, help="start from this state dict instead of training")
-    parser.add_argument("--synthetic-images", type=int, nargs=2, default=(100, 50), metavar=("TRAIN", "VAL"),
-                        help="generated images per class (default 100 50)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME.FIELD=VALUE",
-                        help="extra bench --set option (repeatable)")
+    parser.add_argument(
+        "--synthetic-images",
+        type=int,
+        nargs=2,
+        default=(100, 50),
+        metavar=("TRAIN", "VAL"),
+        help="generated images per class (default 100 50)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME.FIELD=VALUE", help="extra bench --set option (repeatable)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     return parser.parse_args(argv)
 
@@ -76,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     fields: dict[str, Any] = dict(DEFAULTS)
     if args.synthetic:
         train, val = args.synthetic_images
-        data = write_synthetic_tree(out / "data", classes=fields["num_classes"], train_per_class=train,
-                                    val_per_class=val, size=(160, 200))
+        data = write_synthetic_tree(
+            out / "data", classes=fields["num_classes"], train_per_class=train, val_per_class=val, size=(160, 200)
+        )
     else:
         data = args.data_dir
     fields["data_dir"] = str(data)
@@ -87,9 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         fields.update(configuration.parse_set([item]).get("imagenet", {}))
     extra = [s for s in args.set if not s.startswith("imagenet.")]
     device = resolve_device(args.device)
-    common = ["run", "--task", "imagenet", "--device", device, "--estimator", args.estimators,
-              "--cache-dir", str(out / "cache"), "--results-dir", str(out / "results"), "--no-progress",
-              "--no-leaderboard", *(["--threads", str(args.threads)] if args.threads else [])]
+    common = [
+        "run",
+        "--task",
+        "imagenet",
+        "--device",
+        device,
+        "--estimator",
+        args.estimators,
+        "--cache-dir",
+        str(out / "cache"),
+        "--results-dir",
+        str(out / "results"),
+        "--no-progress",
+        "--no-leaderboard",
+        *(["--threads", str(args.threads)] if args.threads else []),
+    ]
     for name, value in fields.items():
         common += ["--set", f"imagenet.{name}={json.dumps(value)}"]
     for item in extra:
@@ -121,14 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         ground_truth = GroundTruth(problem, protocol.retrain, cache, task.problem_key(0), test_index)
         reference = ground_truth.reference()  # cached by the run: nothing is re-trained here
         summary = retrain_all_check(problem, reference.theta, test_index, list(effects.values()))
-        report["points"][rule] = {"test_loss": test_loss, "run_ids": sorted({r["run_id"] for r in mine}),
-                                  "retrain_all": summary}
-        print(f"{rule}: test point {test_index} (loss {test_loss:.4g}); re-training on all points changes its loss "
-              f"by {summary['loss_change']:+.4g}, median |LOO effect| {summary['median_abs_loo_effect']}; "
-              f"top-5 {summary['top5_before']:.4f} -> {summary['top5_after']:.4f}")
+        report["points"][rule] = {
+            "test_loss": test_loss,
+            "run_ids": sorted({r["run_id"] for r in mine}),
+            "retrain_all": summary,
+        }
+        print(
+            f"{rule}: test point {test_index} (loss {test_loss:.4g}); re-training on all points changes its loss "
+            f"by {summary['loss_change']:+.4g}, median |LOO effect| {summary['median_abs_loo_effect']}; "
+            f"top-5 {summary['top5_before']:.4f} -> {summary['top5_after']:.4f}"
+        )
     norms = report["batch_gradient_norm"] = records[0]["diagnostics"]["task"]["batch_gradient_norm"]  # from the run
-    print(f"mean weight-gradient norm over {norms['batches']} batches of 128: {norms['mean']:.4g} "
-          f"(paper: 20.18 theirs, 15.89 torchvision's)")
+    print(
+        f"mean weight-gradient norm over {norms['batches']} batches of 128: {norms['mean']:.4g} "
+        f"(paper: 20.18 theirs, 15.89 torchvision's)"
+    )
     (out / "noise-checks.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out / 'noise-checks.json'} and {len(records)} records under {out / 'results' / 'imagenet'}")
     return 0

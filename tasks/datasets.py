@@ -64,10 +64,7 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 
 def _missing_error(what: str, directory: Path, missing: list[str], root: Path, download_error: str | None) -> DataError:
     tried = f" (download failed: {download_error})" if download_error else ""
-    message = (
-        f"{what} not found in {directory}: missing {', '.join(missing)}{tried}; "
-        + _HOW_TO_GET.format(root=root)
-    )
+    message = f"{what} not found in {directory}: missing {', '.join(missing)}{tried}; " + _HOW_TO_GET.format(root=root)
     return DataError(" ".join(message.split("\n")))
 
 
@@ -236,8 +233,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: 'labels' is not a sequence of integers ({_one_line(exc)})") from exc
     if labels.shape != (CIFAR10_PER_BATCH,) or labels.dtype.kind not in "iu":
         raise DataError(
-            f"{path}: 'labels' has shape {labels.shape} and dtype {labels.dtype}, "
-            f"expected {CIFAR10_PER_BATCH} integers"
+            f"{path}: 'labels' has shape {labels.shape} and dtype {labels.dtype}, expected {CIFAR10_PER_BATCH} integers"
         )
     if labels.min() < 0 or labels.max() > 9:
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())

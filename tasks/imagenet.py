@@ -99,9 +99,18 @@ class ImageNetConfig:
     noise_batches: int | None = None
 
     def __post_init__(self) -> None:
-        positive(num_classes=self.num_classes, image_size=self.image_size, train_epochs=self.train_epochs,
-                 batch_size=self.batch_size, lr=self.lr, eval_size=self.eval_size, retrain_epochs=self.retrain_epochs,
-                 retrain_lr=self.retrain_lr, retrain_batch_size=self.retrain_batch_size, chunk_size=self.chunk_size)
+        positive(
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            train_epochs=self.train_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            eval_size=self.eval_size,
+            retrain_epochs=self.retrain_epochs,
+            retrain_lr=self.retrain_lr,
+            retrain_batch_size=self.retrain_batch_size,
+            chunk_size=self.chunk_size,
+        )
         non_negative(weight_decay=self.weight_decay, momentum=self.momentum, retrain_momentum=self.retrain_momentum)
         for name in ("max_train_points", "max_test_points", "noise_batches"):
             if getattr(self, name) is not None:
@@ -160,28 +169,50 @@ def load_checkpoint(path: str | Path, module: torch.nn.Module, classes: list[int
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise DataError(f"checkpoint {path} does not fit {type(module).__name__} with {len(classes)} classes: "
-                        f"{' '.join(str(error).split())[:400]}") from None
+        raise DataError(
+            f"checkpoint {path} does not fit {type(module).__name__} with {len(classes)} classes: "
+            f"{' '.join(str(error).split())[:400]}"
+        ) from None
 
 
-def train_network(module: torch.nn.Module, files: ImageFiles, config: ImageNetConfig, device: torch.device,
-                  workers: int, seed: int, progress: bool) -> None:
+def train_network(
+    module: torch.nn.Module,
+    files: ImageFiles,
+    config: ImageNetConfig,
+    device: torch.device,
+    workers: int,
+    seed: int,
+    progress: bool,
+) -> None:
     """Train ``module`` in place with the task's recipe (:class:`ImageNetConfig`): BatchNorm in training mode,
     bfloat16 autocast and channels-last on CUDA, objective ``mean cross-entropy + (weight_decay/2)||theta||^2``.
     Leaves the module in training mode (:func:`recalibrate_batchnorm` follows)."""
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(files, batch_size=min(config.batch_size, len(files)), shuffle=True,
-                                         drop_last=True, generator=generator, num_workers=workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        files,
+        batch_size=min(config.batch_size, len(files)),
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     steps = max(1, math.ceil(config.train_epochs * len(loader)))
     warmup = max(1, round(0.02 * steps))
     cuda = device.type == "cuda"
     if cuda:
         module.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.momentum > 0, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        module.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
+    )
     module.train()
     bar = tqdm(total=steps, desc="training optimum", disable=not progress, leave=False, mininterval=0.5, unit="step")
     step = 0
@@ -205,8 +236,14 @@ def train_network(module: torch.nn.Module, files: ImageFiles, config: ImageNetCo
     module.to(memory_format=torch.contiguous_format)
 
 
-def recalibrate_batchnorm(module: torch.nn.Module, files: ImageFiles, device: torch.device, workers: int,
-                          batch_size: int, max_batches: int = 200) -> None:
+def recalibrate_batchnorm(
+    module: torch.nn.Module,
+    files: ImageFiles,
+    device: torch.device,
+    workers: int,
+    batch_size: int,
+    max_batches: int = 200,
+) -> None:
     """Replace BatchNorm's running statistics by their average over up to ``max_batches`` training batches at the
     final parameters, then switch to evaluation mode.
 
@@ -221,8 +258,13 @@ def recalibrate_batchnorm(module: torch.nn.Module, files: ImageFiles, device: to
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    loader = torch.utils.data.DataLoader(files, batch_size=min(batch_size, len(files)), shuffle=False,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        files,
+        batch_size=min(batch_size, len(files)),
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     module.train()
     with torch.no_grad():
         for b, (x, _) in enumerate(loader):
@@ -240,8 +282,20 @@ class ImageNet(Task):
     name = "imagenet"
     version = 1
     Config = ImageNetConfig
-    protocol_fields = ("data_dir", "layout", "checkpoint", "test_point", "eval_size", "retrain_epochs", "retrain_lr",
-                       "retrain_batch_size", "retrain_momentum", "chunk_size", "workers", "noise_batches")
+    protocol_fields = (
+        "data_dir",
+        "layout",
+        "checkpoint",
+        "test_point",
+        "eval_size",
+        "retrain_epochs",
+        "retrain_lr",
+        "retrain_batch_size",
+        "retrain_momentum",
+        "chunk_size",
+        "workers",
+        "noise_batches",
+    )
     parameter_change = False
     _n_train: int | None = None
 
@@ -296,14 +350,21 @@ class ImageNet(Task):
         if c.checkpoint is not None:
             load_checkpoint(c.checkpoint, module, list(range(c.num_classes)))
         else:
+
             def train() -> dict[str, Tensor]:
-                files = ImageFiles(train_samples, train_transform(c.image_size) if c.augment
-                                   else eval_transform(c.image_size))
+                files = ImageFiles(
+                    train_samples, train_transform(c.image_size) if c.augment else eval_transform(c.image_size)
+                )
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(context.seed)
                     train_network(module.to(device), files, c, device, workers, context.seed, context.progress)
-                recalibrate_batchnorm(module, ImageFiles(train_samples, eval_transform(c.image_size)), device,
-                                      workers, max(c.batch_size, c.chunk_size))
+                recalibrate_batchnorm(
+                    module,
+                    ImageFiles(train_samples, eval_transform(c.image_size)),
+                    device,
+                    workers,
+                    max(c.batch_size, c.chunk_size),
+                )
                 return module.state_dict()
 
             state = context.cache.tensors("optima", {**self.problem_key(context.seed), "kind": "state_dict"}, train)
@@ -314,8 +375,9 @@ class ImageNet(Task):
         transform = eval_transform(c.image_size)
         x_train = ImageRows(ImageFiles(train_samples, transform), device, workers=workers, chunk_size=c.chunk_size)
         x_test = ImageRows(ImageFiles(test_samples, transform), device, workers=workers, chunk_size=c.chunk_size)
-        return StreamedProblem.from_module(module, cross_entropy, x_train, x_train.labels, x_test, x_test.labels,
-                                           c.weight_decay, c.chunk_size)
+        return StreamedProblem.from_module(
+            module, cross_entropy, x_train, x_train.labels, x_test, x_test.labels, c.weight_decay, c.chunk_size
+        )
 
     def protocol(self) -> Protocol:
         """The protocol; re-training steps are counted from the training images in :meth:`build` (before a build,
@@ -325,8 +387,12 @@ class ImageNet(Task):
         return Protocol(
             test_point=c.test_point,
             eval_size=c.eval_size,
-            retrain=Recipe(steps=epochs_to_steps(c.retrain_epochs, n, c.retrain_batch_size), lr=c.retrain_lr,
-                           batch_size=c.retrain_batch_size, momentum=c.retrain_momentum),
+            retrain=Recipe(
+                steps=epochs_to_steps(c.retrain_epochs, n, c.retrain_batch_size),
+                lr=c.retrain_lr,
+                batch_size=c.retrain_batch_size,
+                momentum=c.retrain_momentum,
+            ),
         )
 
     eigenvalue_iterations = 10

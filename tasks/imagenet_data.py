@@ -42,24 +42,28 @@ def eval_transform(image_size: int) -> Callable[[Any], Tensor]:
     centre-crop ``size``, scale to [0, 1] and normalise with ImageNet's channel statistics."""
     from torchvision import transforms
 
-    return transforms.Compose([
-        transforms.Resize(max(image_size, round(image_size * 256 / 224))),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(max(image_size, round(image_size * 256 / 224))),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def train_transform(image_size: int) -> Callable[[Any], Tensor]:
     """The augmented preprocessing of the optimum's training only (random resized crop and flip)."""
     from torchvision import transforms
 
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _has_classes(directory: Path) -> bool:
@@ -77,13 +81,16 @@ def resolve_layout(root: Path, layout: str) -> str:
     torchvision_layout = (root / "meta.bin").is_file() or (root / DEVKIT).is_file()
     if layout == "imagenet" or (layout == "auto" and torchvision_layout):
         if not torchvision_layout:
-            raise DataError(f"ImageNet not found in {root}: no meta.bin or {DEVKIT}; "
-                            + HOW_TO_GET.format(root=root, devkit=DEVKIT))
+            raise DataError(
+                f"ImageNet not found in {root}: no meta.bin or {DEVKIT}; " + HOW_TO_GET.format(root=root, devkit=DEVKIT)
+            )
         return "imagenet"
     missing = [f"{split}/" for split in ("train", "val") if not _has_classes(root / split)]
     if missing:
-        raise DataError(f"ImageNet not found in {root}: no class directories in {' or '.join(missing)}; "
-                        + HOW_TO_GET.format(root=root, devkit=DEVKIT))
+        raise DataError(
+            f"ImageNet not found in {root}: no class directories in {' or '.join(missing)}; "
+            + HOW_TO_GET.format(root=root, devkit=DEVKIT)
+        )
     return "folder"
 
 
@@ -95,14 +102,18 @@ def image_list(root: Path, split: str, layout: str) -> tuple[list[tuple[str, int
         try:
             dataset = datasets.ImageNet(str(root), split=split)
         except (RuntimeError, OSError) as error:
-            raise DataError(f"cannot read ImageNet's {split} split in {root}: {' '.join(str(error).split())}; "
-                            + HOW_TO_GET.format(root=root, devkit=DEVKIT)) from None
+            raise DataError(
+                f"cannot read ImageNet's {split} split in {root}: {' '.join(str(error).split())}; "
+                + HOW_TO_GET.format(root=root, devkit=DEVKIT)
+            ) from None
         return list(dataset.samples), list(dataset.wnids)
     try:
         dataset = datasets.ImageFolder(str(root / split))
     except (FileNotFoundError, OSError) as error:
-        raise DataError(f"cannot read ImageNet's {split} split in {root / split}: {' '.join(str(error).split())}; "
-                        + HOW_TO_GET.format(root=root, devkit=DEVKIT)) from None
+        raise DataError(
+            f"cannot read ImageNet's {split} split in {root / split}: {' '.join(str(error).split())}; "
+            + HOW_TO_GET.format(root=root, devkit=DEVKIT)
+        ) from None
     return list(dataset.samples), list(dataset.classes)
 
 
@@ -163,8 +174,9 @@ class ImageRows:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ImageRows:
         """The same rows delivered on another device or in another floating dtype."""
-        return dataclasses.replace(self, device=torch.device(device) if device is not None else self.device,
-                                   dtype=dtype or self.dtype)
+        return dataclasses.replace(
+            self, device=torch.device(device) if device is not None else self.device, dtype=dtype or self.dtype
+        )
 
     def __getitem__(self, key: int | slice | Sequence[int] | Tensor) -> Tensor:
         """Decode the rows ``key`` selects (an index, a slice, a list or a tensor of indices): ``Tensor[m, C, H, W]``
@@ -184,9 +196,14 @@ class ImageRows:
 
     def _loader(self, **kwargs: Any) -> DataLoader:
         workers = self.workers
-        return DataLoader(self.files, num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=workers > 0 and "batch_size" in kwargs,
-                          prefetch_factor=4 if workers > 0 else None, **kwargs)
+        return DataLoader(
+            self.files,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0 and "batch_size" in kwargs,
+            prefetch_factor=4 if workers > 0 else None,
+            **kwargs,
+        )
 
     def passes(self, chunk_size: int | None = None) -> Iterator[tuple[slice, Tensor, Tensor]]:
         """One pass over every row in order, in batches: ``(rows, x, y)`` with ``rows`` the slice they cover."""
@@ -213,8 +230,14 @@ class ImageRows:
             yield self._deliver(x), y.to(self.device, non_blocking=True)
 
 
-def write_synthetic_tree(root: str | Path, classes: int = 3, train_per_class: int = 4, val_per_class: int = 2,
-                         size: tuple[int, int] = (20, 24), seed: int = 0) -> Path:
+def write_synthetic_tree(
+    root: str | Path,
+    classes: int = 3,
+    train_per_class: int = 4,
+    val_per_class: int = 2,
+    size: tuple[int, int] = (20, 24),
+    seed: int = 0,
+) -> Path:
     """Write a generated ImageFolder tree in the ``folder`` layout (JPEGs named like ImageNet's, a colour and a
     texture per class plus noise, so a network can learn it): for tests and for checking the pipeline on a machine
     without ImageNet. Returns ``root``."""
@@ -235,5 +258,6 @@ def write_synthetic_tree(root: str | Path, classes: int = 3, train_per_class: in
             for i in range(per_class):
                 image = colour + stripes + rng.normal(0, 30, (height, width, 3))
                 Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-                    directory / f"{wnid}_{i}.JPEG", quality=90)
+                    directory / f"{wnid}_{i}.JPEG", quality=90
+                )
     return root

@@ -107,8 +107,9 @@ class StreamedProblem(Problem):
         return total
 
 
-def batch_gradient_norms(problem: StreamedProblem, batch_size: int = 128, max_batches: int | None = None,
-                         seed: int = 0) -> Tensor:
+def batch_gradient_norms(
+    problem: StreamedProblem, batch_size: int = 128, max_batches: int | None = None, seed: int = 0
+) -> Tensor:
     """The 2-norm of the gradient of the mean training loss (no regulariser) on minibatches of ``batch_size`` at the
     optimum, over a seeded shuffle of the training set (the paper's appendix D convergence check, which reports the
     mean: 20.18 for its ResNet-50, 15.89 for torchvision's). At most ``max_batches`` batches (``None``: one epoch,
@@ -130,8 +131,9 @@ def _accuracy(outputs: Tensor, labels: Tensor, k: int) -> float:
     return float((outputs.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1).float().mean())
 
 
-def retrain_all_check(problem: StreamedProblem, reference_theta: Tensor, test_index: int,
-                      loo_effects: Sequence[float]) -> dict[str, Any]:
+def retrain_all_check(
+    problem: StreamedProblem, reference_theta: Tensor, test_index: int, loo_effects: Sequence[float]
+) -> dict[str, Any]:
     """The paper's appendix D check of whether leave-one-out effects rise above the re-training noise: how much
     re-training on *all* points with the leave-one-out recipe moves the test losses, against the LOO effects (paper:
     -0.679 and +0.066 for its two test points, larger than their LOO effects; top-5 92.302% -> 92.336%).
@@ -170,8 +172,9 @@ def retrain_all_check(problem: StreamedProblem, reference_theta: Tensor, test_in
     }
 
 
-def batch_gradient_check(problem: StreamedProblem, batch_size: int = 128, max_batches: int | None = None,
-                         seed: int = 0) -> dict[str, Any]:
+def batch_gradient_check(
+    problem: StreamedProblem, batch_size: int = 128, max_batches: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Summary of :func:`batch_gradient_norms` (mean, sd, min, max) beside the paper's means."""
     norms = batch_gradient_norms(problem, batch_size, max_batches, seed).double().cpu()
     return {

@@ -207,8 +207,15 @@ def _fast_tanh(z: Tensor) -> Tensor:
     return torch.sigmoid(2 * z).mul_(2).sub_(1)
 
 
-def mlp_hvp(theta: Tensor, shapes: Sequence[tuple[int, int]], activation: str, x: Tensor, y: Tensor,
-            vectors: Tensor, weight_decay: float) -> Tensor:
+def mlp_hvp(
+    theta: Tensor,
+    shapes: Sequence[tuple[int, int]],
+    activation: str,
+    x: Tensor,
+    y: Tensor,
+    vectors: Tensor,
+    weight_decay: float,
+) -> Tensor:
     """Hessian-vector products of ``mean_i l_i(theta) + (weight_decay / 2) ||theta||^2`` for an MLP with
     cross-entropy, by Pearlmutter's R-operator written out: one forward and one backward pass, each with its
     directional derivative, for all vectors at once.
@@ -231,10 +238,18 @@ def mlp_hvp(theta: Tensor, shapes: Sequence[tuple[int, int]], activation: str, x
     weights, directions, start = [], [], 0
     for out_features, in_features in shapes:
         size = out_features * in_features
-        weights.append((theta[start : start + size].view(out_features, in_features),
-                        theta[start + size : start + size + out_features]))
-        directions.append((vectors[:, start : start + size].view(m, out_features, in_features),
-                           vectors[:, start + size : start + size + out_features].unsqueeze(1)))
+        weights.append(
+            (
+                theta[start : start + size].view(out_features, in_features),
+                theta[start + size : start + size + out_features],
+            )
+        )
+        directions.append(
+            (
+                vectors[:, start : start + size].view(m, out_features, in_features),
+                vectors[:, start + size : start + size + out_features].unsqueeze(1),
+            )
+        )
         start += size + out_features
     relu = activation == "relu"
     last = len(shapes) - 1
@@ -335,15 +350,35 @@ class Iris(Task):
     def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
         """Training by :func:`mlp_descend` (batched hand-written backpropagation), reproducibly."""
         weights = torch.ones(1, problem.n_train, dtype=problem.dtype, device=problem.device)
-        return self.descend(problem, problem.theta.unsqueeze(0), weights, recipe, progress, "training optimum",
-                            reproducible=True)[0]
+        return self.descend(
+            problem, problem.theta.unsqueeze(0), weights, recipe, progress, "training optimum", reproducible=True
+        )[0]
 
-    def descend(self, problem: Problem, thetas: Tensor, weights: Tensor, recipe: Recipe, progress: bool = False,
-                description: str = "training", reproducible: bool = False) -> Tensor:
+    def descend(
+        self,
+        problem: Problem,
+        thetas: Tensor,
+        weights: Tensor,
+        recipe: Recipe,
+        progress: bool = False,
+        description: str = "training",
+        reproducible: bool = False,
+    ) -> Tensor:
         """:func:`benchmark.training.descend` for this task's problems (full batch), by :func:`mlp_descend`."""
         c = self.config
-        return mlp_descend(thetas, layer_shapes(c.depth, c.width), c.activation, problem.x_train, problem.y_train,
-                           weights, problem.weight_decay, recipe, reproducible, progress, description)
+        return mlp_descend(
+            thetas,
+            layer_shapes(c.depth, c.width),
+            c.activation,
+            problem.x_train,
+            problem.y_train,
+            weights,
+            problem.weight_decay,
+            recipe,
+            reproducible,
+            progress,
+            description,
+        )
 
     @classmethod
     def train_many(cls, tasks: Sequence[Iris], seeds: Sequence[int], context: BuildContext) -> int:
@@ -380,11 +415,17 @@ class Iris(Task):
         first = members[0][0]
         weights = torch.ones(len(problems), problems[0].n_train, dtype=torch.float64, device=context.device)
         thetas = mlp_descend(
-            torch.stack([p.theta for p in problems]), layer_shapes(first.config.depth, first.config.width),
-            first.config.activation, torch.stack([p.x_train for p in problems]),
-            torch.stack([p.y_train for p in problems]), weights,
-            torch.tensor([p.weight_decay for p in problems], dtype=torch.float64), first.train_recipe(),
-            reproducible=True, progress=context.progress, description=f"training {len(problems)} optima",
+            torch.stack([p.theta for p in problems]),
+            layer_shapes(first.config.depth, first.config.width),
+            first.config.activation,
+            torch.stack([p.x_train for p in problems]),
+            torch.stack([p.y_train for p in problems]),
+            weights,
+            torch.tensor([p.weight_decay for p in problems], dtype=torch.float64),
+            first.train_recipe(),
+            reproducible=True,
+            progress=context.progress,
+            description=f"training {len(problems)} optima",
         )
         for (task, seed), theta in zip(members, thetas):
             context.cache.store_tensors("optima", task.problem_key(seed), {"theta": theta})
@@ -402,7 +443,13 @@ class Iris(Task):
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
         c = self.config
         paper_setting = (c.depth, c.width, c.activation, c.test_point, c.retrain_steps, selection) == (
-            1, 5, "relu", "max-loss", 7_500, "top")
+            1,
+            5,
+            "relu",
+            "max-loss",
+            7_500,
+            "top",
+        )
         if estimator != "exact" or not paper_setting:
             return None
         return {"spearman": 0.97 if c.weight_decay > 0 else 0.508}

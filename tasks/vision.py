@@ -24,12 +24,36 @@ from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
 from tasks.models import MODELS, build_model, count_parameters
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"train_size": 128, "test_size": 32, "train_steps": 60, "polish_steps": 10, "batch_size": 32,
-              "lr": 0.05, "momentum": 0.9, "lbfgs_steps": 200},
-    "cpu": {"train_size": 5500, "test_size": 1000, "train_steps": 4000, "polish_steps": 1000, "batch_size": 128,
-            "lr": 0.05, "momentum": 0.9, "lbfgs_steps": 5000},
-    "paper": {"train_size": None, "test_size": None, "train_steps": 30000, "polish_steps": 5000, "batch_size": 128,
-              "lr": 0.05, "momentum": 0.9, "lbfgs_steps": 5000},
+    "smoke": {
+        "train_size": 128,
+        "test_size": 32,
+        "train_steps": 60,
+        "polish_steps": 10,
+        "batch_size": 32,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "lbfgs_steps": 200,
+    },
+    "cpu": {
+        "train_size": 5500,
+        "test_size": 1000,
+        "train_steps": 4000,
+        "polish_steps": 1000,
+        "batch_size": 128,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "lbfgs_steps": 5000,
+    },
+    "paper": {
+        "train_size": None,
+        "test_size": None,
+        "train_steps": 30000,
+        "polish_steps": 5000,
+        "batch_size": 128,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "lbfgs_steps": 5000,
+    },
 }
 """Values of the fields a config leaves at ``None``; ``None`` here means the whole set."""
 
@@ -147,9 +171,7 @@ class VisionTask(Task):
     def __init__(self, config: VisionConfig | None = None):
         config = config or VisionConfig()
         preset = PRESETS[config.preset]
-        super().__init__(dataclasses.replace(
-            config, **{k: v for k, v in preset.items() if getattr(config, k) is None}
-        ))
+        super().__init__(dataclasses.replace(config, **{k: v for k, v in preset.items() if getattr(config, k) is None}))
 
     @classmethod
     def models(cls) -> dict[str, int]:
@@ -178,11 +200,21 @@ class VisionTask(Task):
             torch.manual_seed(context.seed)
             module = build_model(c.model, self.channels, self.image_size)
 
-        problem = Problem.from_module(module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay,
-                                      self.chunk_size)
+        problem = Problem.from_module(
+            module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay, self.chunk_size
+        )
         phases = [Recipe(steps=c.train_steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum, seed=context.seed)]
-        phases += [Recipe(steps=c.polish_steps, lr=c.lr * factor, batch_size=c.batch_size, momentum=c.momentum,
-                          seed=context.seed + i + 1) for i, factor in enumerate((0.1, 0.01)) if c.polish_steps]
+        phases += [
+            Recipe(
+                steps=c.polish_steps,
+                lr=c.lr * factor,
+                batch_size=c.batch_size,
+                momentum=c.momentum,
+                seed=context.seed + i + 1,
+            )
+            for i, factor in enumerate((0.1, 0.01))
+            if c.polish_steps
+        ]
         key = self.problem_key(context.seed)
         sgd_key = {**key, "version": 2, "config": {k: v for k, v in key["config"].items() if k not in LBFGS_FIELDS}}
         optimum = self.trained(problem.to(device=context.device), phases, context, key=sgd_key)
@@ -210,12 +242,21 @@ class VisionTask(Task):
                 continue
             decay = 0.001 if with_decay else 0.0
             label = f"{model}, test point {'A' if point == 'max-loss' else 'B'}, " + (
-                "with weight decay" if with_decay else "without weight decay")
-            command = (f"bench run --task {task} --device cuda --gt-seeds 2 --selection top --set {task}.preset=paper "
-                       f"--set {task}.model={model} --set {task}.test_point={point} --set {task}.weight_decay={decay} "
-                       "--set cg.damping=0.01 --set lissa.damping=0.01")
-            rows.append(ReferenceRow(label, {"model": model, "test_point": point, "weight_decay": decay},
-                                     {"pearson": pearson, "spearman": spearman}, command))
+                "with weight decay" if with_decay else "without weight decay"
+            )
+            command = (
+                f"bench run --task {task} --device cuda --gt-seeds 2 --selection top --set {task}.preset=paper "
+                f"--set {task}.model={model} --set {task}.test_point={point} --set {task}.weight_decay={decay} "
+                "--set cg.damping=0.01 --set lissa.damping=0.01"
+            )
+            rows.append(
+                ReferenceRow(
+                    label,
+                    {"model": model, "test_point": point, "weight_decay": decay},
+                    {"pearson": pearson, "spearman": spearman},
+                    command,
+                )
+            )
         return rows
 
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:

@@ -14,16 +14,37 @@ TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 
 @pytest.fixture
 def artefacts(tmp_path, monkeypatch):
-    for name in (cases.LARGE_ENV, cases.CASES_ENV, cases.PLUGINS_ENV, cases.DEVICE_ENV, cases.THREADS_ENV,
-                 cases.CACHE_ENV, cases.DATA_ENV, cases.TIMER_ENV):
+    for name in (
+        cases.LARGE_ENV,
+        cases.CASES_ENV,
+        cases.PLUGINS_ENV,
+        cases.DEVICE_ENV,
+        cases.THREADS_ENV,
+        cases.CACHE_ENV,
+        cases.DATA_ENV,
+        cases.TIMER_ENV,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(cases, "task_options", lambda case, size: dict(TINY_IRIS))
     _, _, _, test_index = cases.build("iris", "small", tmp_path / "cache")
     ok = {"status": "ok", "reason": None, "spearman": None, "residual": None}
     path = tmp_path / "artefacts.json"
-    path.write_text(json.dumps({"cache_dir": str(tmp_path / "cache"), "cases": {"iris|small": {
-        "n_train": 120, "n_params": 43, "test_index": test_index, "threads": 1,
-        "estimators": {"first-order": ok, "exact": ok}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "cache_dir": str(tmp_path / "cache"),
+                "cases": {
+                    "iris|small": {
+                        "n_train": 120,
+                        "n_params": 43,
+                        "test_index": test_index,
+                        "threads": 1,
+                        "estimators": {"first-order": ok, "exact": ok},
+                    }
+                },
+            }
+        )
+    )
     return str(path)
 
 

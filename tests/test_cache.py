@@ -21,8 +21,23 @@ from benchmark.errors import CacheError
 from tasks.iris import Iris
 
 GT_POINTS = 20  # the random selection of the tiny Iris run: round(0.166 * 120)
-RUN = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", "--set", "iris.train_steps=300",
-       "--set", "iris.retrain_steps=50", "--gt-chunk-size", "1", "--no-progress", "--no-leaderboard")
+RUN = (
+    "run",
+    "--task",
+    "iris",
+    "--estimator",
+    "exact",
+    "--selection",
+    "random",
+    "--set",
+    "iris.train_steps=300",
+    "--set",
+    "iris.retrain_steps=50",
+    "--gt-chunk-size",
+    "1",
+    "--no-progress",
+    "--no-leaderboard",
+)
 """A tiny run whose ground truth is 20 cache entries, each re-trained alone (so a recomputed entry is bit-identical)."""
 
 
@@ -81,9 +96,13 @@ def test_interrupted_ground_truth_resumes(bench, tmp_path, repo_root, read_recor
 
     def start(cache: Path, results: Path, log: str) -> subprocess.Popen:
         with (tmp_path / log).open("w") as out:
-            child = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *run, "--cache-dir", str(cache),
-                                      "--results-dir", str(results)],
-                                     cwd=repo_root, env=env, stdout=out, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(
+                [sys.executable, "-m", "benchmark.cli", *run, "--cache-dir", str(cache), "--results-dir", str(results)],
+                cwd=repo_root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         request.addfinalizer(lambda: (child.kill(), child.wait()) if child.poll() is None else None)
         return child
 

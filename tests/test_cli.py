@@ -27,8 +27,18 @@ def table_rows(markdown: str, estimator: str) -> list[str]:
 def test_run_end_to_end(bench, tiny, tmp_path, read_records):
     results = tmp_path / "board" / "results"
     cache = tmp_path / "cache"
-    result = bench("run", "--task", "iris", "--estimator", ",".join(ESTIMATORS), *tiny,
-                   "--cache-dir", cache, "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        ",".join(ESTIMATORS),
+        *tiny,
+        "--cache-dir",
+        cache,
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
 
@@ -37,7 +47,11 @@ def test_run_end_to_end(bench, tiny, tmp_path, read_records):
     assert len(files) == 4
     records = read_records(results)
     assert sorted((r["estimator"]["name"], r["selection"]["kind"]) for r in records) == [
-        ("exact", "random"), ("exact", "top"), ("first-order", "random"), ("first-order", "top")]
+        ("exact", "random"),
+        ("exact", "top"),
+        ("first-order", "random"),
+        ("first-order", "top"),
+    ]
     assert len({r["run_id"] for r in records}) == 1
     for path, record in zip(files, records):
         assert path.name == f"{record['run_id']}-{record['estimator']['name']}-{record['selection']['kind']}.json"
@@ -75,8 +89,12 @@ def test_run_end_to_end(bench, tiny, tmp_path, read_records):
         assert all(row.rstrip(" |").endswith("ok") for row in rows)
     # printed: this run's four rows, where its records and the leaderboard are
     printed = [line for line in result.out.splitlines() if line.startswith("| `")]
-    assert sorted(line.split("|")[1].strip() for line in printed) == ["`exact`", "`exact`", "`first-order`",
-                                                                      "`first-order`"]
+    assert sorted(line.split("|")[1].strip() for line in printed) == [
+        "`exact`",
+        "`exact`",
+        "`first-order`",
+        "`first-order`",
+    ]
     assert all(line.rstrip(" |").endswith("ok") for line in printed)
     assert f"records: {results / 'iris'} (4 written)" in result.out
     assert f"leaderboard: {board} (4 records)" in result.out
@@ -91,8 +109,21 @@ def test_run_end_to_end(bench, tiny, tmp_path, read_records):
 
 def test_leaderboard_of_every_task_defaults_to_the_results_parent(bench, tiny, tmp_path):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results, "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     assert result.code == 0, result.err
     board = results.parent / "iris.md"
     assert not board.exists()
@@ -103,8 +134,16 @@ def test_leaderboard_of_every_task_defaults_to_the_results_parent(bench, tiny, t
 
 def test_a_section_built_by_two_commands_names_both_and_what_each_produced(bench, tiny, tmp_path):
     results = tmp_path / "board" / "results"
-    common = ("--selection", "top", *tiny, "--cache-dir", tmp_path / "cache", "--results-dir", results,
-              "--no-leaderboard")
+    common = (
+        "--selection",
+        "top",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     for estimator in ("exact", "first-order"):
         assert bench("run", "--task", "iris", "--estimator", estimator, *common).code == 0
     text = (bench("leaderboard", "--results-dir", results), (results.parent / "iris.md").read_text())[1]
@@ -118,10 +157,21 @@ def test_estimators_flag_runs_a_subset_of_a_config_file(bench, tiny, tmp_path, r
     """``--estimators`` narrows a config file's list; the file's sections for the others are checked, then unused.
     A ``--set`` for an estimator the run leaves out is still an error (it would silently do nothing)."""
     config = tmp_path / "run.yaml"
-    config.write_text("task: iris\nestimators: [exact, first-order]\nexact:\n  damping: 0.01\n"
-                      "first-order:\n  scale: 2.0\n")
-    common = ("--config", config, "--selection", "top", *tiny, "--cache-dir", tmp_path / "cache",
-              "--results-dir", tmp_path / "results", "--no-leaderboard")
+    config.write_text(
+        "task: iris\nestimators: [exact, first-order]\nexact:\n  damping: 0.01\nfirst-order:\n  scale: 2.0\n"
+    )
+    common = (
+        "--config",
+        config,
+        "--selection",
+        "top",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
     result = bench("run", "--estimators", "first-order", *common)
     assert result.code == 0, result.err
     assert [r["estimator"]["name"] for r in read_records(tmp_path / "results")] == ["first-order"]
@@ -147,8 +197,20 @@ def test_yaml_config_with_sections_and_overrides(bench, tmp_path, read_records):
         "exact: {damping: 0.01}\n"
     )
     results = tmp_path / "board" / "results"
-    result = bench("run", "--config", config, "--set", "iris.width=3", "--seed", "2", "--no-progress",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--config",
+        config,
+        "--set",
+        "iris.width=3",
+        "--seed",
+        "2",
+        "--no-progress",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     (record,) = read_records(results)
     assert record["estimator"]["name"] == "exact"
@@ -164,8 +226,19 @@ def test_yaml_config_with_sections_and_overrides(bench, tmp_path, read_records):
 
 
 def test_second_run_computes_no_ground_truth(bench, tiny, tmp_path, monkeypatch, read_records):
-    args = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny,
-            "--no-leaderboard", "--cache-dir", tmp_path / "cache")
+    args = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        *tiny,
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     first = bench(*args, "--results-dir", tmp_path / "first")
     assert first.code == 0, first.err
     (cold,) = read_records(tmp_path / "first")
@@ -195,35 +268,55 @@ def _write(path: Path, text: str) -> Path:
 
 BAD_INPUTS = {
     "unknown-task": (lambda d: ["run", "--task", "irs"], ["unknown task 'irs'", "did you mean 'iris'?"]),
-    "unknown-estimator": (lambda d: ["run", "--task", "iris", "--estimator", "exat"],
-                          ["unknown estimator 'exat'", "did you mean 'exact'?"]),
-    "malformed-yaml": (lambda d: ["run", "--config", _write(d / "bad.yaml", "task: iris\niris:\n  depth: 2\n"
-                                                                          "  width: : 3\n")],
-                       ["bad.yaml:4:", "malformed YAML"]),
-    "yaml-not-a-mapping": (lambda d: ["run", "--config", _write(d / "list.yaml", "- iris\n- exact\n")],
-                           ["list.yaml", "must be a mapping"]),
-    "yaml-section-not-a-mapping": (lambda d: ["run", "--config", _write(d / "section.yaml", "task: iris\niris: 3\n")],
-                                   ["section.yaml", "'iris'", "must be a mapping"]),
+    "unknown-estimator": (
+        lambda d: ["run", "--task", "iris", "--estimator", "exat"],
+        ["unknown estimator 'exat'", "did you mean 'exact'?"],
+    ),
+    "malformed-yaml": (
+        lambda d: ["run", "--config", _write(d / "bad.yaml", "task: iris\niris:\n  depth: 2\n  width: : 3\n")],
+        ["bad.yaml:4:", "malformed YAML"],
+    ),
+    "yaml-not-a-mapping": (
+        lambda d: ["run", "--config", _write(d / "list.yaml", "- iris\n- exact\n")],
+        ["list.yaml", "must be a mapping"],
+    ),
+    "yaml-section-not-a-mapping": (
+        lambda d: ["run", "--config", _write(d / "section.yaml", "task: iris\niris: 3\n")],
+        ["section.yaml", "'iris'", "must be a mapping"],
+    ),
     "missing-config-file": (lambda d: ["run", "--config", d / "absent.yaml"], ["absent.yaml"]),
-    "set-without-equals": (lambda d: ["run", "--task", "iris", "--set", "iris.depth"],
-                           ["bad --set 'iris.depth'", "NAME.FIELD=VALUE"]),
+    "set-without-equals": (
+        lambda d: ["run", "--task", "iris", "--set", "iris.depth"],
+        ["bad --set 'iris.depth'", "NAME.FIELD=VALUE"],
+    ),
     "set-without-namespace": (lambda d: ["run", "--task", "iris", "--set", "depth=2"], ["bad --set 'depth=2'"]),
-    "set-bad-type": (lambda d: ["run", "--task", "iris", "--set", "iris.depth=abc"],
-                     ["iris.depth", "'abc'", "int"]),
-    "set-bad-estimator-type": (lambda d: ["run", "--task", "iris", "--estimator", "lissa", "--set",
-                                          "lissa.scale=big"], ["lissa.scale", "'big'", "float"]),
-    "set-unknown-option": (lambda d: ["run", "--task", "iris", "--set", "iris.depht=2"],
-                           ["'depht'", "did you mean 'depth'?"]),
+    "set-bad-type": (lambda d: ["run", "--task", "iris", "--set", "iris.depth=abc"], ["iris.depth", "'abc'", "int"]),
+    "set-bad-estimator-type": (
+        lambda d: ["run", "--task", "iris", "--estimator", "lissa", "--set", "lissa.scale=big"],
+        ["lissa.scale", "'big'", "float"],
+    ),
+    "set-unknown-option": (
+        lambda d: ["run", "--task", "iris", "--set", "iris.depht=2"],
+        ["'depht'", "did you mean 'depth'?"],
+    ),
     "set-out-of-range": (lambda d: ["run", "--task", "iris", "--set", "iris.depth=0"], ["depth must be > 0"]),
-    "set-bad-choice": (lambda d: ["run", "--task", "iris", "--set", "iris.activation=relu6"],
-                       ["'relu6'", "did you mean 'relu'?"]),
-    "set-unknown-namespace": (lambda d: ["run", "--task", "iris", "--set", "iirs.depth=2"],
-                              ["unknown task or estimator", "'iirs'", "did you mean 'iris'?"]),
-    "set-estimator-not-run": (lambda d: ["run", "--task", "iris", "--estimator", "exact", "--set", "lissa.scale=9"],
-                              ["'lissa'", "--estimator"]),
+    "set-bad-choice": (
+        lambda d: ["run", "--task", "iris", "--set", "iris.activation=relu6"],
+        ["'relu6'", "did you mean 'relu'?"],
+    ),
+    "set-unknown-namespace": (
+        lambda d: ["run", "--task", "iris", "--set", "iirs.depth=2"],
+        ["unknown task or estimator", "'iirs'", "did you mean 'iris'?"],
+    ),
+    "set-estimator-not-run": (
+        lambda d: ["run", "--task", "iris", "--estimator", "exact", "--set", "lissa.scale=9"],
+        ["'lissa'", "--estimator"],
+    ),
     "unknown-device": (lambda d: ["run", "--task", "iris", "--device", "tpu"], ["unknown device 'tpu'"]),
-    "unknown-selection": (lambda d: ["run", "--task", "iris", "--selection", "topp"],
-                          ["unknown selection 'topp'", "did you mean 'top'?"]),
+    "unknown-selection": (
+        lambda d: ["run", "--task", "iris", "--selection", "topp"],
+        ["unknown selection 'topp'", "did you mean 'top'?"],
+    ),
     "missing-task": (lambda d: ["run"], ["no task given", "--task"]),
     "bad-seed": (lambda d: ["run", "--task", "iris", "--seed", "abc"], ["--seed", "'abc'"]),
     "bad-chunk-size": (lambda d: ["run", "--task", "iris", "--gt-chunk-size", "0"], ["gt_chunk_size"]),
@@ -247,8 +340,17 @@ def test_bad_input_is_one_line_and_exit_2(bench, tmp_path, case):
 
 def test_cuda_without_a_gpu_is_a_usage_error(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    result = bench("run", "--task", "iris", "--device", "cuda", "--cache-dir", tmp_path / "cache",
-                   "--results-dir", tmp_path / "results")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--device",
+        "cuda",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+    )
     assert result.code == 2
     assert "Traceback" not in result.err
     assert len(result.err_lines) == 1, result.err
@@ -262,8 +364,20 @@ def test_cuda_without_a_gpu_is_a_usage_error(bench, tmp_path, monkeypatch):
 
 def test_failing_estimator_is_recorded_and_the_run_goes_on(bench, tiny, tmp_path, read_records):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--estimator", "exact,lissa", "--set", "lissa.scale=0.001", *tiny,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact,lissa",
+        "--set",
+        "lissa.scale=0.001",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     records = read_records(results)
@@ -288,9 +402,22 @@ def test_failing_estimator_is_recorded_and_the_run_goes_on(bench, tiny, tmp_path
 
 def test_degenerate_correlation_is_undefined_with_a_reason(bench, tmp_path, read_records):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--estimator", "exact", "--set", "iris.train_steps=300",
-                   "--set", "iris.retrain_steps=0", "--no-progress",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=0",
+        "--no-progress",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     records = read_records(results)
     assert len(records) == 2
@@ -319,20 +446,47 @@ def test_scientific_notation_is_a_float(bench, tiny, tmp_path, read_records, sou
         extra = ["--set", "exact.damping=1e-3"]
     else:
         extra = ["--config", _write(tmp_path / "run.yaml", "exact:\n  damping: 1e-3\n")]
-    result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny, *extra,
-                   "--no-leaderboard", "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        *tiny,
+        *extra,
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     (record,) = read_records(results)
     assert record["estimator"]["hyperparameters"]["damping"] == 0.001
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("task: [iris]\n", "task"),
-    ("task: iris\nestimators: [[exact]]\n", "estimator"),
-], ids=["task-is-a-list", "estimator-is-a-list"])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("task: [iris]\n", "task"),
+        ("task: iris\nestimators: [[exact]]\n", "estimator"),
+    ],
+    ids=["task-is-a-list", "estimator-is-a-list"],
+)
 def test_yaml_run_option_of_the_wrong_type(bench, tmp_path, text, fragment):
-    result = bench("run", "--config", _write(tmp_path / "run.yaml", text), "--set", "iris.train_steps=300",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "board" / "results")
+    result = bench(
+        "run",
+        "--config",
+        _write(tmp_path / "run.yaml", text),
+        "--set",
+        "iris.train_steps=300",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "board" / "results",
+    )
     assert result.code == 2, (result.code, result.err)
     assert "Traceback" not in result.err
     assert len(result.err_lines) == 1, result.err
@@ -341,8 +495,20 @@ def test_yaml_run_option_of_the_wrong_type(bench, tmp_path, text, fragment):
 
 @pytest.mark.parametrize("value", ["bogus", "p200"])
 def test_bad_test_point_is_rejected_before_any_work(bench, tiny, tmp_path, value):
-    result = bench("run", "--task", "iris", "--estimator", "exact", *tiny, "--set", f"iris.test_point={value}",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "board" / "results")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        *tiny,
+        "--set",
+        f"iris.test_point={value}",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "board" / "results",
+    )
     assert result.code == 2, (result.code, result.err)
     assert "Traceback" not in result.err
     assert len(result.err_lines) == 1, result.err

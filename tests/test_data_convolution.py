@@ -47,8 +47,10 @@ def _hvp(x, weight, bias, options, vectors, mode: bool) -> tuple[list[torch.Tens
 def test_second_derivatives_equal_torchs_convolution(case: str):
     x, weight, bias, options = _setup(CASES[case])
     generator = torch.Generator().manual_seed(1)
-    vectors = [torch.randn(weight.shape, generator=generator, dtype=torch.float64),
-               torch.randn(6, generator=generator, dtype=torch.float64)]
+    vectors = [
+        torch.randn(weight.shape, generator=generator, dtype=torch.float64),
+        torch.randn(6, generator=generator, dtype=torch.float64),
+    ]
     gradient, second, out = _hvp(x, weight, bias, options, vectors, mode=True)
     expected_gradient, expected_second, expected_out = _hvp(x, weight, bias, options, vectors, mode=False)
     assert out.grad_fn.name().startswith("DataConvolution")

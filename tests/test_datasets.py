@@ -312,8 +312,11 @@ def test_cifar_download_skipped_when_present(
 def test_cifar_requires_full_batches(tmp_path: Path) -> None:
     """Without the patch, a batch must hold the real set's 10,000 images."""
     make_cifar(tmp_path)
-    with pytest.raises(DataError, match=r"data_batch_1: 'data' is a uint8 array of shape \(4, 3072\), expected a uint8 "
-                                        r"array of shape \(10000, 3072\)"):
+    with pytest.raises(
+        DataError,
+        match=r"data_batch_1: 'data' is a uint8 array of shape \(4, 3072\), expected a uint8 "
+        r"array of shape \(10000, 3072\)",
+    ):
         load_cifar10(tmp_path)
 
 
@@ -393,8 +396,10 @@ def _payloads(marker: Path) -> dict[str, tuple[object, str]]:
 
 
 @pytest.mark.parametrize("protocol", [2, 4])
-@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "builtins.exec", "builtins.open", "numpy runstring",
-                                  "nested in a valid batch"])
+@pytest.mark.parametrize(
+    "kind",
+    ["os.system", "builtins.eval", "builtins.exec", "builtins.open", "numpy runstring", "nested in a valid batch"],
+)
 def test_cifar_refuses_code(tmp_path: Path, tiny_batches: None, kind: str, protocol: int) -> None:
     make_cifar(tmp_path)
     marker = tmp_path / "pwned"

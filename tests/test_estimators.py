@@ -125,8 +125,9 @@ def small_mlp() -> SimpleNamespace:
     # preconditions of the tests below: a converged optimum with a positive definite Hessian
     assert problem.gradient_norm() < 1e-10
     assert float(eigenvalues[0]) > 1e-3
-    return SimpleNamespace(problem=problem, module=module, eigenvalues=eigenvalues,
-                           test_index=conformance.highest_loss_test_point(problem))
+    return SimpleNamespace(
+        problem=problem, module=module, eigenvalues=eigenvalues, test_index=conformance.highest_loss_test_point(problem)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,14 @@ def mlp_retrained(small_mlp, tmp_path_factory: pytest.TempPathFactory) -> np.nda
     (2000 steps give the same correlations to three digits)."""
     problem = small_mlp.problem
     with one_thread():
-        truth = GroundTruth(problem, Recipe(steps=500, lr=0.3, momentum=0.9), Cache(tmp_path_factory.mktemp("cache")),
-                            {"task": "test-mlp"}, small_mlp.test_index, chunk_size=problem.n_train)
+        truth = GroundTruth(
+            problem,
+            Recipe(steps=500, lr=0.3, momentum=0.9),
+            Cache(tmp_path_factory.mktemp("cache")),
+            {"task": "test-mlp"},
+            small_mlp.test_index,
+            chunk_size=problem.n_train,
+        )
         effects = truth.effects(range(problem.n_train))
         assert abs(truth.reference().drift) < 1e-10  # the optimum is converged: re-training alone moves nothing
     return np.array([effects[i].loss_change for i in range(problem.n_train)])
@@ -359,8 +366,9 @@ def test_nystrom_preconditioned_cg_matches_exact_on_mlp(small_mlp, sketch_size):
     vectors = problem.test_gradients(list(range(len(problem.x_test))))
     exact = Exact(ExactConfig(damping=0.01))
     exact.prepare(problem)
-    cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-10, preconditioner="nystrom", sketch_rank=40,
-                                    sketch_size=sketch_size))
+    cg = ConjugateGradient(
+        CGConfig(damping=0.01, tol=1e-10, preconditioner="nystrom", sketch_rank=40, sketch_size=sketch_size)
+    )
     cg.prepare(problem)
     errors = relative_errors(cg.ihvp(vectors), exact.ihvp(vectors))
     assert float(errors.max()) < 1e-6
@@ -377,8 +385,9 @@ def test_full_rank_nystrom_preconditioner_makes_cg_converge_at_once(small_mlp):
     vectors = problem.test_gradients([0, 1])
     iterations = {}
     for preconditioner in ("none", "nystrom"):
-        cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-8, preconditioner=preconditioner,
-                                        sketch_rank=problem.n_params, sketch_size=0))
+        cg = ConjugateGradient(
+            CGConfig(damping=0.01, tol=1e-8, preconditioner=preconditioner, sketch_rank=problem.n_params, sketch_size=0)
+        )
         cg.prepare(problem)
         cg.ihvp(vectors)
         assert cg.diagnostics["converged"]
@@ -397,8 +406,9 @@ def test_block_cg_matches_exact_in_no_more_iterations_than_independent_cg(small_
     exact.prepare(problem)
     iterations = {}
     for block in (True, False):
-        cg = ConjugateGradient(CGConfig(damping=0.01, tol=1e-9, block=block, preconditioner=preconditioner,
-                                        sketch_rank=10, sketch_size=20))
+        cg = ConjugateGradient(
+            CGConfig(damping=0.01, tol=1e-9, block=block, preconditioner=preconditioner, sketch_rank=10, sketch_size=20)
+        )
         cg.prepare(problem)
         assert float(relative_errors(cg.ihvp(vectors), exact.ihvp(vectors)).max()) < 1e-6
         assert cg.diagnostics["converged"]

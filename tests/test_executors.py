@@ -19,8 +19,20 @@ from benchmark.errors import UnknownNameError
 from benchmark.executors import EXECUTORS, ProcessPool, RayCluster, WorkerSpec, make_executor, shards
 
 POINTS = 16
-GT = ("gt", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50", "--no-progress",
-      "--points", str(POINTS), "--gt-chunk-size", "1")
+GT = (
+    "gt",
+    "--task",
+    "iris",
+    "--set",
+    "iris.train_steps=300",
+    "--set",
+    "iris.retrain_steps=50",
+    "--no-progress",
+    "--points",
+    str(POINTS),
+    "--gt-chunk-size",
+    "1",
+)
 """A tiny ground truth whose entries are each re-trained alone, so that any executor's are bit-identical."""
 
 GT_LINE = re.compile(r"(?P<points>\d+) points for test point \d+: (?P<cached>\d+) cached, (?P<computed>\d+) computed")
@@ -69,12 +81,36 @@ def local_entries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_process_pool_run_records_equal_the_local_ones(bench, tmp_path, read_records):
-    run = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", "--set", "iris.train_steps=300",
-           "--set", "iris.retrain_steps=50", "--gt-chunk-size", "1", "--no-progress", "--no-leaderboard")
+    run = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--gt-chunk-size",
+        "1",
+        "--no-progress",
+        "--no-leaderboard",
+    )
     local = bench(*run, "--cache-dir", tmp_path / "local-cache", "--results-dir", tmp_path / "local")
     assert local.code == 0, local.err
-    pooled = bench(*run, "--executor", "process", "--workers", "2", "--cache-dir", tmp_path / "pool-cache",
-                   "--results-dir", tmp_path / "pool")
+    pooled = bench(
+        *run,
+        "--executor",
+        "process",
+        "--workers",
+        "2",
+        "--cache-dir",
+        tmp_path / "pool-cache",
+        "--results-dir",
+        tmp_path / "pool",
+    )
     assert pooled.code == 0, pooled.err
     (a,), (b,) = read_records(tmp_path / "local"), read_records(tmp_path / "pool")
     assert b["ground_truth"]["executor"] == "process" and a["ground_truth"]["executor"] == "local"
@@ -83,9 +119,26 @@ def test_process_pool_run_records_equal_the_local_ones(bench, tmp_path, read_rec
     assert b["metrics"] == a["metrics"]
     assert entries(tmp_path / "pool-cache") == entries(tmp_path / "local-cache")
 
-    again = bench("gt", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50",
-                  "--points", "random", "--gt-chunk-size", "1", "--no-progress", "--executor", "process",
-                  "--workers", "2", "--cache-dir", tmp_path / "pool-cache")
+    again = bench(
+        "gt",
+        "--task",
+        "iris",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--points",
+        "random",
+        "--gt-chunk-size",
+        "1",
+        "--no-progress",
+        "--executor",
+        "process",
+        "--workers",
+        "2",
+        "--cache-dir",
+        tmp_path / "pool-cache",
+    )
     assert again.code == 0, again.err
     assert summary(again.out) == {"points": 20, "cached": 20, "computed": 0}  # `bench gt --points random` = the run's
 
@@ -131,10 +184,29 @@ def test_ray_gives_the_local_entries(bench, tmp_path, local_entries, ray_cluster
 
 @pytest.mark.slow
 def test_ray_run_reports_its_executor_and_computed_count(bench, tmp_path, read_records, ray_cluster):
-    result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "random",
-                   "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50", "--no-progress",
-                   "--no-leaderboard", "--executor", "ray", "--gt-chunk-size", "4",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--no-progress",
+        "--no-leaderboard",
+        "--executor",
+        "ray",
+        "--gt-chunk-size",
+        "4",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+    )
     assert result.code == 0, result.err
     (record,) = read_records(tmp_path / "results")
     gt = record["ground_truth"]
@@ -144,8 +216,20 @@ def test_ray_run_reports_its_executor_and_computed_count(bench, tmp_path, read_r
     assert len(record["points"]["retrained"]) == 20
 
 
-SLOW = ("gt", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=600", "--no-progress",
-        "--points", "32", "--gt-chunk-size", "4")
+SLOW = (
+    "gt",
+    "--task",
+    "iris",
+    "--set",
+    "iris.train_steps=300",
+    "--set",
+    "iris.retrain_steps=600",
+    "--no-progress",
+    "--points",
+    "32",
+    "--gt-chunk-size",
+    "4",
+)
 """32 points in chunks of 4 (about 0.4 s each): Ray's 2 CPUs get shards of 8 points, two chunks each."""
 
 
@@ -166,7 +250,7 @@ def _held_entry_locks(pids: list[int], directory: Path) -> dict[int, set[int]]:
     """The entry indices whose lock each of ``pids`` holds (from /proc/locks)."""
     inodes = {}
     for path in directory.glob(".*.lock"):
-        stem = path.name[1:-len(".lock")]
+        stem = path.name[1 : -len(".lock")]
         if stem.isdigit():
             inodes[path.stat().st_ino] = int(stem)
     held: dict[int, set[int]] = {pid: set() for pid in pids}
@@ -195,18 +279,23 @@ def test_ray_retries_a_killed_worker_and_computes_only_what_it_lost(bench, tmp_p
             while not done.is_set():
                 assert time.monotonic() < deadline, "no pause between chunks within 120 s"
                 directories = list((cache / "loo").glob("*"))
-                present = ({int(p.stem) for p in directories[0].glob("*.json") if p.stem.isdigit()}
-                           if directories else set())
+                present = (
+                    {int(p.stem) for p in directories[0].glob("*.json") if p.stem.isdigit()} if directories else set()
+                )
                 now = time.monotonic()
                 if len(present) != count:
                     count, since = len(present), now
                 elif count and now - since >= 0.1:
-                    workers = [pid for pid, cmd in _raylet_children(ray_cluster).items()
-                               if cmd.startswith("ray::compute_shard")]
+                    workers = [
+                        pid
+                        for pid, cmd in _raylet_children(ray_cluster).items()
+                        if cmd.startswith("ray::compute_shard")
+                    ]
                     held = _held_entry_locks(workers, directories[0])
                     # a worker whose current shard has a finished chunk on disk and a chunk still in flight
-                    candidates = [(pid, locked & present) for pid, locked in held.items() if locked & present
-                                  and locked - present]
+                    candidates = [
+                        (pid, locked & present) for pid, locked in held.items() if locked & present and locked - present
+                    ]
                     if candidates:
                         pid, written = candidates[0]
                         os.kill(pid, signal.SIGKILL)
@@ -244,11 +333,23 @@ def test_ray_retries_a_killed_worker_and_computes_only_what_it_lost(bench, tmp_p
 @pytest.mark.parametrize("command", ["gt", "run"])
 def test_unknown_executor_is_a_one_line_error_with_a_suggestion(bench, tmp_path, command):
     results = ("--results-dir", tmp_path / "results") if command == "run" else ()
-    result = bench(command, "--task", "iris", "--set", "iris.train_steps=300", "--no-progress", "--executor", "procss",
-                   "--cache-dir", tmp_path / "cache", *results)
+    result = bench(
+        command,
+        "--task",
+        "iris",
+        "--set",
+        "iris.train_steps=300",
+        "--no-progress",
+        "--executor",
+        "procss",
+        "--cache-dir",
+        tmp_path / "cache",
+        *results,
+    )
     assert result.code == 2
     assert result.err_lines == [
-        "bench: error: unknown executor 'procss' (choices: local, process, ray); did you mean 'process'?"]
+        "bench: error: unknown executor 'procss' (choices: local, process, ray); did you mean 'process'?"
+    ]
     assert not (tmp_path / "cache").exists()  # rejected before training anything
     assert not (tmp_path / "results").exists()
 
@@ -287,8 +388,16 @@ def test_worker_spec_is_plain_data_that_rebuilds_the_ground_truth(tmp_path):
     from benchmark.runner import Run, RunConfig
 
     pm = plugin_manager()
-    config = RunConfig(task="iris", estimators=[], task_options={"train_steps": 300, "retrain_steps": 50},
-                       cache_dir=tmp_path / "cache", progress=False, gt_chunk_size=4, executor="process", workers=2)
+    config = RunConfig(
+        task="iris",
+        estimators=[],
+        task_options={"train_steps": 300, "retrain_steps": 50},
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        gt_chunk_size=4,
+        executor="process",
+        workers=2,
+    )
     run = Run(config, Registry(pm), pm)
     problem, protocol, test_index, _ = run.build_problem()
     (ground_truth,) = run.ground_truths(problem, protocol, test_index)
@@ -306,5 +415,6 @@ def test_worker_spec_is_plain_data_that_rebuilds_the_ground_truth(tmp_path):
     mine = local.effects([1, 2, 3, 4])
     theirs = ground_truth.effects([1, 2, 3, 4])
     assert ground_truth.stats.computed == 0
-    assert {i: e.loss_change for i, e in theirs.items()} == pytest.approx({i: e.loss_change for i, e in mine.items()},
-                                                                           rel=1e-10, abs=1e-13)
+    assert {i: e.loss_change for i, e in theirs.items()} == pytest.approx(
+        {i: e.loss_change for i, e in mine.items()}, rel=1e-10, abs=1e-13
+    )

@@ -34,12 +34,25 @@ TINY_RETRAIN = Recipe(steps=50, lr=0.5)
 # steps (about half a second per chunk on one thread), so that a process can be caught between chunks.
 SLOW_POINTS = 48
 SLOW_CHUNK = 8
-SLOW = ("gt", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=600",
-        "--gt-chunk-size", str(SLOW_CHUNK), "--points", str(SLOW_POINTS), "--no-progress")
+SLOW = (
+    "gt",
+    "--task",
+    "iris",
+    "--set",
+    "iris.train_steps=300",
+    "--set",
+    "iris.retrain_steps=600",
+    "--gt-chunk-size",
+    str(SLOW_CHUNK),
+    "--points",
+    str(SLOW_POINTS),
+    "--no-progress",
+)
 
 GT_LINE = re.compile(
     r"seed (?P<seed>\S+): (?P<points>\d+) points for test point (?P<test>\d+): (?P<cached>\d+) cached, "
-    r"(?P<computed>\d+) computed, (?P<corrupt>\d+) corrupt recomputed, (?P<seconds>[\d.]+) s \((?P<directory>[^)]+)\)")
+    r"(?P<computed>\d+) computed, (?P<corrupt>\d+) corrupt recomputed, (?P<seconds>[\d.]+) s \((?P<directory>[^)]+)\)"
+)
 """The summary line ``bench gt`` prints per re-training seed."""
 
 
@@ -109,8 +122,13 @@ def call_main(argv: list[str]) -> int:
 def start(argv: list[str], log: Path, request: pytest.FixtureRequest, cwd: Path) -> subprocess.Popen:
     """Start ``python -m benchmark.cli argv`` (killed at teardown if still running)."""
     with log.open("w") as out:
-        child = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *argv], cwd=cwd, env=subprocess_env(),
-                                 stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "benchmark.cli", *argv],
+            cwd=cwd,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     request.addfinalizer(lambda: (child.kill(), child.wait()) if child.poll() is None else None)
     return child
 
@@ -153,8 +171,11 @@ def assert_close_effects(actual: dict, expected: dict) -> None:
 # -- batching ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe, step", [(TINY_RETRAIN, 1), (Recipe(steps=50, lr=0.1, batch_size=16, seed=3), 3)],
-                         ids=["full-batch", "minibatch"])
+@pytest.mark.parametrize(
+    "recipe, step",
+    [(TINY_RETRAIN, 1), (Recipe(steps=50, lr=0.1, batch_size=16, seed=3), 3)],
+    ids=["full-batch", "minibatch"],
+)
 def test_batched_retraining_equals_one_at_a_time(iris, tmp_path, recipe, step):
     points = list(range(0, iris[1].n_train, step))  # every training point (every third with minibatches)
     n = len(points)
@@ -302,17 +323,31 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-def start_together(cache: Path, tmp_path: Path, repo_root: Path, request: pytest.FixtureRequest
-                   ) -> tuple[list[subprocess.Popen], list[Path]]:
+def start_together(
+    cache: Path, tmp_path: Path, repo_root: Path, request: pytest.FixtureRequest
+) -> tuple[list[subprocess.Popen], list[Path]]:
     """Two :data:`SLOW` processes on ``cache``, released at once after their imports."""
     children, logs = [], []
     go = tmp_path / "go"
     for name in ("a", "b"):
         logs.append(tmp_path / f"{name}.log")
         with logs[-1].open("w") as out:
-            child = subprocess.Popen([sys.executable, "-c", BARRIER, str(tmp_path / f"ready-{name}"), str(go),
-                                      *SLOW, "--cache-dir", str(cache)],
-                                     cwd=repo_root, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    BARRIER,
+                    str(tmp_path / f"ready-{name}"),
+                    str(go),
+                    *SLOW,
+                    "--cache-dir",
+                    str(cache),
+                ],
+                cwd=repo_root,
+                env=subprocess_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         request.addfinalizer(lambda c=child: (c.kill(), c.wait()) if c.poll() is None else None)
         children.append(child)
     deadline = time.monotonic() + 120
@@ -337,8 +372,9 @@ def flocks_held(pids: list[int], directory: Path) -> dict[int, int]:
 
 
 @pytest.mark.slow
-def test_two_processes_share_a_cache_without_computing_an_entry_twice(slow_cache, slow_clean, tmp_path, repo_root,
-                                                                      request):
+def test_two_processes_share_a_cache_without_computing_an_entry_twice(
+    slow_cache, slow_clean, tmp_path, repo_root, request
+):
     children, logs = start_together(slow_cache, tmp_path, repo_root, request)
     for child in children:
         child.wait(timeout=120)
@@ -387,8 +423,9 @@ def test_a_process_takes_over_the_entries_of_a_killed_one(slow_cache, slow_clean
 
 
 @pytest.mark.slow
-def test_sigkill_in_the_middle_of_a_batch_resumes_with_only_the_missing_entries(slow_cache, slow_clean, tmp_path,
-                                                                                repo_root, request, bench):
+def test_sigkill_in_the_middle_of_a_batch_resumes_with_only_the_missing_entries(
+    slow_cache, slow_clean, tmp_path, repo_root, request, bench
+):
     log = tmp_path / "killed.log"
     process = start([*SLOW, "--cache-dir", str(slow_cache)], log, request, repo_root)
     # each finished chunk is on disk while the next one is computed (not all written at the end)
@@ -415,8 +452,13 @@ def test_sigkill_in_the_middle_of_a_batch_resumes_with_only_the_missing_entries(
     assert_same_effects(verified_payloads(directory), slow_clean)
 
 
-def wait_between_chunks(cache: Path, process: subprocess.Popen | list[subprocess.Popen], log: Path | list[Path],
-                        hold: float = 0.1, minimum: int = SLOW_CHUNK) -> int:
+def wait_between_chunks(
+    cache: Path,
+    process: subprocess.Popen | list[subprocess.Popen],
+    log: Path | list[Path],
+    hold: float = 0.1,
+    minimum: int = SLOW_CHUNK,
+) -> int:
     """Wait until at least ``minimum`` entries (one chunk) are written, not all, and no entry has appeared for ``hold``
     seconds (so the processes are computing a later chunk, not writing one); returns the number of entries then."""
     processes = process if isinstance(process, list) else [process]
@@ -425,7 +467,8 @@ def wait_between_chunks(cache: Path, process: subprocess.Popen | list[subprocess
     count, since = -1, time.monotonic()
     while True:
         assert all(p.poll() is None for p in processes), (
-            "finished before it could be killed between chunks:\n" + "\n".join(path.read_text() for path in logs))
+            "finished before it could be killed between chunks:\n" + "\n".join(path.read_text() for path in logs)
+        )
         assert time.monotonic() < deadline, f"no pause between chunks within 120 s ({count} entries)"
         now, current = time.monotonic(), count_entries(cache)
         if current != count:
@@ -448,11 +491,13 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow
-def test_killed_process_worker_loses_only_its_chunk_in_flight(slow_cache, slow_clean, tmp_path, repo_root, request,
-                                                              bench):
+def test_killed_process_worker_loses_only_its_chunk_in_flight(
+    slow_cache, slow_clean, tmp_path, repo_root, request, bench
+):
     log = tmp_path / "driver.log"
-    driver = start([*SLOW, "--cache-dir", str(slow_cache), "--executor", "process", "--workers", "2"], log, request,
-                   repo_root)
+    driver = start(
+        [*SLOW, "--cache-dir", str(slow_cache), "--executor", "process", "--workers", "2"], log, request, repo_root
+    )
     wait_between_chunks(slow_cache, driver, log)
     workers = [pid for pid in _children(driver.pid) if "spawn_main" in _cmdline(pid)]
     assert len(workers) == 2, [(pid, _cmdline(pid)) for pid in _children(driver.pid)]
@@ -503,8 +548,20 @@ def test_gt_status_lists_each_ground_truth_and_counts_corrupt_entries(bench, tin
 
     first = bench("gt", "--task", "iris", *tiny, "--points", "5", "--cache-dir", cache)
     assert first.code == 0, first.err
-    second = bench("gt", "--task", "iris", *tiny, "--points", "3", "--seed", "1", "--set", "iris.test_point=2",
-                   "--cache-dir", cache)
+    second = bench(
+        "gt",
+        "--task",
+        "iris",
+        *tiny,
+        "--points",
+        "3",
+        "--seed",
+        "1",
+        "--set",
+        "iris.test_point=2",
+        "--cache-dir",
+        cache,
+    )
     assert second.code == 0, second.err
     (a,), (b,) = gt_lines(first.out), gt_lines(second.out)
     assert b["test"] == 2
@@ -558,8 +615,9 @@ def test_gt_rejects_a_bad_points_value_before_training(bench, tmp_path, monkeypa
     import benchmark.training
 
     trainings = []
-    monkeypatch.setattr(benchmark.training, "train",
-                        lambda *a, **k: trainings.append(1) or pytest.fail("trained first"))
+    monkeypatch.setattr(
+        benchmark.training, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first")
+    )
     result = bench("gt", "--task", "iris", "--no-progress", "--points", "al", "--cache-dir", tmp_path / "cache")
     assert result.code == 2
     assert result.err_lines == ["bench: error: bad --points 'al': expected all, random or a positive number"]
@@ -633,8 +691,19 @@ def test_repeat_ceiling_follows_spearman_brown():
 
 
 def test_full_batch_gt_seeds_share_entries_and_reach_the_ceiling(bench, tiny, tmp_path, read_records):
-    run = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny, "--no-leaderboard",
-           "--cache-dir", tmp_path / "cache")
+    run = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        *tiny,
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     result = bench(*run, "--gt-seeds", "2", "--results-dir", tmp_path / "two")
     assert result.code == 0, result.err
     (record,) = read_records(tmp_path / "two")

@@ -12,8 +12,9 @@ RESULTS = REPO_ROOT / "leaderboards" / "results"
 
 
 def run(*args: object, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True, check=False
+    )
 
 
 def test_the_committed_readme_headline_is_fresh():

@@ -59,12 +59,34 @@ def problems(tree: Path) -> tuple[StreamedProblem, Problem]:
         module.norm.running_var.uniform_(0.5, 1.5)
         module.eval()
         transform = eval_transform(8)
-        rows = {split: ImageRows(ImageFiles(image_list(tree, split, "auto")[0], transform), torch.device("cpu"),
-                                 torch.float64, chunk_size=5) for split in ("train", "val")}
-        streamed = StreamedProblem.from_module(module, cross_entropy, rows["train"], rows["train"].labels, rows["val"],
-                                               rows["val"].labels, weight_decay=0.01, chunk_size=5)
-        memory = Problem.from_module(module, cross_entropy, rows["train"][:], rows["train"].labels, rows["val"][:],
-                                     rows["val"].labels, weight_decay=0.01)
+        rows = {
+            split: ImageRows(
+                ImageFiles(image_list(tree, split, "auto")[0], transform),
+                torch.device("cpu"),
+                torch.float64,
+                chunk_size=5,
+            )
+            for split in ("train", "val")
+        }
+        streamed = StreamedProblem.from_module(
+            module,
+            cross_entropy,
+            rows["train"],
+            rows["train"].labels,
+            rows["val"],
+            rows["val"].labels,
+            weight_decay=0.01,
+            chunk_size=5,
+        )
+        memory = Problem.from_module(
+            module,
+            cross_entropy,
+            rows["train"][:],
+            rows["train"].labels,
+            rows["val"][:],
+            rows["val"].labels,
+            weight_decay=0.01,
+        )
     return streamed, memory
 
 
@@ -122,23 +144,29 @@ def test_streamed_influence_equals_in_memory(problems: tuple[StreamedProblem, Pr
         b.prepare(memory)
         close(a.influence([1, 4]), b.influence([1, 4]))
     g = memory.test_gradients([1])
-    exact = (g @ torch.linalg.inv(hessian + damping * torch.eye(memory.n_params, dtype=torch.float64)) @
-             memory.train_gradients(list(range(memory.n_train))).T) / memory.n_train
+    exact = (
+        g
+        @ torch.linalg.inv(hessian + damping * torch.eye(memory.n_params, dtype=torch.float64))
+        @ memory.train_gradients(list(range(memory.n_train))).T
+    ) / memory.n_train
     cg = ConjugateGradient(config)
     cg.prepare(streamed)
     torch.testing.assert_close(cg.influence([1]), exact, rtol=1e-7, atol=1e-12)
 
 
-def test_streamed_retraining_and_ground_truth_equal_in_memory(problems: tuple[StreamedProblem, Problem],
-                                                            tmp_path: Path) -> None:
+def test_streamed_retraining_and_ground_truth_equal_in_memory(
+    problems: tuple[StreamedProblem, Problem], tmp_path: Path
+) -> None:
     streamed, memory = problems
     recipe = Recipe(steps=5, lr=0.1, batch_size=4, momentum=0.9, seed=3)
     weights = torch.ones(3, streamed.n_train, dtype=torch.float64)
     weights[1, 2] = weights[2, 9] = 0.0
     start = streamed.theta.unsqueeze(0).expand(3, -1)
     close(descend(streamed, start, weights, recipe), descend(memory, start, weights, recipe))
-    effects = [GroundTruth(p, recipe, Cache(tmp_path / name), {"task": "t"}, 1, chunk_size=2).effects([0, 2, 9])
-               for name, p in (("streamed", streamed), ("memory", memory))]
+    effects = [
+        GroundTruth(p, recipe, Cache(tmp_path / name), {"task": "t"}, 1, chunk_size=2).effects([0, 2, 9])
+        for name, p in (("streamed", streamed), ("memory", memory))
+    ]
     for i in (0, 2, 9):
         assert effects[0][i].loss_change == pytest.approx(effects[1][i].loss_change, rel=1e-9, abs=1e-12)
 
@@ -147,8 +175,12 @@ def test_noise_checks(problems: tuple[StreamedProblem, Problem]) -> None:
     streamed, memory = problems
     norms = batch_gradient_norms(streamed, batch_size=4, seed=5)
     order = torch.randperm(streamed.n_train, generator=torch.Generator().manual_seed(5))
-    expected = [torch.linalg.vector_norm(grad(lambda t: memory.losses(t, memory.x_train[b], memory.y_train[b]).mean())(
-        memory.theta)) for b in order.split(4)]
+    expected = [
+        torch.linalg.vector_norm(
+            grad(lambda t: memory.losses(t, memory.x_train[b], memory.y_train[b]).mean())(memory.theta)
+        )
+        for b in order.split(4)
+    ]
     close(norms, torch.stack(expected))
     summary = batch_gradient_check(streamed, batch_size=4, max_batches=2, seed=5)
     assert summary["batches"] == 2 and summary["mean"] == pytest.approx(float(norms[:2].mean()))
@@ -163,11 +195,24 @@ def test_noise_checks(problems: tuple[StreamedProblem, Problem]) -> None:
 def test_missing_data_is_one_line(bench, tmp_path: Path) -> None:
     empty = tmp_path / "nothing-here"
     empty.mkdir()
-    result = bench("run", "--task", "imagenet", "--estimator", "first-order", "--set",
-                   f"imagenet.data_dir={empty}", "--no-progress")
+    result = bench(
+        "run",
+        "--task",
+        "imagenet",
+        "--estimator",
+        "first-order",
+        "--set",
+        f"imagenet.data_dir={empty}",
+        "--no-progress",
+    )
     errors = [line for line in result.err_lines if not line.startswith("bench: building task")]  # the info log
-    assert_one_line_error(dataclasses.replace(result, err="\n".join(errors)), f"ImageNet not found in {empty}",
-                          "train/<class>/*.JPEG", "image-net.org", "imagenet.data_dir")
+    assert_one_line_error(
+        dataclasses.replace(result, err="\n".join(errors)),
+        f"ImageNet not found in {empty}",
+        "train/<class>/*.JPEG",
+        "image-net.org",
+        "imagenet.data_dir",
+    )
     result = bench("run", "--task", "imagenet", "--set", "imagenet.arch=resnet51")
     assert_one_line_error(result, "resnet51", "resnet50")
 
@@ -204,7 +249,8 @@ def test_resnet50_checkpoint_loads_weights_only(tree: Path, tmp_path: Path) -> N
     torch.save({"state_dict": Unsafe()}, bad)
     with pytest.raises(Exception, match="weights_only=True") as error:
         ImageNet(tiny_config(tree, checkpoint=str(bad))).build(
-            BuildContext("cpu", 0, Cache(tmp_path / "cache"), progress=False))
+            BuildContext("cpu", 0, Cache(tmp_path / "cache"), progress=False)
+        )
     assert type(error.value).__name__ == "DataError"
 
 
@@ -215,11 +261,33 @@ def test_gpu_check_script_runs_the_pipeline_on_cpu(tree: Path, tmp_path: Path) -
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "check"
-    settings = {"num_classes": CLASSES, "max_train_points": None, "max_test_points": None, "image_size": 16,
-                "arch": "resnet18", "train_epochs": 5.0, "batch_size": 4, "lr": 0.01, "augment": False,
-                "chunk_size": 16, "eval_size": 3, "retrain_epochs": 1.0, "retrain_batch_size": 4}
-    argv = ["--data-dir", str(tree), "--out", str(out), "--device", "cpu", "--estimators", "first-order",
-            "--test-points", "p83"]
+    settings = {
+        "num_classes": CLASSES,
+        "max_train_points": None,
+        "max_test_points": None,
+        "image_size": 16,
+        "arch": "resnet18",
+        "train_epochs": 5.0,
+        "batch_size": 4,
+        "lr": 0.01,
+        "augment": False,
+        "chunk_size": 16,
+        "eval_size": 3,
+        "retrain_epochs": 1.0,
+        "retrain_batch_size": 4,
+    }
+    argv = [
+        "--data-dir",
+        str(tree),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--estimators",
+        "first-order",
+        "--test-points",
+        "p83",
+    ]
     argv += [a for k, v in settings.items() for a in ("--set", f"imagenet.{k}={json.dumps(v)}")]
     assert script.main(argv) == 0
     records = [json.loads(p.read_text()) for p in sorted((out / "results" / "imagenet").glob("*.json"))]
@@ -232,8 +300,9 @@ def test_gpu_check_script_runs_the_pipeline_on_cpu(tree: Path, tmp_path: Path) -
         assert record["ground_truth"]["recipe"]["steps"] == 3  # 1 epoch of 12 images in batches of 4
     report = json.loads((out / "noise-checks.json").read_text())
     point = report["points"]["p83"]
-    assert point["retrain_all"]["loss_change"] == pytest.approx(records[0]["ground_truth"]["reference_drift"],
-                                                                rel=1e-4, abs=1e-6)
+    assert point["retrain_all"]["loss_change"] == pytest.approx(
+        records[0]["ground_truth"]["reference_drift"], rel=1e-4, abs=1e-6
+    )
     assert report["batch_gradient_norm"]["batches"] == 1 and report["batch_gradient_norm"]["mean"] > 0
     for record in records:  # the gradient-norm check is part of every record, not only of the script's report
         assert record["diagnostics"]["task"]["batch_gradient_norm"] == report["batch_gradient_norm"]

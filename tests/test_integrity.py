@@ -51,8 +51,10 @@ BAD_RECORDS = {
     "no-selection": (_without("selection"), "selection"),
     "metric-text": (_metric("high"), "metrics.spearman"),
     "metric-list": (_metric([0.5]), "metrics.spearman"),
-    "residual-text": ({**_valid(), "metrics": {**_valid()["metrics"], "ihvp_relative_residual": "1e-3"}},
-                      "metrics.ihvp_relative_residual"),
+    "residual-text": (
+        {**_valid(), "metrics": {**_valid()["metrics"], "ihvp_relative_residual": "1e-3"}},
+        "metrics.ihvp_relative_residual",
+    ),
     "estimator-string": ({**_valid(), "estimator": "exact"}, "estimator"),
     "no-schema": ({k: v for k, v in _valid().items() if k != "schema"}, "schema"),
 }
@@ -113,8 +115,20 @@ def test_unreadable_record_is_skipped_with_a_warning(bench, tmp_path, raw):
 
 def test_run_with_a_bad_record_in_its_results_dir_writes_and_renders(bench, tiny, tmp_path, read_records):
     results, path = _results_with(tmp_path, _without("selection"))
-    result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     assert "Traceback" not in result.err
     assert any(str(path) in line and "selection" in line for line in result.err_lines), result.err
@@ -192,8 +206,21 @@ def test_re_signed_tensor_file_is_a_corrupt_entry_recomputed(tmp_path, caplog, c
 
 
 def test_re_signed_optimum_is_retrained_by_bench_run_without_a_traceback(bench, tiny, tmp_path):
-    common = ("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
-              "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", "--no-leaderboard")
+    common = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
     assert bench(*common).code == 0
     (meta,) = (tmp_path / "cache" / "optima").glob("*.json")
     key = json.loads(meta.read_text())["key"]
@@ -211,8 +238,16 @@ def test_misfiled_entry_is_corrupt_when_read_and_in_the_status(tmp_path):
     from benchmark.groundtruth import cache_status
 
     cache = Cache(tmp_path / "cache")
-    base = {"task": "iris", "version": 1, "config": {"width": 5}, "seed": 0, "test_index": 7,
-            "recipe": {"steps": 50, "seed": None}, "recipe_version": 1, "dtype": "torch.float64"}
+    base = {
+        "task": "iris",
+        "version": 1,
+        "config": {"width": 5},
+        "seed": 0,
+        "test_index": 7,
+        "recipe": {"steps": 50, "seed": None},
+        "recipe_version": 1,
+        "dtype": "torch.float64",
+    }
     directory = cache.root / "loo" / digest(base)
     payload = {"loss_change": 0.5, "test_loss": 1.0, "param_change_norm": 0.1}
     for i in (0, 1, 2):
@@ -271,8 +306,13 @@ def test_two_processes_compute_a_cached_optimum_once(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_CONCURRENT)
     computed, go = tmp_path / "computed.log", tmp_path / "go"
-    workers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(computed),
-                                 str(tmp_path / f"ready{k}"), str(go)], cwd=REPO_ROOT) for k in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "cache"), str(computed), str(tmp_path / f"ready{k}"), str(go)],
+            cwd=REPO_ROOT,
+        )
+        for k in range(2)
+    ]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready{k}").exists() for k in range(2)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -308,12 +348,26 @@ def test_undefined_correlation_without_a_reason_renders(bench, tmp_path):
 
 def test_records_a_run_writes_match_the_schema_ok_and_failed(bench, tiny, tmp_path, read_records):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--estimator", "exact,cg,lissa,first-order", "--set", "lissa.scale=0.001",
-                   *tiny, "--cache-dir", tmp_path / "cache", "--results-dir", results, "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact,cg,lissa,first-order",
+        "--set",
+        "lissa.scale=0.001",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     written = read_records(results)
     assert {r["status"] for r in written} == {"ok", "failed"}, result.err
     assert {(r["estimator"]["name"], r["selection"]["kind"]): records.validate(r) for r in written} == {
-        (r["estimator"]["name"], r["selection"]["kind"]): None for r in written}
+        (r["estimator"]["name"], r["selection"]["kind"]): None for r in written
+    }
     strict = bench("leaderboard", "--results-dir", results, "--strict")
     assert strict.code == 0, strict.err
 
@@ -321,8 +375,21 @@ def test_records_a_run_writes_match_the_schema_ok_and_failed(bench, tiny, tmp_pa
 def test_a_run_on_a_complete_cache_writes_nothing_into_it(bench, tiny, tmp_path):
     """A complete cache is only read: no lock file either (so a read-only copy of one works)."""
     cache = tmp_path / "cache"
-    common = ("run", "--task", "iris", "--estimator", "exact", "--selection", "random", *tiny, "--cache-dir", cache,
-              "--results-dir", tmp_path / "results", "--no-leaderboard")
+    common = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        cache,
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
     assert bench(*common).code == 0
     for lock in cache.rglob("*.lock"):  # as a cache copied or unpacked without its lock files
         lock.unlink()
@@ -344,5 +411,6 @@ def test_a_failed_computation_releases_its_lock_and_stores_nothing(tmp_path):
     lock = cache.lock(cache.root / "hessians" / f"{digest({'task': 'h'})}.pt")
     lock.acquire(timeout=0)  # released by the failed computation
     lock.release()
-    assert torch.equal(Cache(cache.root).tensors("hessians", {"task": "h"}, lambda: {"h": torch.ones(2)})["h"],
-                       torch.ones(2))
+    assert torch.equal(
+        Cache(cache.root).tensors("hessians", {"task": "h"}, lambda: {"h": torch.ones(2)})["h"], torch.ones(2)
+    )

@@ -73,17 +73,31 @@ def test_ground_truth_equals_exact_refits(logistic):
         assert effects[i].loss_change == pytest.approx(expected_loss, abs=1e-11, rel=1e-8)
         assert effects[i].param_change_norm == pytest.approx(float((kept - reference.theta).norm()), rel=1e-8)
         # the other definition differs by the common term (1/(n-1)) H^-1 (wd theta*): far more than rounding
-        assert float((renormalised - kept).norm()) > 1e3 * abs(effects[i].param_change_norm - float(
-            (kept - reference.theta).norm()))
+        assert float((renormalised - kept).norm()) > 1e3 * abs(
+            effects[i].param_change_norm - float((kept - reference.theta).norm())
+        )
 
 
 def test_exact_predicts_parameter_changes(bench, tmp_path):
     """``exact`` ranks the re-trained parameter-change norms almost perfectly (Spearman > 0.99), and the loss
     changes too: what the influence function linearises is what the ground truth measures."""
     results = tmp_path / "results"
-    result = bench("run", "--task", "logistic", "-p", "examples.logistic_task", "--estimator", "exact",
-                   "--selection", "random", "--no-progress", "--cache-dir", tmp_path / "cache",
-                   "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "logistic",
+        "-p",
+        "examples.logistic_task",
+        "--estimator",
+        "exact",
+        "--selection",
+        "random",
+        "--no-progress",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     (record,) = [json.loads(path.read_text()) for path in sorted((results / "logistic").glob("*.json"))]
     assert record["status"] == "ok"

@@ -65,10 +65,12 @@ def test_problem_hessian_equals_the_closed_form(logistic):
 def test_exact_ihvp_equals_a_solve_with_the_closed_form_hessian(logistic, damping):
     problem = logistic.problem
     generator = torch.Generator().manual_seed(1)
-    vectors = torch.cat([
-        problem.test_gradients(list(range(5))),
-        torch.randn(3, problem.n_params, generator=generator, dtype=torch.float64),
-    ])
+    vectors = torch.cat(
+        [
+            problem.test_gradients(list(range(5))),
+            torch.randn(3, problem.n_params, generator=generator, dtype=torch.float64),
+        ]
+    )
     system = logistic.hessian + damping * torch.eye(problem.n_params, dtype=torch.float64)
     expected = torch.linalg.solve(system, vectors.T).T
     exact = Exact(ExactConfig(damping=damping))
@@ -107,8 +109,11 @@ def untrained() -> SimpleNamespace:
         return out
 
     def objective(theta, indices=None):
-        xs, ys = (problem.x_train, problem.y_train) if indices is None else (problem.x_train[indices],
-                                                                            problem.y_train[indices])
+        xs, ys = (
+            (problem.x_train, problem.y_train)
+            if indices is None
+            else (problem.x_train[indices], problem.y_train[indices])
+        )
         outputs = functional_call(module, split(theta), (xs,))
         return nn.functional.cross_entropy(outputs, ys) + 0.5 * weight_decay * theta.dot(theta)
 
@@ -118,8 +123,9 @@ def untrained() -> SimpleNamespace:
         return torch.autograd.grad(loss, theta)[0]
 
     theta = torch.cat([v.reshape(-1) for _, v in module.named_parameters()]).detach()
-    return SimpleNamespace(problem=problem, module=module, objective=objective, theta=theta,
-                           example_gradient=example_gradient)
+    return SimpleNamespace(
+        problem=problem, module=module, objective=objective, theta=theta, example_gradient=example_gradient
+    )
 
 
 def test_flatten_follows_parameter_order_and_unflatten_inverts_it(untrained):
@@ -159,9 +165,11 @@ def test_hvp_rows_equal_dense_hessian_times_vectors(untrained, minibatch, pass_r
         assert relative_error(product, hessian @ vector) < 1e-12
 
 
-@pytest.mark.parametrize(("chunk_size", "piece_rows", "pieces"),
-                         [(None, None, 1), (None, 4, 4), (1, None, 0), (6, None, 0), (1024, None, 1)],
-                         ids=["one-graph", "graph-in-pieces-of-4", "chunk-1", "chunk-6", "chunk-big"])
+@pytest.mark.parametrize(
+    ("chunk_size", "piece_rows", "pieces"),
+    [(None, None, 1), (None, 4, 4), (1, None, 0), (6, None, 0), (1024, None, 1)],
+    ids=["one-graph", "graph-in-pieces-of-4", "chunk-1", "chunk-6", "chunk-big"],
+)
 def test_full_data_hvp_is_the_same_in_one_graph_in_pieces_and_in_chunks(untrained, chunk_size, piece_rows, pieces):
     """The kept reverse-over-reverse graph (one chunk; in pieces when :attr:`Problem.PASS_BYTES` is exceeded) and
     the chunked forward-over-reverse sum give ``H v``; the kept graph stays right on repeated calls with new
@@ -191,8 +199,9 @@ def test_graph_pieces_hold_pass_bytes(untrained):
         saved.append(0)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             theta = problem.theta.detach().requires_grad_()
-            torch.autograd.grad(problem.losses(theta, problem.x_train[:count], problem.y_train[:count]).sum(), theta,
-                                create_graph=True)
+            torch.autograd.grad(
+                problem.losses(theta, problem.x_train[:count], problem.y_train[:count]).sum(), theta, create_graph=True
+            )
     assert saved[1] - saved[0] == 4 * per_example and saved[2] - saved[0] == 12 * per_example
     problem.PASS_BYTES, problem.MIN_PASS_ROWS = 3 * per_example + 1, 1
     problem.hvp(torch.ones(1, problem.n_params, dtype=torch.float64))
@@ -204,10 +213,15 @@ def test_train_and_test_gradients_equal_per_example_autograd(untrained):
     problem = untrained.problem
     train = problem.train_gradients(list(range(problem.n_train)))
     test = problem.test_gradients([4, 0, 2])
-    expected_train = torch.stack([untrained.example_gradient(untrained.theta, problem.x_train[i], problem.y_train[i])
-                                  for i in range(problem.n_train)])
-    expected_test = torch.stack([untrained.example_gradient(untrained.theta, problem.x_test[j], problem.y_test[j])
-                                 for j in [4, 0, 2]])
+    expected_train = torch.stack(
+        [
+            untrained.example_gradient(untrained.theta, problem.x_train[i], problem.y_train[i])
+            for i in range(problem.n_train)
+        ]
+    )
+    expected_test = torch.stack(
+        [untrained.example_gradient(untrained.theta, problem.x_test[j], problem.y_test[j]) for j in [4, 0, 2]]
+    )
     torch.testing.assert_close(train, expected_train, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(test, expected_test, rtol=1e-12, atol=1e-14)
     # the regulariser is not part of a per-example gradient, so the mean of the g_i plus weight_decay * theta is grad J
@@ -256,7 +270,8 @@ def test_train_gradient_products_forward_mode_equal_explicit_matrix_product(untr
 
 @pytest.mark.parametrize(("chunk_size", "min_rows", "rows_per_pass"), [(None, 64, 13), (5, 64, 5), (None, 4, 4)])
 def test_train_gradient_products_from_per_example_gradients_equal_explicit_matrix_product(
-        untrained, monkeypatch, chunk_size, min_rows, rows_per_pass):
+    untrained, monkeypatch, chunk_size, min_rows, rows_per_pass
+):
     """Where :attr:`Problem.MIN_PASS_ROWS` per-example gradients fit :attr:`Problem.PASS_BYTES`, the products come
     from per-example gradients in passes of at most that memory (and at most ``chunk_size`` examples)."""
     problem = dataclasses.replace(untrained.problem)
@@ -316,8 +331,9 @@ def test_descend_matches_torch_sgd(untrained, name):
     weights = torch.ones(problem.n_train, dtype=torch.float64)
     weights[3] = 0.0
     module = copy.deepcopy(untrained.module)
-    optimiser = torch.optim.SGD(module.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=problem.weight_decay)
+    optimiser = torch.optim.SGD(
+        module.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=problem.weight_decay
+    )
     for batch in minibatches(recipe, problem.n_train, torch.device("cpu")):
         batch = torch.arange(problem.n_train) if batch is None else batch
         losses = nn.functional.cross_entropy(module(problem.x_train[batch]), problem.y_train[batch], reduction="none")

@@ -36,7 +36,7 @@ def test_one_markdown_table_helper() -> None:
     assert markdown.table(["a", "b"], [[1, ""], ["x", "y"]]) == "| a | b |\n|---|---|\n| 1 |  |\n| x | y |"
     for module in (timing, speed_vs_peers, speed_blocks):
         source = Path(inspect.getsourcefile(module)).read_text()
-        assert '"|---' not in source and "\"|\" + \"|\".join(" not in source, module.__name__
+        assert '"|---' not in source and '"|" + "|".join(' not in source, module.__name__
 
 
 def test_one_provenance_and_one_splitter() -> None:

@@ -53,8 +53,16 @@ def listed(output: str) -> dict[str, str]:
 def test_builtin_plugins_listed_under_their_names(bench):
     result = bench("list")
     assert result.code == 0
-    assert listed(result.out) == {"iris": "iris", "mnist": "vision", "cifar": "vision", "imagenet": "imagenet",
-                                  "cg": "cg", "exact": "exact", "first-order": "first-order", "lissa": "lissa"}
+    assert listed(result.out) == {
+        "iris": "iris",
+        "mnist": "vision",
+        "cifar": "vision",
+        "imagenet": "imagenet",
+        "cg": "cg",
+        "exact": "exact",
+        "first-order": "first-order",
+        "lissa": "lissa",
+    }
 
 
 def test_example_estimator_plugin_is_listed_and_runnable(bench, tiny, repo_root, tmp_path, monkeypatch, read_records):
@@ -66,9 +74,23 @@ def test_example_estimator_plugin_is_listed_and_runnable(bench, tiny, repo_root,
     assert listed(result.out)["diagonal"] == "examples.diagonal_estimator"
 
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "-p", "examples.diagonal_estimator", "--estimator", "diagonal,exact",
-                   *tiny, "--selection", "random", "--no-leaderboard",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "-p",
+        "examples.diagonal_estimator",
+        "--estimator",
+        "diagonal,exact",
+        *tiny,
+        "--selection",
+        "random",
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     records = read_records(results)
     assert sorted(r["estimator"]["name"] for r in records) == ["diagonal", "exact"]
@@ -190,24 +212,31 @@ def test_monkeypatched_entry_points(bench, plugin_module, monkeypatch):
 
 
 def test_misspelled_hook_is_rejected(bench, plugin_module):
-    plugin_module("misspelled_hooks", """
+    plugin_module(
+        "misspelled_hooks",
+        """
         from benchmark import hookimpl
 
 
         @hookimpl
         def bench_estimator():
             return []
-    """)
+    """,
+    )
     result = bench("list", "-p", "misspelled_hooks")
     assert_one_line_error(result, '"misspelled_hooks"', "bench_estimator")
 
 
-@pytest.mark.parametrize("source, fragment", [
-    ("raise ImportError('needs the frobnicate package')", "ImportError: needs the frobnicate package"),
-    ("def broken(:\n    pass\n", "SyntaxError"),
-    ("import no_such_module_for_bench_tests\n", "No module named 'no_such_module_for_bench_tests'"),
-    ("raise RuntimeError('boom at import')", "RuntimeError: boom at import"),
-], ids=["import-error", "syntax-error", "missing-dependency", "runtime-error"])
+@pytest.mark.parametrize(
+    "source, fragment",
+    [
+        ("raise ImportError('needs the frobnicate package')", "ImportError: needs the frobnicate package"),
+        ("def broken(:\n    pass\n", "SyntaxError"),
+        ("import no_such_module_for_bench_tests\n", "No module named 'no_such_module_for_bench_tests'"),
+        ("raise RuntimeError('boom at import')", "RuntimeError: boom at import"),
+    ],
+    ids=["import-error", "syntax-error", "missing-dependency", "runtime-error"],
+)
 def test_plugin_failing_to_import(bench, plugin_module, source, fragment):
     plugin_module("unimportable_plugin", source)
     result = bench("list", "-p", "unimportable_plugin")
@@ -233,14 +262,17 @@ def test_plugin_clashing_with_a_builtin_estimator(bench, plugin_module):
 
 
 def test_plugin_returning_a_non_estimator(bench, plugin_module):
-    plugin_module("returns_junk", """
+    plugin_module(
+        "returns_junk",
+        """
         from benchmark import hookimpl
 
 
         @hookimpl
         def bench_estimators():
             return [object]
-    """)
+    """,
+    )
     result = bench("list", "-p", "returns_junk")
     assert_one_line_error(result, '"returns_junk"', "not a Estimator subclass")
 
@@ -278,9 +310,23 @@ def test_reporting_hooks(bench, tiny, tmp_path, repo_root, monkeypatch, read_rec
     results = tmp_path / "board" / "results"
     out_csv = tmp_path / "export" / "results.csv"
     out_csv.parent.mkdir()
-    result = bench("run", "--task", "iris", "-p", "examples.csv_export", "--csv", out_csv,
-                   "--estimator", "exact,first-order", *tiny, "--no-leaderboard",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "-p",
+        "examples.csv_export",
+        "--csv",
+        out_csv,
+        "--estimator",
+        "exact,first-order",
+        *tiny,
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
 
     written = read_records(results)

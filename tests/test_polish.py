@@ -64,7 +64,8 @@ def test_vision_optimum_is_polished_and_the_sgd_optimum_cached_apart(tmp_path):
     assert len([p for p in optima if p.suffix == ".pt"]) == 2  # the SGD stage and the polished optimum
     assert polished.gradient_norm() < 1e-2 * sgd.gradient_norm()
     assert Mnist(VisionConfig(preset="smoke")).problem_key(0) != Mnist(
-        VisionConfig(preset="smoke", lbfgs_steps=0)).problem_key(0)
+        VisionConfig(preset="smoke", lbfgs_steps=0)
+    ).problem_key(0)
 
 
 def test_polish_resumes_from_its_checkpoint(tmp_path):
@@ -75,8 +76,9 @@ def test_polish_resumes_from_its_checkpoint(tmp_path):
     first = polish(problem, Polish(max_steps=100, gradient_tol=1e-14), checkpoint=(cache, {"k": 1}))
     assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 2  # after iterations 50 and 100
     resumed = polish(problem, Polish(max_steps=150, gradient_tol=1e-14), checkpoint=(cache, {"k": 1}))
-    from_checkpoint = polish(dataclasses.replace(problem, params=problem.unflatten(first)),
-                             Polish(max_steps=50, gradient_tol=1e-14))
+    from_checkpoint = polish(
+        dataclasses.replace(problem, params=problem.unflatten(first)), Polish(max_steps=50, gradient_tol=1e-14)
+    )
     assert torch.equal(resumed, from_checkpoint)
     assert not torch.equal(resumed, first)
     fresh = polish(problem, Polish(max_steps=100, gradient_tol=1e-14), checkpoint=(cache, {"k": 2}))

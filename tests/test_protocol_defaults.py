@@ -21,8 +21,18 @@ from estimators.lissa import Lissa
 from tasks.vision import Cifar, Mnist
 from tests.conftest import REPO_ROOT
 
-SMOKE = ("--set", "mnist.preset=smoke", "--estimator", "cg,lissa,first-order", "--set", "lissa.depth=50",
-         "--selection", "top", "--no-progress", "--no-leaderboard")
+SMOKE = (
+    "--set",
+    "mnist.preset=smoke",
+    "--estimator",
+    "cg,lissa,first-order",
+    "--set",
+    "lissa.depth=50",
+    "--selection",
+    "top",
+    "--no-progress",
+    "--no-leaderboard",
+)
 PROTOCOL = Protocol(test_point="max-loss", eval_size=4, retrain=Recipe(steps=1, lr=0.1), damping=0.01)
 TEMPLATE = sorted((REPO_ROOT / "leaderboards" / "results" / "iris").glob("*-exact-top.json"))[0]
 
@@ -42,8 +52,18 @@ def test_vision_smoke_run_records_the_protocol_damping_and_a_set_overrides_it(be
     assert found["first-order"] == {"scale": 1.0}  # declares no damping: nothing added
 
     override = tmp_path / "override"
-    result = bench("run", "--task", "mnist", *SMOKE, "--set", "cg.damping=0.05", "--cache-dir", tmp_path / "cache",
-                   "--results-dir", override)
+    result = bench(
+        "run",
+        "--task",
+        "mnist",
+        *SMOKE,
+        "--set",
+        "cg.damping=0.05",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        override,
+    )
     assert result.code == 0, result.err
     found = _hyperparameters(read_records(override, "mnist"))
     assert found["cg"]["damping"] == 0.05 and found["lissa"]["damping"] == 0.01
@@ -51,12 +71,16 @@ def test_vision_smoke_run_records_the_protocol_damping_and_a_set_overrides_it(be
 
 def test_yaml_section_overrides_the_protocol_damping(tmp_path):
     registry = Registry(plugin_manager([]))
-    config = RunConfig(task="cifar", estimators=["cg", "lissa", "exact"], task_options={"preset": "smoke"},
-                       estimator_options={"lissa": {"damping": 0.2}}, cache_dir=tmp_path / "c",
-                       results_dir=tmp_path / "r")
+    config = RunConfig(
+        task="cifar",
+        estimators=["cg", "lissa", "exact"],
+        task_options={"preset": "smoke"},
+        estimator_options={"lissa": {"damping": 0.2}},
+        cache_dir=tmp_path / "c",
+        results_dir=tmp_path / "r",
+    )
     run = Run(config, registry, registry.pm)
-    assert {e.estimator.name: e.estimator.damping for e in run.estimators} == {"cg": 0.01, "lissa": 0.2,
-                                                                                 "exact": 0.01}
+    assert {e.estimator.name: e.estimator.damping for e in run.estimators} == {"cg": 0.01, "lissa": 0.2, "exact": 0.01}
 
 
 def test_vision_tasks_state_the_protocol_damping_and_iris_none():
@@ -67,19 +91,40 @@ def test_vision_tasks_state_the_protocol_damping_and_iris_none():
 
 def test_iris_keeps_the_estimator_defaults(bench, tiny, tmp_path, read_records):
     results = tmp_path / "results"
-    result = bench("run", "--task", "iris", *tiny, "--estimator", "exact,cg,lissa", "--selection", "top",
-                   "--set", "lissa.depth=20", "--cache-dir", tmp_path / "cache", "--results-dir", results,
-                   "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        *tiny,
+        "--estimator",
+        "exact,cg,lissa",
+        "--selection",
+        "top",
+        "--set",
+        "lissa.depth=20",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     assert result.code == 0, result.err
     found = _hyperparameters(read_records(results, "iris"))
     defaults = {"exact": ExactConfig().damping, "cg": CGConfig().damping, "lissa": 0.001}
-    assert {name: values["damping"] for name, values in found.items()} == defaults == {"exact": 0.001, "cg": 0.001,
-                                                                                       "lissa": 0.001}
+    assert (
+        {name: values["damping"] for name, values in found.items()}
+        == defaults
+        == {"exact": 0.001, "cg": 0.001, "lissa": 0.001}
+    )
 
 
 def test_builtins_declare_their_damping_field():
     assert [cls.damping_field for cls in (Exact, ConjugateGradient, Lissa, FirstOrder)] == [
-        "damping", "damping", "damping", None]
+        "damping",
+        "damping",
+        "damping",
+        None,
+    ]
     assert ConjugateGradient(CGConfig(damping=0.3)).damping == 0.3
     assert FirstOrder().damping == 0.0
 
@@ -132,7 +177,8 @@ def test_a_damping_field_that_is_no_config_field_is_a_contract_problem():
         damping_field = "lambda_"
 
     assert Misnamed.contract_problems() == [
-        "Misnamed.damping_field 'lambda_' is not a field of its Config (fields: lam, damping)"]
+        "Misnamed.damping_field 'lambda_' is not a field of its Config (fields: lam, damping)"
+    ]
     assert Declared.contract_problems() == []
 
 
@@ -146,8 +192,22 @@ def test_a_protocol_damping_out_of_range_is_one_line_naming_the_estimator():
 # -- (b) skipped estimators ------------------------------------------------------------------------------------------
 def test_exact_above_max_params_is_skipped_not_failed(bench, tiny, tmp_path, read_records):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", *tiny, "--estimator", "exact,first-order", "--selection", "top",
-                   "--set", "exact.max_params=10", "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        *tiny,
+        "--estimator",
+        "exact,first-order",
+        "--selection",
+        "top",
+        "--set",
+        "exact.max_params=10",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     by_name = {r["estimator"]["name"]: r for r in read_records(results, "iris")}
     skipped = by_name["exact"]
@@ -164,8 +224,21 @@ def test_exact_above_max_params_is_skipped_not_failed(bench, tiny, tmp_path, rea
 
 def test_a_run_where_every_estimator_is_skipped_exits_1(bench, tiny, tmp_path, read_records):
     results = tmp_path / "results"
-    result = bench("run", "--task", "iris", *tiny, "--estimator", "exact", "--set", "exact.max_params=10",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results, "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        *tiny,
+        "--estimator",
+        "exact",
+        "--set",
+        "exact.max_params=10",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     assert result.code == 1
     assert result.err.splitlines()[-1] == "bench: error: no estimator produced a score: all 2 records were skipped"
     assert [r["status"] for r in read_records(results, "iris")] == ["skipped", "skipped"]
@@ -185,7 +258,8 @@ def test_schema_accepts_skipped_and_still_rejects_other_statuses():
     assert records.validate(record) is None
     assert records.validate({**record, "status": "skipped", "metrics": None}) is None
     assert records.validate({**record, "status": "declined"}) == (
-        "status: expected one of 'ok', 'failed', 'skipped', got \"declined\"")
+        "status: expected one of 'ok', 'failed', 'skipped', got \"declined\""
+    )
 
 
 def test_committed_records_render_as_before(tmp_path):
@@ -201,18 +275,35 @@ def test_committed_records_render_as_before(tmp_path):
 # -- (c) drift-dominated ground truth --------------------------------------------------------------------------------
 def test_a_drift_dominated_run_warns_and_its_leaderboard_section_says_so(bench, tmp_path):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--set", "iris.train_steps=20", "--set", "iris.retrain_steps=200",
-                   "--no-progress", "--estimator", "first-order", "--selection", "top", "--cache-dir",
-                   tmp_path / "cache", "--results-dir", results)  # 20 training steps: far from stationary
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--set",
+        "iris.train_steps=20",
+        "--set",
+        "iris.retrain_steps=200",
+        "--no-progress",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "top",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )  # 20 training steps: far from stationary
     assert result.code == 0, result.err
     record = json.loads(next((results / "iris").glob("*.json")).read_text())
     ratio = record["ground_truth"]["drift_to_effect"]
     assert ratio > records.DRIFT_DOMINATED
     warning = [line for line in result.err.splitlines() if "drift-dominated ground truth" in line]
-    assert warning == [f"bench: drift-dominated ground truth: the reference drift is {ratio:.3g}x the median "
-                       "|leave-one-out effect| (threshold 10): the re-training recipe moves the model more than "
-                       "removing a point does, so the correlations measure mostly drift, not influence (is the "
-                       "optimum stationary?)"]
+    assert warning == [
+        f"bench: drift-dominated ground truth: the reference drift is {ratio:.3g}x the median "
+        "|leave-one-out effect| (threshold 10): the re-training recipe moves the model more than "
+        "removing a point does, so the correlations measure mostly drift, not influence (is the "
+        "optimum stationary?)"
+    ]
     board = (tmp_path / "board" / "iris.md").read_text()
     headers = [line for line in board.splitlines() if line.startswith("## ") and "train_steps=20," in line]
     assert len(headers) == 1 and headers[0].endswith(" · **drift-dominated ground truth**")
@@ -221,9 +312,24 @@ def test_a_drift_dominated_run_warns_and_its_leaderboard_section_says_so(bench, 
 
 def test_a_run_near_a_stationary_point_has_no_drift_warning(bench, tmp_path):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "iris", "--set", "iris.train_steps=3000", "--set", "iris.retrain_steps=20",
-                   "--no-progress", "--estimator", "first-order", "--selection", "top", "--cache-dir",
-                   tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--set",
+        "iris.train_steps=3000",
+        "--set",
+        "iris.retrain_steps=20",
+        "--no-progress",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "top",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     record = json.loads(next((results / "iris").glob("*.json")).read_text())
     assert record["ground_truth"]["drift_to_effect"] < 1  # measured 0.04
@@ -265,7 +371,10 @@ def test_list_options_says_which_tasks_protocol_sets_the_damping(bench):
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     notes = [line for line in lines if "a task's protocol sets it" in line]
-    assert notes == [f"        ({name}.damping: a task's protocol sets it unless --set or a YAML section does (cifar: "
-                     "0.01, mnist: 0.01; other tasks: this default))" for name in ("cg", "exact", "lissa")]
+    assert notes == [
+        f"        ({name}.damping: a task's protocol sets it unless --set or a YAML section does (cifar: "
+        "0.01, mnist: 0.01; other tasks: this default))"
+        for name in ("cg", "exact", "lissa")
+    ]
     for note in notes:  # each right below its field's line
         assert lines[lines.index(note) - 1].strip().startswith(note.strip()[1:].split(":")[0] + " = 0.001: ")

@@ -35,9 +35,25 @@ def test_records_a_run_writes_conform_to_the_typed_schema(bench, tiny, tmp_path,
     """ok, failed and skipped records, with two ground-truth seeds (ceilings, per-seed effects): each one valid and
     without a field the schema does not declare."""
     results = tmp_path / "results"
-    result = bench("run", "--task", "iris", "--estimator", "exact,cg,lissa,first-order", "--set", "lissa.scale=0.001",
-                   "--set", "exact.max_params=10", "--gt-seeds", "2", *tiny, "--cache-dir", tmp_path / "cache",
-                   "--results-dir", results, "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact,cg,lissa,first-order",
+        "--set",
+        "lissa.scale=0.001",
+        "--set",
+        "exact.max_params=10",
+        "--gt-seeds",
+        "2",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )
     written = read_records(results)
     assert {r["status"] for r in written} == {"ok", "failed", "skipped"}, result.err
     for record in written:

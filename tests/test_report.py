@@ -86,8 +86,9 @@ def tiny_outputs(bench, tmp_path: Path) -> tuple[Path, Path]:
     declarations.mkdir()
     path = write_study(declarations)
     studies = tmp_path / "leaderboards" / "studies"
-    result = bench("study", path, "--seeds", "0", "--output-dir", studies, "--cache-dir", tmp_path / "cache",
-                   "--no-progress")
+    result = bench(
+        "study", path, "--seeds", "0", "--output-dir", studies, "--cache-dir", tmp_path / "cache", "--no-progress"
+    )
     assert result.code == 0, result.err
     return declarations, studies
 
@@ -95,12 +96,22 @@ def tiny_outputs(bench, tmp_path: Path) -> tuple[Path, Path]:
 def test_page_is_well_formed_and_every_figure_exists(tiny_outputs: tuple[Path, Path], tmp_path: Path) -> None:
     declarations, studies = tiny_outputs
     boards = studies.parent
-    (boards / "iris.md").write_text("<!-- generated -->\n# Leaderboard: `iris`\n\n- a <b>bullet</b>\n\n"
-                                    "| estimator | Spearman |\n|---|---|\n| `exact` | 0.97 |\n")
+    (boards / "iris.md").write_text(
+        "<!-- generated -->\n# Leaderboard: `iris`\n\n- a <b>bullet</b>\n\n"
+        "| estimator | Spearman |\n|---|---|\n| `exact` | 0.97 |\n"
+    )
     page, readme = render(boards, studies, tmp_path / "no-results", declarations)
     parser = parse(page)
-    for section in ("claims", "studies", "leaderboards", "timings", "study-tiny", "fig-tiny-spearman",
-                    "fig-tiny-norms", "board-iris"):
+    for section in (
+        "claims",
+        "studies",
+        "leaderboards",
+        "timings",
+        "study-tiny",
+        "fig-tiny-spearman",
+        "fig-tiny-norms",
+        "board-iris",
+    ):
         assert section in parser.ids, section
     assert len(parser.images) == 2
     for image in parser.images:
@@ -108,7 +119,7 @@ def test_page_is_well_formed_and_every_figure_exists(tiny_outputs: tuple[Path, P
         assert image["src"].startswith(prefix)
         figure = studies / image["data-file"]
         assert figure.exists(), figure
-        assert base64.b64decode(image["src"][len(prefix):]) == figure.read_bytes()
+        assert base64.b64decode(image["src"][len(prefix) :]) == figure.read_bytes()
         assert image["alt"]
     assert parser.figures == [["img", "figcaption"], ["img", "figcaption"]]
     assert "a caption for the report" in page
@@ -122,8 +133,9 @@ def test_page_is_well_formed_and_every_figure_exists(tiny_outputs: tuple[Path, P
 
 def test_timings_are_included_when_present(tiny_outputs: tuple[Path, Path], tmp_path: Path) -> None:
     declarations, studies = tiny_outputs
-    (studies.parent / "timing.md").write_text("# Table 2\n\n| arch | ours s | paper s |\n|---|---|---|\n"
-                                              "| LeNet | 1.5 | 162.6 |\n")
+    (studies.parent / "timing.md").write_text(
+        "# Table 2\n\n| arch | ours s | paper s |\n|---|---|---|\n| LeNet | 1.5 | 162.6 |\n"
+    )
     page, _ = render(studies.parent, studies, tmp_path / "none", declarations)
     parse(page)
     assert "162.6" in page and "Missing" not in page
@@ -149,10 +161,31 @@ def test_claims_fall_back_to_result_records(bench, tmp_path: Path, tiny) -> None
     results = tmp_path / "results"
 
     def run(depth: int, activation: str) -> None:
-        result = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", "--set", "iris.width=4",
-                       "--set", f"iris.depth={depth}", "--set", f"iris.activation={activation}",
-                       "--set", "iris.train_steps=400", "--set", "iris.retrain_steps=60", "--cache-dir",
-                       tmp_path / "cache", "--results-dir", results, "--no-progress", "--no-leaderboard")
+        result = bench(
+            "run",
+            "--task",
+            "iris",
+            "--estimator",
+            "exact",
+            "--selection",
+            "top",
+            "--set",
+            "iris.width=4",
+            "--set",
+            f"iris.depth={depth}",
+            "--set",
+            f"iris.activation={activation}",
+            "--set",
+            "iris.train_steps=400",
+            "--set",
+            "iris.retrain_steps=60",
+            "--cache-dir",
+            tmp_path / "cache",
+            "--results-dir",
+            results,
+            "--no-progress",
+            "--no-leaderboard",
+        )
         assert result.code == 0, result.err
 
     def claim_row() -> list[str]:
@@ -162,8 +195,21 @@ def test_claims_fall_back_to_result_records(bench, tmp_path: Path, tiny) -> None
 
     run(1, "relu")
     run(2, "relu")
-    bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", *tiny, "--cache-dir",
-          tmp_path / "cache", "--results-dir", results, "--no-leaderboard")  # width 5: not a point of the study
+    bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "top",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+        "--no-leaderboard",
+    )  # width 5: not a point of the study
     row = claim_row()
     assert row[5] == "not run" and "cover 2 of the 4 points" in row[4] and "(2 records)" in row[7]
     run(1, "tanh")
@@ -175,8 +221,19 @@ def test_claims_fall_back_to_result_records(bench, tmp_path: Path, tiny) -> None
 
 def test_report_command_writes_both_files(bench, tmp_path: Path) -> None:
     output, readme = tmp_path / "out" / "report.html", tmp_path / "README.md"
-    result = bench("report", "--output", output, "--readme", readme, "--studies-dir", tmp_path / "s",
-                   "--leaderboards-dir", tmp_path / "b", "--results-dir", tmp_path / "r")
+    result = bench(
+        "report",
+        "--output",
+        output,
+        "--readme",
+        readme,
+        "--studies-dir",
+        tmp_path / "s",
+        "--leaderboards-dir",
+        tmp_path / "b",
+        "--results-dir",
+        tmp_path / "r",
+    )
     assert result.code == 0, result.err
     parse(output.read_text())
     assert readme.read_text().startswith(BANNER)

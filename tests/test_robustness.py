@@ -38,32 +38,52 @@ def bad_estimator(what: str, ihvp: str = "return vectors.clone()", extra: str = 
 
 
 def run_args(tmp_path: Path, tiny: list[str], *extra: str) -> list:
-    return ["run", "--task", "iris", *tiny, "--selection", "random", "--no-leaderboard",
-            "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", *extra]
+    return [
+        "run",
+        "--task",
+        "iris",
+        *tiny,
+        "--selection",
+        "random",
+        "--no-leaderboard",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        *extra,
+    ]
 
 
 # -- defect 3: estimator output is validated ---------------------------------------------------------------------------
 
-INFLUENCE_OVERRIDE = '''
+INFLUENCE_OVERRIDE = """
     def influence(self, test_indices):
         problem = self._require_problem()
         scores = problem.train_gradient_products(problem.test_gradients(test_indices)) / problem.n_train
         {body}
-'''
+"""
 
 BAD_OUTPUTS = {
-    "ihvp-extra-column": (dict(ihvp="return torch.cat([vectors, vectors[:, :1]], dim=1)"),
-                          ["ihvp", "(1, 44)", "expected (1, 43)"]),
+    "ihvp-extra-column": (
+        dict(ihvp="return torch.cat([vectors, vectors[:, :1]], dim=1)"),
+        ["ihvp", "(1, 44)", "expected (1, 43)"],
+    ),
     "ihvp-float32": (dict(ihvp="return vectors.float()"), ["ihvp", "torch.float32", "torch.float64"]),
     "ihvp-integer": (dict(ihvp="return vectors.long()"), ["ihvp", "torch.int64"]),
     "ihvp-nan": (dict(ihvp="return vectors * float('nan')"), ["ihvp", "not finite"]),
     "ihvp-not-a-tensor": (dict(ihvp="return vectors.tolist()"), ["ihvp", "list", "Tensor"]),
-    "influence-too-few-columns": (dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[:, :-5]")),
-                                  ["influence", "(1, 115)", "expected (1, 120)"]),
-    "influence-extra-rows": (dict(extra=INFLUENCE_OVERRIDE.format(body="return torch.cat([scores, scores, scores])")),
-                             ["influence", "(3, 120)", "expected (1, 120)"]),
-    "influence-1d": (dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[0]")),
-                     ["influence", "(120,)", "expected (1, 120)"]),
+    "influence-too-few-columns": (
+        dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[:, :-5]")),
+        ["influence", "(1, 115)", "expected (1, 120)"],
+    ),
+    "influence-extra-rows": (
+        dict(extra=INFLUENCE_OVERRIDE.format(body="return torch.cat([scores, scores, scores])")),
+        ["influence", "(3, 120)", "expected (1, 120)"],
+    ),
+    "influence-1d": (
+        dict(extra=INFLUENCE_OVERRIDE.format(body="return scores[0]")),
+        ["influence", "(120,)", "expected (1, 120)"],
+    ),
 }
 
 
@@ -85,10 +105,10 @@ def test_bad_estimator_output_is_that_estimators_failure(bench, plugin_module, t
 
 
 def test_bad_parameter_change_shape_is_recorded_not_scored(bench, plugin_module, tiny, tmp_path, read_records):
-    extra = '''
+    extra = """
     def parameter_change(self, train_indices):
         return super().parameter_change(train_indices)[:, :-1]
-'''
+"""
     plugin_module("bad_change_plugin", bad_estimator("parameter change", extra=extra))
     result = bench("-p", "bad_change_plugin", *run_args(tmp_path, tiny, "--estimator", "bad"))
     assert result.code == 0, result.err
@@ -101,10 +121,12 @@ def test_bad_parameter_change_shape_is_recorded_not_scored(bench, plugin_module,
 
 # -- defect 4: SystemExit and KeyboardInterrupt from plugin code ------------------------------------------------------
 
+
 @pytest.mark.parametrize("statement", ["raise SystemExit(0)", "import sys; sys.exit(0)", "raise KeyboardInterrupt"])
 @pytest.mark.parametrize("method", ["prepare", "ihvp"])
-def test_system_exit_in_an_estimator_is_its_failure(bench, plugin_module, tiny, tmp_path, read_records, method,
-                                                    statement):
+def test_system_exit_in_an_estimator_is_its_failure(
+    bench, plugin_module, tiny, tmp_path, read_records, method, statement
+):
     if method == "ihvp":
         source = bad_estimator("exits", ihvp=statement)
     else:
@@ -148,8 +170,10 @@ def test_exception_in_a_plugin_hook_is_one_line(bench, plugin_module, tiny, tmp_
 
 
 def test_system_exit_in_a_plugin_hook_is_one_line(bench, plugin_module, tiny, tmp_path):
-    plugin_module("exiting_hooks", "from benchmark import hookimpl\n\n@hookimpl\n"
-                  "def bench_configure(config):\n    raise SystemExit(0)\n")
+    plugin_module(
+        "exiting_hooks",
+        "from benchmark import hookimpl\n\n@hookimpl\ndef bench_configure(config):\n    raise SystemExit(0)\n",
+    )
     result = bench("-p", "exiting_hooks", *run_args(tmp_path, tiny, "--estimator", "first-order"))
     assert_one_line_error(result, '"exiting_hooks"', "bench_configure", "SystemExit")
 
@@ -157,8 +181,11 @@ def test_system_exit_in_a_plugin_hook_is_one_line(bench, plugin_module, tiny, tm
 @pytest.mark.parametrize("hook", ["bench_report_result", "bench_run_finished"])
 def test_failing_reporting_hook_loses_no_record(bench, plugin_module, tiny, tmp_path, read_records, hook):
     argument = "record" if hook == "bench_report_result" else "records"
-    plugin_module("failing_reporter", f"from benchmark import hookimpl\n\n@hookimpl\n"
-                                      f"def {hook}({argument}):\n    raise ValueError('reporter broke')\n")
+    plugin_module(
+        "failing_reporter",
+        f"from benchmark import hookimpl\n\n@hookimpl\n"
+        f"def {hook}({argument}):\n    raise ValueError('reporter broke')\n",
+    )
     result = bench("-p", "failing_reporter", *run_args(tmp_path, tiny, "--estimator", "exact,first-order"))
     assert "Traceback" not in result.err
     assert len(read_records(tmp_path / "results")) == 2  # every record written despite the failing reporter
@@ -169,6 +196,7 @@ def test_failing_reporting_hook_loses_no_record(bench, plugin_module, tiny, tmp_
 
 
 # -- defect 12: -p no:NAME with an unknown NAME ------------------------------------------------------------------------
+
 
 def test_unknown_plugin_in_dash_p_no_is_an_error(bench):
     result = bench("list", "-p", "no:lisa")
@@ -183,6 +211,7 @@ def test_dash_p_no_accepts_every_kind_of_plugin_name(bench, plugin_module):
 
 
 # -- friction (h): -p takes a .py file ---------------------------------------------------------------------------------
+
 
 def test_dash_p_takes_a_python_file(bench, tmp_path, monkeypatch):
     from tests.test_plugins import estimator_source, listed
@@ -203,6 +232,7 @@ def test_dash_p_takes_a_python_file(bench, tmp_path, monkeypatch):
 
 
 # -- defect 13: exit status --------------------------------------------------------------------------------------------
+
 
 def test_exit_1_when_no_estimator_produced_a_score(bench, tiny, tmp_path, read_records):
     result = bench(*run_args(tmp_path, tiny, "--estimator", "lissa", "--set", "lissa.scale=0.001"))
@@ -252,18 +282,45 @@ def bench_tasks():
 
 def test_exception_in_a_tasks_build_is_one_line(bench, plugin_module, tmp_path):
     plugin_module("broken_task", BROKEN_TASK)
-    result = bench("run", "-p", "broken_task", "--task", "broken", "--estimator", "first-order", "--no-progress",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    result = bench(
+        "run",
+        "-p",
+        "broken_task",
+        "--task",
+        "broken",
+        "--estimator",
+        "first-order",
+        "--no-progress",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+    )
     assert result.code == 1 and "Traceback" not in result.err
     errors = [line for line in result.err_lines if line.startswith("bench: error:")]
-    assert errors == ["bench: error: task 'broken' (plugin \"broken_task\") failed in build: ValueError: size 3 is not "
-                      "supported"], result.err
-    verbose = bench("run", "-v", "-p", "broken_task", "--task", "broken", "--estimator", "first-order",
-                    "--no-progress", "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results")
+    assert errors == [
+        "bench: error: task 'broken' (plugin \"broken_task\") failed in build: ValueError: size 3 is not supported"
+    ], result.err
+    verbose = bench(
+        "run",
+        "-v",
+        "-p",
+        "broken_task",
+        "--task",
+        "broken",
+        "--estimator",
+        "first-order",
+        "--no-progress",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+    )
     assert verbose.code == result.code and "Traceback" in verbose.err
 
 
 # -- friction (a): a user's run never writes into the source tree ------------------------------------------------------
+
 
 def test_results_default_to_a_home_outside_the_source_tree(bench, tiny, tmp_path, monkeypatch, read_records):
     monkeypatch.delenv("BENCH_RESULTS_DIR")
@@ -271,8 +328,18 @@ def test_results_default_to_a_home_outside_the_source_tree(bench, tiny, tmp_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
-                   "--cache-dir", tmp_path / "cache")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert result.code == 0, result.err
     home = tmp_path / "data" / "bench"
     assert len(read_records(home / "results")) == 1
@@ -287,18 +354,39 @@ def test_readme_first_command_leaves_a_fresh_clone_clean(tmp_path, repo_root):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(repo_root), str(clone)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_RESULTS_DIR", "PYTHONPATH")}
-    env.update(HOME=str(tmp_path / "home"), XDG_DATA_HOME=str(tmp_path / "data"), PYTHONPATH=str(clone),
-               BENCH_CACHE_DIR=str(tmp_path / "cache"), BENCH_DISABLE_PLUGIN_AUTOLOAD="1")
-    code = ("import sys, benchmark; from benchmark.cli import main; "
-            f"assert benchmark.__file__.startswith({str(clone)!r}), benchmark.__file__; "
-            "sys.exit(main(sys.argv[1:]))")
-    argv = ["run", "--task", "iris", "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50",
-            "--no-progress", "--threads", "1", "--estimator", "first-order"]
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=clone, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        PYTHONPATH=str(clone),
+        BENCH_CACHE_DIR=str(tmp_path / "cache"),
+        BENCH_DISABLE_PLUGIN_AUTOLOAD="1",
+    )
+    code = (
+        "import sys, benchmark; from benchmark.cli import main; "
+        f"assert benchmark.__file__.startswith({str(clone)!r}), benchmark.__file__; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [
+        "run",
+        "--task",
+        "iris",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--estimator",
+        "first-order",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=clone, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, check=True,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone, check=True, capture_output=True, text=True
+    ).stdout
     assert status == ""
     assert list((tmp_path / "data" / "bench" / "results" / "iris").glob("*.json"))
 
@@ -309,8 +397,19 @@ def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_p
     published = tmp_path / "checkout" / "leaderboards"
     published.mkdir(parents=True)
     monkeypatch.setattr(benchmark.runner, "PUBLISHED_DIR", published)
-    result = bench("run", "--task", "iris", "--estimator", "first-order", "--selection", "random", *tiny,
-                   "--cache-dir", tmp_path / "cache", "--publish")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--publish",
+    )
     assert result.code == 0, result.err
     assert len(list((published / "results" / "iris").glob("*.json"))) == 1
     board = (published / "iris.md").read_text()
@@ -324,9 +423,19 @@ def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_p
 
 # -- friction (b): bench run prints this run's results -----------------------------------------------------------------
 
+
 def test_run_prints_this_runs_results_not_every_record_on_disk(bench, tiny, tmp_path):
-    common = ("--task", "iris", "--selection", "random", *tiny, "--cache-dir", tmp_path / "cache",
-              "--results-dir", tmp_path / "board" / "results")
+    common = (
+        "--task",
+        "iris",
+        "--selection",
+        "random",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "board" / "results",
+    )
     assert bench("run", "--estimator", "exact", *common).code == 0
     result = bench("run", "--estimator", "first-order", *common)
     assert result.code == 0, result.err
@@ -337,6 +446,7 @@ def test_run_prints_this_runs_results_not_every_record_on_disk(bench, tiny, tmp_
 
 # -- defect 1: unwritable or non-directory paths -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("flag", ["--cache-dir", "--results-dir"])
 def test_a_file_where_a_directory_belongs_is_one_line_before_any_work(bench, tiny, tmp_path, flag):
     a_file = tmp_path / "a-file"
@@ -344,8 +454,15 @@ def test_a_file_where_a_directory_belongs_is_one_line_before_any_work(bench, tin
     paths = {"--cache-dir": tmp_path / "cache", "--results-dir": tmp_path / "board" / "results"}
     for target in (a_file, a_file / "below"):
         paths[flag] = target
-        result = bench("run", "--task", "iris", "--estimator", "first-order", *tiny,
-                       *(str(x) for pair in paths.items() for x in pair))
+        result = bench(
+            "run",
+            "--task",
+            "iris",
+            "--estimator",
+            "first-order",
+            *tiny,
+            *(str(x) for pair in paths.items() for x in pair),
+        )
         assert result.code == 2
         assert_one_line_error(result, str(target), "not a directory")
         assert not (tmp_path / "cache").exists() and not (tmp_path / "board").exists()
@@ -366,13 +483,24 @@ def _read_only(monkeypatch, root: Path, below: bool = True) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--results-dir", "leaderboard"])
-def test_unwritable_results_or_leaderboard_directory_is_one_line_before_any_work(bench, tiny, tmp_path, monkeypatch,
-                                                                                  flag):
+def test_unwritable_results_or_leaderboard_directory_is_one_line_before_any_work(
+    bench, tiny, tmp_path, monkeypatch, flag
+):
     board = tmp_path / "board"
     (board / "results").mkdir(parents=True)
     _read_only(monkeypatch, board / "results" if flag == "--results-dir" else board, below=flag == "--results-dir")
-    argv = ["run", "--task", "iris", "--estimator", "first-order", *tiny, "--cache-dir", tmp_path / "cache",
-            "--results-dir", board / "results"]
+    argv = [
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        board / "results",
+    ]
     result = bench(*argv)
     assert result.code == 2
     assert_one_line_error(result, str(board / "results") if flag == "--results-dir" else str(board), "not writable")
@@ -392,8 +520,18 @@ def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, mon
         raise PermissionError(13, "Permission denied", str(path.parent / f".{path.name}.lock"))
 
     monkeypatch.setattr(benchmark.cache.Cache, "lock", refuse)
-    result = bench("run", "--task", "iris", "--estimator", "first-order", *tiny, "--cache-dir", cache,
-                   "--results-dir", tmp_path / "results")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "first-order",
+        *tiny,
+        "--cache-dir",
+        cache,
+        "--results-dir",
+        tmp_path / "results",
+    )
     assert result.code == 1 and "Traceback" not in result.err
     errors = [line for line in result.err_lines if line.startswith("bench: error:")]
     assert len(errors) == 1 and str(cache) in errors[0] and "read-only" in errors[0], result.err
@@ -402,10 +540,28 @@ def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, mon
 
 # -- friction (c): every progress bar says what it computes ------------------------------------------------------------
 
+
 def test_lissa_progress_bars_are_labelled(bench, tmp_path):
-    result = bench("run", "--task", "iris", "--estimator", "lissa,first-order", "--selection", "random",
-                   "--set", "iris.train_steps=300", "--set", "iris.retrain_steps=50", "--set", "lissa.depth=200",
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "results", "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "lissa,first-order",
+        "--selection",
+        "random",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--set",
+        "lissa.depth=200",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
     assert result.code == 0, result.err
     segments = [part.strip() for line in result.err.split("\n") for part in line.split("\r") if part.strip()]
     bars = [i for i, part in enumerate(segments) if part.startswith("lissa")]
@@ -418,12 +574,14 @@ def test_lissa_progress_bars_are_labelled(bench, tmp_path):
 
 # -- friction (d): bench list shows whole summaries and what each option means ----------------------------------------
 
+
 def test_list_shows_the_whole_first_paragraph(bench):
     result = bench("list")
     assert result.code == 0, result.err
     line = next(line for line in result.out.splitlines() if line.strip().startswith("first-order"))
-    assert line.endswith("(cost: one gradient per training point, no curvature). Exact when ``H`` is a multiple of the "
-                         "identity."), line
+    assert line.endswith(
+        "(cost: one gradient per training point, no curvature). Exact when ``H`` is a multiple of the identity."
+    ), line
 
 
 def test_list_options_say_what_each_option_means(bench):
@@ -434,16 +592,19 @@ def test_list_options_say_what_each_option_means(bench):
 
     result = bench("list", "--options")
     assert result.code == 0, result.err
-    assert "first-order.scale = 1.0: ``c`` in ``H ~ c I``; it scales every score alike, so it changes no correlation." \
+    assert (
+        "first-order.scale = 1.0: ``c`` in ``H ~ c I``; it scales every score alike, so it changes no correlation."
         in result.out
+    )
     registry = Registry(plugin_manager())
     for entries in (registry.tasks, registry.estimators):
         for name, entry in entries.items():
             documented = attribute_docs(entry.cls.Config)
             for field in dataclasses.fields(entry.cls.Config):
                 assert documented.get(field.name), f"{name}.{field.name} has no description in its Attributes section"
-                option = next(line for line in result.out.splitlines()
-                              if line.strip().startswith(f"{name}.{field.name} ="))
+                option = next(
+                    line for line in result.out.splitlines() if line.strip().startswith(f"{name}.{field.name} =")
+                )
                 assert option.endswith(documented[field.name]), option
 
 
@@ -494,19 +655,26 @@ def test_no_ihvp_estimator_passes_check_estimator(plugin_module):
     check_estimator(no_ihvp_plugin.GradientDot)
 
 
-@pytest.mark.parametrize("body, fragments", [
-    ("    def influence(self, test_indices):\n        return None\n", ["Incomplete", "ihvp", "no_ihvp"]),
-    ("    no_ihvp = 'no curvature'\n", ["Incomplete", "no_ihvp", "influence"]),
-], ids=["neither-ihvp-nor-no-ihvp", "no-ihvp-without-influence"])
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        ("    def influence(self, test_indices):\n        return None\n", ["Incomplete", "ihvp", "no_ihvp"]),
+        ("    no_ihvp = 'no curvature'\n", ["Incomplete", "no_ihvp", "influence"]),
+    ],
+    ids=["neither-ihvp-nor-no-ihvp", "no-ihvp-without-influence"],
+)
 def test_an_incomplete_estimator_is_rejected_at_registration(bench, plugin_module, body, fragments):
-    source = ("from benchmark import Estimator, hookimpl\n\n\nclass Incomplete(Estimator):\n    name = 'incomplete'\n"
-              f"{body}\n\n@hookimpl\ndef bench_estimators():\n    return [Incomplete]\n")
+    source = (
+        "from benchmark import Estimator, hookimpl\n\n\nclass Incomplete(Estimator):\n    name = 'incomplete'\n"
+        f"{body}\n\n@hookimpl\ndef bench_estimators():\n    return [Incomplete]\n"
+    )
     plugin_module("incomplete_plugin", source)
     result = bench("list", "-p", "incomplete_plugin")
     assert_one_line_error(result, '"incomplete_plugin"', *fragments)
 
 
 # -- friction (f): check_estimator -------------------------------------------------------------------------------------
+
 
 def test_check_estimator_passes_the_example_plugin():
     from benchmark.testing import check_estimator
@@ -548,15 +716,19 @@ def test_check_estimator_documents_min_correlation():
 
 
 def test_check_estimator_prints_no_torch_warning(repo_root):
-    code = ("from benchmark.testing import check_estimator; from examples.diagonal_estimator import Diagonal; "
-            "check_estimator(Diagonal)")
-    done = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=repo_root, capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "from benchmark.testing import check_estimator; from examples.diagonal_estimator import Diagonal; "
+        "check_estimator(Diagonal)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
 
 
 # -- friction (a): bench study and bench report write the committed files only with --publish ---------------------
+
 
 def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch):
     import benchmark.runner
@@ -615,6 +787,7 @@ def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, mo
 
 
 # -- defect 4: the user's Ctrl-C still stops a run --------------------------------------------------------------------
+
 
 def test_the_users_ctrl_c_stops_the_run(bench, plugin_module, tiny, tmp_path, read_records):
     extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"

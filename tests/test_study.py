@@ -86,15 +86,26 @@ def test_mlp_descend_matches_autograd_descend(activation: str) -> None:
     recipe = Recipe(steps=200, lr=0.5)
     expected = descend(problem, start.expand(4, -1), weights, recipe)
     for reproducible in (False, True):
-        actual = mlp_descend(start.expand(4, -1), layer_shapes(2, 6), activation, problem.x_train, problem.y_train,
-                             weights, 0.01, recipe, reproducible=reproducible)
+        actual = mlp_descend(
+            start.expand(4, -1),
+            layer_shapes(2, 6),
+            activation,
+            problem.x_train,
+            problem.y_train,
+            weights,
+            0.01,
+            recipe,
+            reproducible=reproducible,
+        )
         assert torch.allclose(actual, expected, rtol=0, atol=1e-12), float((actual - expected).abs().max())
     # the same through the task's drop-in for benchmark.training.descend
     assert torch.allclose(task.descend(problem, start.expand(4, -1), weights, recipe), expected, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("depth", "activation", "weight_decay"), [(1, "relu", 0.001), (3, "tanh", 0.001),
-                                                                  (2, "relu", 0.0), (4, "tanh", 0.0)])
+@pytest.mark.parametrize(
+    ("depth", "activation", "weight_decay"),
+    [(1, "relu", 0.001), (3, "tanh", 0.001), (2, "relu", 0.0), (4, "tanh", 0.0)],
+)
 def test_iris_hvp_matches_the_autograd_hvp(depth: int, activation: str, weight_decay: float) -> None:
     """Iris's written-out Hessian-vector products against the harness's autograd ones, full data and minibatch."""
     from benchmark.problem import Problem
@@ -102,8 +113,16 @@ def test_iris_hvp_matches_the_autograd_hvp(depth: int, activation: str, weight_d
     task = Iris(IrisConfig(depth=depth, width=6, activation=activation, weight_decay=weight_decay, train_steps=300))
     problem = task.build(BuildContext("cpu", 2, Cache(None), False))
     assert type(problem).__name__ == "IrisProblem" and problem.activation == activation
-    plain = Problem(problem.model, problem.loss, problem.params, problem.x_train, problem.y_train, problem.x_test,
-                    problem.y_test, problem.weight_decay)
+    plain = Problem(
+        problem.model,
+        problem.loss,
+        problem.params,
+        problem.x_train,
+        problem.y_train,
+        problem.x_test,
+        problem.y_test,
+        problem.weight_decay,
+    )
     vectors = torch.randn(3, problem.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for indices in (None, torch.tensor([0, 3, 3, 50, 119])):
         actual, expected = problem.hvp(vectors, indices), plain.hvp(vectors, indices)
@@ -116,14 +135,25 @@ def test_mlp_descend_refuses_minibatches_and_momentum() -> None:
     weights = torch.ones(1, problem.n_train, dtype=torch.float64)
     for recipe in (Recipe(steps=2, lr=0.1, batch_size=16), Recipe(steps=2, lr=0.1, momentum=0.9)):
         with pytest.raises(ValueError):
-            mlp_descend(problem.theta.unsqueeze(0), layer_shapes(1, 5), "relu", problem.x_train, problem.y_train,
-                        weights, 0.0, recipe)
+            mlp_descend(
+                problem.theta.unsqueeze(0),
+                layer_shapes(1, 5),
+                "relu",
+                problem.x_train,
+                problem.y_train,
+                weights,
+                0.0,
+                recipe,
+            )
 
 
 def test_train_many_stores_the_optima_build_trains(tmp_path: Path) -> None:
     """Batched optima equal, bit for bit, the ones each task trains alone, and build() then loads them."""
-    tasks = [Iris(IrisConfig(depth=2, activation=a, weight_decay=w, train_steps=600))
-             for a in ("relu", "tanh") for w in (0.001, 0.0)]
+    tasks = [
+        Iris(IrisConfig(depth=2, activation=a, weight_decay=w, train_steps=600))
+        for a in ("relu", "tanh")
+        for w in (0.001, 0.0)
+    ]
     seeds = [0, 1, 2]
     pairs = [(t, s) for t in tasks for s in seeds]
     shared = Cache(tmp_path / "shared")
@@ -168,24 +198,40 @@ MALFORMED = {
     "not-a-mapping": ("- iris\n", ["bad.yaml", "must be a mapping"]),
     "missing-sweep": ("name: bad\ntitle: t\ntask: iris\nestimators: [exact]\n", ["bad.yaml", "'sweep'", "missing"]),
     "name-mismatch": (TINY_STUDY.format(name="other"), ["bad.yaml", "'name'", "differs"]),
-    "sweep-not-list": (TINY_STUDY.format(name="bad").replace("depth: [1, 2]", "depth: 3"),
-                       ["bad.yaml", "'sweep.depth'", "list"]),
-    "panel-kind": (TINY_STUDY.format(name="bad").replace("kind: scatter", "kind: pie"),
-                   ["bad.yaml", "'panels[1].kind'", "'pie'"]),
-    "rule-kind": (TINY_STUDY.format(name="bad").replace("kind: trend", "kind: vibes"),
-                  ["bad.yaml", "'panels[0].claims[0].rule'", "'vibes'"]),
-    "rule-field": (TINY_STUDY.format(name="bad").replace("min_rho: 0.0", "min_rh: 0.0"),
-                   ["bad.yaml", "'panels[0].claims[0].rule'", "'min_rh'"]),
+    "sweep-not-list": (
+        TINY_STUDY.format(name="bad").replace("depth: [1, 2]", "depth: 3"),
+        ["bad.yaml", "'sweep.depth'", "list"],
+    ),
+    "panel-kind": (
+        TINY_STUDY.format(name="bad").replace("kind: scatter", "kind: pie"),
+        ["bad.yaml", "'panels[1].kind'", "'pie'"],
+    ),
+    "rule-kind": (
+        TINY_STUDY.format(name="bad").replace("kind: trend", "kind: vibes"),
+        ["bad.yaml", "'panels[0].claims[0].rule'", "'vibes'"],
+    ),
+    "rule-field": (
+        TINY_STUDY.format(name="bad").replace("min_rho: 0.0", "min_rh: 0.0"),
+        ["bad.yaml", "'panels[0].claims[0].rule'", "'min_rh'"],
+    ),
     "seeds": (TINY_STUDY.format(name="bad").replace("seeds: [0, 1]", "seeds: [0, -1]"), ["bad.yaml", "'seeds'"]),
     "unknown-field": (TINY_STUDY.format(name="bad") + "colour: red\n", ["bad.yaml", "'colour'"]),
-    "run-option": (TINY_STUDY.format(name="bad").replace("gt_chunk_size: 64", "gt_chunk: 64"),
-                   ["bad.yaml", "'run.gt_chunk'"]),
-    "unknown-task-option": (TINY_STUDY.format(name="bad").replace("depth: [1, 2]", "dept: [1, 2]"),
-                            ["bad.yaml", "'dept'", "did you mean 'depth'?"]),
-    "bad-task-value": (TINY_STUDY.format(name="bad").replace("activation: [relu, tanh]", "activation: [relu, gelu]"),
-                       ["bad.yaml", "'gelu'"]),
-    "panel-column": (TINY_STUDY.format(name="bad").replace("y: spearman\n    series", "y: spearmann\n    series"),
-                     ["bad.yaml", "'panels[0].y'", "'spearmann'"]),
+    "run-option": (
+        TINY_STUDY.format(name="bad").replace("gt_chunk_size: 64", "gt_chunk: 64"),
+        ["bad.yaml", "'run.gt_chunk'"],
+    ),
+    "unknown-task-option": (
+        TINY_STUDY.format(name="bad").replace("depth: [1, 2]", "dept: [1, 2]"),
+        ["bad.yaml", "'dept'", "did you mean 'depth'?"],
+    ),
+    "bad-task-value": (
+        TINY_STUDY.format(name="bad").replace("activation: [relu, tanh]", "activation: [relu, gelu]"),
+        ["bad.yaml", "'gelu'"],
+    ),
+    "panel-column": (
+        TINY_STUDY.format(name="bad").replace("y: spearman\n    series", "y: spearmann\n    series"),
+        ["bad.yaml", "'panels[0].y'", "'spearmann'"],
+    ),
 }
 
 
@@ -197,14 +243,17 @@ def test_malformed_declaration_is_one_line_naming_file_and_field(case: str, benc
     assert_one_line_error(result, *fragments)
 
 
-@pytest.mark.parametrize(("argv", "fragments"), [
-    (["study", "iris-dept"], ["unknown study 'iris-dept'", "did you mean 'iris-depth'?"]),
-    (["study"], ["no study given", "iris-depth"]),
-    (["study", "iris-depth", "--estimator", "exat"], ["unknown estimator 'exat'", "did you mean 'exact'?"]),
-    (["study", "iris-depth", "--set", "iris.depth=3"], ["iris.depth", "swept"]),
-    (["study", "iris-depth", "--set", "lisa.scale=3"], ["'lisa'", "did you mean 'lissa'?"]),
-    (["study", "iris-depth", "--seeds", "0,x"], ["--seeds", "'0,x'"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["study", "iris-dept"], ["unknown study 'iris-dept'", "did you mean 'iris-depth'?"]),
+        (["study"], ["no study given", "iris-depth"]),
+        (["study", "iris-depth", "--estimator", "exat"], ["unknown estimator 'exat'", "did you mean 'exact'?"]),
+        (["study", "iris-depth", "--set", "iris.depth=3"], ["iris.depth", "swept"]),
+        (["study", "iris-depth", "--set", "lisa.scale=3"], ["'lisa'", "did you mean 'lissa'?"]),
+        (["study", "iris-depth", "--seeds", "0,x"], ["--seeds", "'0,x'"]),
+    ],
+)
 def test_bad_study_command_line_is_one_line(argv: list[str], fragments: list[str], bench, tmp_path: Path) -> None:
     assert_one_line_error(bench(*argv, "--output-dir", tmp_path / "out", "--no-progress"), *fragments)
 
@@ -220,10 +269,17 @@ def test_a_plugin_ships_a_study(bench, plugin_module, tmp_path: Path) -> None:
     plugin, and ``bench study NAME`` finds and runs the study by name."""
     shipped = tmp_path / "shipped"
     shipped.mkdir()
-    write_study(shipped, "shipped-tiny", TINY_STUDY.format(name="shipped-tiny").replace(
-        "depth: [1, 2]", "depth: [1]").replace("activation: [relu, tanh]", "activation: [relu]").replace(
-        "seeds: [0, 1]", "seeds: [0]"))
-    plugin_module("study_shipping_plugin", f"""
+    write_study(
+        shipped,
+        "shipped-tiny",
+        TINY_STUDY.format(name="shipped-tiny")
+        .replace("depth: [1, 2]", "depth: [1]")
+        .replace("activation: [relu, tanh]", "activation: [relu]")
+        .replace("seeds: [0, 1]", "seeds: [0]"),
+    )
+    plugin_module(
+        "study_shipping_plugin",
+        f"""
 from pathlib import Path
 
 from benchmark import hookimpl
@@ -232,19 +288,30 @@ from benchmark import hookimpl
 @hookimpl
 def bench_studies():
     return [Path({str(shipped)!r})]
-""")
+""",
+    )
     listed = bench("study", "--list", "-p", "study_shipping_plugin")
     assert listed.code == 0, listed.err
     line = next(line for line in listed.out.splitlines() if line.startswith("shipped-tiny"))
     assert "1 runs" in line and "[plugin study_shipping_plugin]" in line
     assert "[plugin iris]" in next(line for line in listed.out.splitlines() if line.startswith("iris-depth"))
     out = tmp_path / "out"
-    result = bench("study", "shipped-tiny", "-p", "study_shipping_plugin", "--output-dir", out, "--cache-dir",
-                   tmp_path / "cache", "--no-progress")
+    result = bench(
+        "study",
+        "shipped-tiny",
+        "-p",
+        "study_shipping_plugin",
+        "--output-dir",
+        out,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--no-progress",
+    )
     assert result.code == 0, result.err
     assert len(pd.read_csv(out / "shipped-tiny.csv")) == 1
-    assert_one_line_error(bench("study", "shipped-tiny", "--output-dir", out, "--no-progress"),
-                          "unknown study 'shipped-tiny'")
+    assert_one_line_error(
+        bench("study", "shipped-tiny", "--output-dir", out, "--no-progress"), "unknown study 'shipped-tiny'"
+    )
 
 
 # -- end to end -----------------------------------------------------------------------------------------------------
@@ -283,30 +350,67 @@ def test_study_end_to_end_and_resume(bench, tmp_path: Path) -> None:
     assert (out / "tiny.csv").read_text() == table
 
     # other estimator options: new runs, but every optimum and leave-one-out model comes from the cache
-    other = bench("study", path, "--output-dir", out, "--cache-dir", cache, "--set", "exact.max_params=9999",
-                  "--no-progress")
+    other = bench(
+        "study", path, "--output-dir", out, "--cache-dir", cache, "--set", "exact.max_params=9999", "--no-progress"
+    )
     assert other.code == 0, other.err
     assert "0 optima trained" in other.err and "its records are cached" not in other.err
     records = sorted((cache / "study-records" / "tiny" / "iris").glob("*.json"))
     assert len(records) == 16
     again_records = [json.loads(p.read_text()) for p in records]
-    again_records = [r["ground_truth"] for r in again_records
-                     if r["estimator"]["hyperparameters"]["max_params"] == 9999]
+    again_records = [
+        r["ground_truth"] for r in again_records if r["estimator"]["hyperparameters"]["max_params"] == 9999
+    ]
     assert len(again_records) == 8 and all(gt["computed"] == 0 and gt["cached"] == gt["points"] for gt in again_records)
 
 
 def test_study_ground_truth_agrees_with_bench_run(bench, tmp_path: Path, read_records) -> None:
     """The study's re-training (the task's descend, reference batched with the models) against `bench run`'s."""
     path = write_study(tmp_path)
-    assert bench("study", path, "--output-dir", tmp_path / "out", "--cache-dir", tmp_path / "c1", "--seeds", "1",
-                 "--no-progress").code == 0
+    assert (
+        bench(
+            "study",
+            path,
+            "--output-dir",
+            tmp_path / "out",
+            "--cache-dir",
+            tmp_path / "c1",
+            "--seeds",
+            "1",
+            "--no-progress",
+        ).code
+        == 0
+    )
     rows = pd.read_csv(tmp_path / "out" / "tiny.csv")
     points = pd.read_csv(tmp_path / "out" / "tiny-points.csv")
     results = tmp_path / "results"
-    run = bench("run", "--task", "iris", "--estimator", "exact", "--selection", "top", "--seed", "1",
-                "--set", "iris.width=4", "--set", "iris.train_steps=400", "--set", "iris.retrain_steps=60",
-                "--set", "iris.depth=2", "--set", "iris.activation=tanh", "--cache-dir", tmp_path / "c2",
-                "--results-dir", results, "--no-progress", "--no-leaderboard")
+    run = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--selection",
+        "top",
+        "--seed",
+        "1",
+        "--set",
+        "iris.width=4",
+        "--set",
+        "iris.train_steps=400",
+        "--set",
+        "iris.retrain_steps=60",
+        "--set",
+        "iris.depth=2",
+        "--set",
+        "iris.activation=tanh",
+        "--cache-dir",
+        tmp_path / "c2",
+        "--results-dir",
+        results,
+        "--no-progress",
+        "--no-leaderboard",
+    )
     assert run.code == 0, run.err
     (record,) = read_records(results)
     row = rows[(rows["depth"] == 2) & (rows["activation"] == "tanh")].iloc[0]
@@ -320,8 +424,21 @@ def test_study_ground_truth_agrees_with_bench_run(bench, tmp_path: Path, read_re
 def test_plugin_estimator_joins_a_study_by_name(bench, tmp_path: Path, repo_root: Path, monkeypatch) -> None:
     monkeypatch.chdir(repo_root)
     path = write_study(tmp_path)
-    result = bench("study", path, "-p", "examples.diagonal_estimator", "--estimator", "exact,diagonal",
-                   "--seeds", "0", "--output-dir", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--no-progress")
+    result = bench(
+        "study",
+        path,
+        "-p",
+        "examples.diagonal_estimator",
+        "--estimator",
+        "exact,diagonal",
+        "--seeds",
+        "0",
+        "--output-dir",
+        tmp_path / "out",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--no-progress",
+    )
     assert result.code == 0, result.err
     rows = pd.read_csv(tmp_path / "out" / "tiny.csv")
     assert set(rows["estimator"]) == {"exact", "diagonal"}
@@ -336,8 +453,10 @@ def test_plot_only_redraws_from_the_csv(bench, tmp_path: Path) -> None:
     out = tmp_path / "out"
     missing = bench("study", path, "--plot-only", "--output-dir", out)
     assert_one_line_error(missing, "no results for study 'tiny'", "tiny.csv")
-    assert bench("study", path, "--seeds", "0", "--output-dir", out, "--cache-dir", tmp_path / "c",
-                 "--no-progress").code == 0
+    assert (
+        bench("study", path, "--seeds", "0", "--output-dir", out, "--cache-dir", tmp_path / "c", "--no-progress").code
+        == 0
+    )
     (out / "tiny-spearman.png").unlink()
     assert bench("study", path, "--plot-only", "--output-dir", out).code == 0
     assert png(out / "tiny-spearman.png")
@@ -377,15 +496,27 @@ def test_failed_rows_and_undefined_values_are_left_out() -> None:
 
 
 def test_greater_and_gap_trend_rules() -> None:
-    data = frame(depth=[1, 2, 3, 1, 2, 3], estimator=["exact"] * 3 + ["lissa"] * 3,
-                 spearman=[0.9, 0.85, 0.8, 0.85, 0.6, 0.3])
-    greater = {"kind": "greater", "y": "spearman", "a": {"estimator": "exact"}, "b": {"estimator": "lissa"},
-               "by": ["depth"]}
+    data = frame(
+        depth=[1, 2, 3, 1, 2, 3], estimator=["exact"] * 3 + ["lissa"] * 3, spearman=[0.9, 0.85, 0.8, 0.85, 0.6, 0.3]
+    )
+    greater = {
+        "kind": "greater",
+        "y": "spearman",
+        "a": {"estimator": "exact"},
+        "b": {"estimator": "lissa"},
+        "by": ["depth"],
+    }
     verdict, measured = evaluate(greater, {"rows": data})
     assert verdict == "agrees" and "3 of 3" in measured
     assert evaluate({**greater, "a": greater["b"], "b": greater["a"]}, {"rows": data})[0] == "disagrees"
-    gap = {"kind": "gap_trend", "x": "depth", "y": "spearman", "a": {"estimator": "exact"},
-           "b": {"estimator": "lissa"}, "direction": "increasing"}
+    gap = {
+        "kind": "gap_trend",
+        "x": "depth",
+        "y": "spearman",
+        "a": {"estimator": "exact"},
+        "b": {"estimator": "lissa"},
+        "direction": "increasing",
+    }
     assert evaluate(gap, {"rows": data})[0] == "agrees"
     assert evaluate({**gap, "direction": "decreasing"}, {"rows": data})[0] == "disagrees"
     pooled = {"kind": "greater", "y": "spearman", "a": {"depth": [1, 2]}, "b": {"depth": 3}}
@@ -393,8 +524,11 @@ def test_greater_and_gap_trend_rules() -> None:
 
 
 def test_value_and_fraction_rules() -> None:
-    data = frame(weight_decay=[0.001] * 3 + [0.0] * 3, spearman=[0.95, 0.97, 0.99, 0.4, 0.5, 0.6],
-                 spearman_p=[0.001, 0.01, 0.2, 0.001, 0.001, 0.001])
+    data = frame(
+        weight_decay=[0.001] * 3 + [0.0] * 3,
+        spearman=[0.95, 0.97, 0.99, 0.4, 0.5, 0.6],
+        spearman_p=[0.001, 0.01, 0.2, 0.001, 0.001, 0.001],
+    )
     value = {"kind": "value", "y": "spearman", "expect": 0.97, "tolerance": 0.05, "where": {"weight_decay": 0.001}}
     verdict, measured = evaluate(value, {"rows": data})
     assert verdict == "agrees" and "0.97" in measured

@@ -28,8 +28,16 @@ TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 @pytest.fixture
 def suite_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No suite variable from the caller's shell; forget plugin files imported by a test."""
-    for name in (cases.LARGE_ENV, cases.CASES_ENV, cases.PLUGINS_ENV, cases.DEVICE_ENV, cases.THREADS_ENV,
-                 cases.CACHE_ENV, cases.DATA_ENV, cases.TIMER_ENV):
+    for name in (
+        cases.LARGE_ENV,
+        cases.CASES_ENV,
+        cases.PLUGINS_ENV,
+        cases.DEVICE_ENV,
+        cases.THREADS_ENV,
+        cases.CACHE_ENV,
+        cases.DATA_ENV,
+        cases.TIMER_ENV,
+    ):
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     sys.modules.pop(DIAGONAL.stem, None)
@@ -54,8 +62,11 @@ def test_every_benchmark_times_a_plugin_estimator_and_params_ignore_sizes(suite_
     try:
         suite_env.setenv(cases.PLUGINS_ENV, str(DIAGONAL))
         importlib.reload(influence)
-        with_plugin = {name: cls.params for name, cls in vars(influence).items()
-                       if isinstance(cls, type) and hasattr(cls, "params")}
+        with_plugin = {
+            name: cls.params
+            for name, cls in vars(influence).items()
+            if isinstance(cls, type) and hasattr(cls, "params")
+        }
         assert with_plugin["Prepare"][1][-1] == "diagonal"
         assert with_plugin["Influence"][1] == with_plugin["Spearman"][1] == with_plugin["Residual"][1]
         suite_env.delenv(cases.PLUGINS_ENV)
@@ -90,12 +101,26 @@ def test_only_small_sizes_run_unless_asked(suite_env):
 def test_setup_skips_what_does_not_run_and_what_an_estimator_declined(suite_env, tmp_path):
     from asv_bench import influence
 
-    artefacts = {"cache_dir": str(tmp_path), "cases": {"iris|small": {
-        "n_train": 120, "n_params": 43, "test_index": 7, "threads": 1,
-        "estimators": {"exact": {"status": "declined", "reason": "too many parameters", "spearman": None,
-                                 "residual": None},
-                       "cg": {"status": "error", "reason": "TypeError: bug", "spearman": None, "residual": None}},
-    }}}
+    artefacts = {
+        "cache_dir": str(tmp_path),
+        "cases": {
+            "iris|small": {
+                "n_train": 120,
+                "n_params": 43,
+                "test_index": 7,
+                "threads": 1,
+                "estimators": {
+                    "exact": {
+                        "status": "declined",
+                        "reason": "too many parameters",
+                        "spearman": None,
+                        "residual": None,
+                    },
+                    "cg": {"status": "error", "reason": "TypeError: bug", "spearman": None, "residual": None},
+                },
+            }
+        },
+    }
     path = tmp_path / "artefacts.json"
     path.write_text(json.dumps(artefacts))
     with pytest.raises(NotImplementedError, match="BENCH_ASV_LARGE"):
@@ -116,9 +141,21 @@ def test_suite_accuracy_equals_bench_run(suite_env, bench, tmp_path, read_record
     estimators = ["exact", "cg", "lissa", "first-order"]
     suite = cases.evaluate("iris", "small", tmp_path / "cache", estimators, options=TINY_IRIS)
     assert suite["n_train"] == 120 and suite["n_params"] == 43
-    result = bench("run", "--task", "iris", *TINY, "--selection", "top", "--estimator", ",".join(estimators),
-                   "--cache-dir", tmp_path / "cache", "--results-dir",
-                   tmp_path / "results", "--no-leaderboard")
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        *TINY,
+        "--selection",
+        "top",
+        "--estimator",
+        ",".join(estimators),
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
     assert result.code == 0, result.err
     records = {r["estimator"]["name"]: r for r in read_records(tmp_path / "results")}
     for name in estimators:
@@ -164,8 +201,11 @@ def test_suite_end_to_end_on_tiny_iris(suite_env, tmp_path):
     assert residual.track_residual(*args) < 1e-2  # CG against the dense solve on a 43-parameter problem
     sizes = influence.Sizes()
     sizes.setup(artefacts, "iris", "small")
-    assert (sizes.track_train_points(artefacts, "iris", "small"), sizes.track_parameters(artefacts, "iris", "small"),
-            sizes.track_threads(artefacts, "iris", "small")) == (120, 43, 1)
+    assert (
+        sizes.track_train_points(artefacts, "iris", "small"),
+        sizes.track_parameters(artefacts, "iris", "small"),
+        sizes.track_threads(artefacts, "iris", "small"),
+    ) == (120, 43, 1)
     assert influence.Device().track_cuda() == 0
     assert influence.Device().track_process_timer() == 0 and influence.Prepare.timer is time.perf_counter
     suite_env.setenv(cases.TIMER_ENV, "process")
@@ -184,13 +224,24 @@ ESTIMATORS = ["exact", "cg"]
 SIZES = ["small", "cpu"]
 NAN = math.nan
 VALUES = {  # (case, estimator, size) -> value; absent: NaN (skipped)
-    timing.PREPARE: {("iris", "exact", "small"): 0.5, ("iris", "cg", "small"): 1e-5,
-                     ("mnist/small-cnn", "exact", "small"): 80.0, ("mnist/small-cnn", "cg", "cpu"): 2e-5},
-    timing.QUERY: {("iris", "exact", "small"): 0.01, ("iris", "cg", "small"): 0.25,
-                   ("mnist/small-cnn", "exact", "small"): 0.02, ("mnist/small-cnn", "cg", "cpu"): None},
+    timing.PREPARE: {
+        ("iris", "exact", "small"): 0.5,
+        ("iris", "cg", "small"): 1e-5,
+        ("mnist/small-cnn", "exact", "small"): 80.0,
+        ("mnist/small-cnn", "cg", "cpu"): 2e-5,
+    },
+    timing.QUERY: {
+        ("iris", "exact", "small"): 0.01,
+        ("iris", "cg", "small"): 0.25,
+        ("mnist/small-cnn", "exact", "small"): 0.02,
+        ("mnist/small-cnn", "cg", "cpu"): None,
+    },
     timing.PEAKMEM: {("iris", "exact", "small"): 800 * 2**20, ("iris", "cg", "small"): 810 * 2**20},
-    timing.SPEARMAN: {("iris", "exact", "small"): 0.991, ("iris", "cg", "small"): 0.99,
-                      ("mnist/small-cnn", "exact", "small"): -0.173},
+    timing.SPEARMAN: {
+        ("iris", "exact", "small"): 0.991,
+        ("iris", "cg", "small"): 0.99,
+        ("mnist/small-cnn", "exact", "small"): -0.173,
+    },
     timing.RESIDUAL: {("iris", "exact", "small"): 0.0, ("iris", "cg", "small"): 4.9e-11},
     timing.GPU_MEMORY: {},
 }
@@ -199,8 +250,21 @@ SIZE_VALUES = {
     timing.PARAMETERS: {("iris", "small"): 43, ("mnist/small-cnn", "small"): 2616, ("mnist/small-cnn", "cpu"): 2616},
     timing.THREADS: {("iris", "small"): 1, ("mnist/small-cnn", "small"): 1, ("mnist/small-cnn", "cpu"): 1},
 }
-COLUMNS = ["result", "params", "version", "started_at", "duration", "stats_ci_99_a", "stats_ci_99_b", "stats_q_25",
-           "stats_q_75", "stats_number", "stats_repeat", "samples", "profile"]
+COLUMNS = [
+    "result",
+    "params",
+    "version",
+    "started_at",
+    "duration",
+    "stats_ci_99_a",
+    "stats_ci_99_b",
+    "stats_q_25",
+    "stats_q_75",
+    "stats_number",
+    "stats_repeat",
+    "samples",
+    "profile",
+]
 
 
 def _row(params: list[list[str]], values: dict[tuple, float | None]) -> list:
@@ -212,16 +276,36 @@ def write_results(root: Path, commit: str = COMMIT, machine: str = "vm", env: st
     """One asv result file in asv's format (results/<machine>/machine.json and <commit[:8]>-<env>.json)."""
     directory = root / machine
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "machine.json").write_text(json.dumps({"arch": "x86_64", "cpu": "AMD EPYC", "machine": machine,
-                                                        "num_cpu": "2", "os": "Linux 6.18", "ram": str(24 * 2**30),
-                                                        "version": 1}))
+    (directory / "machine.json").write_text(
+        json.dumps(
+            {
+                "arch": "x86_64",
+                "cpu": "AMD EPYC",
+                "machine": machine,
+                "num_cpu": "2",
+                "os": "Linux 6.18",
+                "ram": str(24 * 2**30),
+                "version": 1,
+            }
+        )
+    )
     results = {name: _row([CASES, ESTIMATORS, SIZES], values) for name, values in VALUES.items()}
     results.update({name: _row([CASES, SIZES], values) for name, values in SIZE_VALUES.items()})
     results[timing.CUDA] = [[0], [], "0" * 64, 1795926286827, 6.8]
     results[timing.PROCESS_TIMER] = [[1], [], "0" * 64, 1795926286827, 6.8]
-    data = {"commit_hash": commit, "env_name": env, "date": 1795926181000,
-            "params": {"machine": machine, "python": "3.11"}, "python": "3.11", "requirements": {}, "env_vars": {},
-            "result_columns": COLUMNS, "results": results, "durations": {}, "version": 2}
+    data = {
+        "commit_hash": commit,
+        "env_name": env,
+        "date": 1795926181000,
+        "params": {"machine": machine, "python": "3.11"},
+        "python": "3.11",
+        "requirements": {},
+        "env_vars": {},
+        "result_columns": COLUMNS,
+        "results": results,
+        "durations": {},
+        "version": 2,
+    }
     path = directory / f"{commit[:8]}-{env}.json"
     # asv writes NaN for a skipped combination, which json.dumps spells the same way
     path.write_text(json.dumps(data))
@@ -273,8 +357,9 @@ def test_bench_timing_chooses_results_explicitly(bench, tmp_path):
     assert "commit `fedcba98`" in result.out
     assert_one_line_error(bench("timing", "--results-dir", results, "--commit", "abc"), "'abc'", "01234567")
     write_results(results, COMMIT, env="existing-py")
-    assert_one_line_error(bench("timing", "--results-dir", results, "--commit", "0123"), "--env", "existing-py",
-                          "virtualenv-py3.11")
+    assert_one_line_error(
+        bench("timing", "--results-dir", results, "--commit", "0123"), "--env", "existing-py", "virtualenv-py3.11"
+    )
     result = bench("timing", "--results-dir", results, "--commit", "0123", "--env", "existing-py")
     assert result.code == 0 and "environment `existing-py`" in result.out
     assert_one_line_error(bench("timing", "--results-dir", results, "--machine", "wm"), "'wm'", "vm")
@@ -288,8 +373,9 @@ def test_bench_timing_bad_input_is_one_line(bench, tmp_path):
     path.write_text("{not json")
     assert_one_line_error(bench("timing", "--results-dir", tmp_path / "results"), "malformed", path.name)
     path.write_text(json.dumps({"commit_hash": COMMIT}))
-    assert_one_line_error(bench("timing", "--results-dir", tmp_path / "results"), "malformed",
-                          "no 'result_columns' field")
+    assert_one_line_error(
+        bench("timing", "--results-dir", tmp_path / "results"), "malformed", "no 'result_columns' field"
+    )
 
 
 def test_paper_table_2_is_transcribed_whole():

@@ -15,8 +15,20 @@ SMOKE = ("--estimator", "lissa,first-order", "--set", "lissa.depth=50", "--no-pr
 @pytest.mark.parametrize("task", ["mnist", "cifar"])
 def test_smoke_preset_runs_end_to_end(bench, tmp_path, read_records, task):
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", task, "--set", f"{task}.preset=smoke", "--set", f"{task}.model=small-cnn",
-                   *SMOKE, "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        task,
+        "--set",
+        f"{task}.preset=smoke",
+        "--set",
+        f"{task}.model=small-cnn",
+        *SMOKE,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     records = read_records(results, task)
     assert {r["estimator"]["name"] for r in records} == {"lissa", "first-order"}
@@ -33,7 +45,7 @@ def test_smoke_preset_runs_end_to_end(bench, tmp_path, read_records, task):
     assert rendered.code == 0, rendered.err
     text = (tmp_path / "board" / f"{task}.md").read_text()
     settings = [key for key in TABLE1 if key[0] == task]
-    not_run = text[text.index("## Paper settings not run here"):]
+    not_run = text[text.index("## Paper settings not run here") :]
     rows = [line for line in not_run.splitlines() if line.startswith("| ") and "bench run" in line]
     ran = [key for key in settings if key[1:] == ("small-cnn", "max-loss", True)]  # what the smoke run matches
     assert len(ran) == (1 if task == "mnist" else 0)  # the paper has no small CNN on CIFAR-10
@@ -48,9 +60,24 @@ def test_smoke_preset_runs_end_to_end(bench, tmp_path, read_records, task):
 def test_real_loader_on_generated_mnist_files(bench, tmp_path, read_records):
     make_mnist(tmp_path / "data", n_train=40, n_test=10)
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "mnist", "--set", f"mnist.data_dir={tmp_path / 'data'}", "--set",
-                   "mnist.train_steps=20", "--set", "mnist.batch_size=8", "--set", "mnist.eval_size=5", *SMOKE,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "mnist",
+        "--set",
+        f"mnist.data_dir={tmp_path / 'data'}",
+        "--set",
+        "mnist.train_steps=20",
+        "--set",
+        "mnist.batch_size=8",
+        "--set",
+        "mnist.eval_size=5",
+        *SMOKE,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err
     record = read_records(results, "mnist")[0]
     assert record["diagnostics"]["problem"]["n_train"] == 40  # cpu preset's 5,500 capped by the 40 on disk
@@ -58,8 +85,18 @@ def test_real_loader_on_generated_mnist_files(bench, tmp_path, read_records):
 
 
 def test_missing_data_is_one_clear_line(bench, tmp_path):
-    result = bench("run", "--task", "cifar", "--set", f"cifar.data_dir={tmp_path / 'nowhere'}", *SMOKE,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", tmp_path / "board" / "results")
+    result = bench(
+        "run",
+        "--task",
+        "cifar",
+        "--set",
+        f"cifar.data_dir={tmp_path / 'nowhere'}",
+        *SMOKE,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "board" / "results",
+    )
     assert result.code == 1
     assert len(result.err_lines) == 2, result.err  # the "building task" progress line, then the error
     error = result.err_lines[-1]
@@ -100,14 +137,44 @@ def test_list_models_prints_parameter_counts(bench):
 def test_data_dir_and_download_flags_set_the_task_options(bench, tmp_path, read_records):
     make_mnist(tmp_path / "data", n_train=40, n_test=10)
     results = tmp_path / "board" / "results"
-    result = bench("run", "--task", "mnist", "--data-dir", tmp_path / "data", "--set", "mnist.data_dir=/elsewhere",
-                   "--set", "mnist.train_steps=20", "--set", "mnist.polish_steps=0", "--set", "mnist.batch_size=8",
-                   "--set", "mnist.eval_size=5", *SMOKE, "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "mnist",
+        "--data-dir",
+        tmp_path / "data",
+        "--set",
+        "mnist.data_dir=/elsewhere",
+        "--set",
+        "mnist.train_steps=20",
+        "--set",
+        "mnist.polish_steps=0",
+        "--set",
+        "mnist.batch_size=8",
+        "--set",
+        "mnist.eval_size=5",
+        *SMOKE,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 0, result.err  # the flag wins over --set
     assert read_records(results, "mnist")[0]["task"]["config"]["data_dir"] == str(tmp_path / "data")
     # --download with no network: the download fails and the error says so, naming the directory
-    result = bench("run", "--task", "cifar", "--data-dir", tmp_path / "empty", "--download", *SMOKE,
-                   "--cache-dir", tmp_path / "cache", "--results-dir", results)
+    result = bench(
+        "run",
+        "--task",
+        "cifar",
+        "--data-dir",
+        tmp_path / "empty",
+        "--download",
+        *SMOKE,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        results,
+    )
     assert result.code == 1 and "download failed" in result.err_lines[-1] and "empty" in result.err_lines[-1]
 
 
@@ -115,4 +182,5 @@ def test_data_flags_on_a_task_without_data_files_are_a_one_line_error(bench, tmp
     result = bench("run", "--task", "iris", "--download", "--cache-dir", tmp_path / "cache")
     assert result.code == 2
     assert result.err_lines == [
-        "bench: error: --download does not apply to task 'iris': it reads no data set from disk"]
+        "bench: error: --download does not apply to task 'iris': it reads no data set from disk"
+    ]

@@ -110,7 +110,7 @@ def compiled_child(args: argparse.Namespace) -> None:
 def kept_graph(problem: Any, native: bool = False) -> tuple[Tensor, Tensor]:
     """The gradient's graph over the whole training set in one piece: through the data convolutions of
     ``Problem.hvp`` or, with ``native``, through torch's own convolutions."""
-    with torch.enable_grad(), (contextlib.nullcontext() if native else data_convolutions()):
+    with torch.enable_grad(), contextlib.nullcontext() if native else data_convolutions():
         theta = problem.theta.detach().requires_grad_()
         return theta, torch.autograd.grad(problem.objective(theta), theta, create_graph=True)[0]
 
@@ -123,7 +123,7 @@ def table_row(block: str, variant: str, timed: Timed, reference: Tensor, per: in
     """A row of the table: ``timed`` checked against ``reference`` (a relative error over 1e-3 stops the script),
     per vector over ``per`` vectors, with blank GFLOP cells where the operations were not counted."""
     seconds, kernel, out, flops = timed
-    error = float((torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference)))
+    error = float(torch.linalg.vector_norm(out - reference) / torch.linalg.vector_norm(reference))
     if error > 1e-3:
         raise SystemExit(f"{variant} disagrees with the reference (relative error {error:.2g})")
     counts = ["", ""] if flops is None else [f"{flops / per / 1e9:.1f}", f"{flops / seconds / 1e9:.0f}"]
@@ -159,8 +159,10 @@ def block_rows(problem: Any, vectors: Tensor, repeats: int, label: str = "") -> 
     pieces = timed(lambda: problem.hvp(vectors[:1]))
     one = pieces[2]
     record("HVP, 1 vector", f"kept graph in {len(problem._gradient_graph)} pieces (Problem.hvp)", pieces, one, 1)
-    for native, variant in ((False, "kept graph in one piece"), (True, "kept graph in one piece, torch's own "
-                                                                       "convolution double backward")):
+    for native, variant in (
+        (False, "kept graph in one piece"),
+        (True, "kept graph in one piece, torch's own convolution double backward"),
+    ):
         theta, gradient = kept_graph(problem, native)
 
         def whole(theta: Tensor = theta, gradient: Tensor = gradient) -> Tensor:
@@ -177,8 +179,13 @@ def block_rows(problem: Any, vectors: Tensor, repeats: int, label: str = "") -> 
             return torch.autograd.grad(problem.objective(theta), theta)[0][None]
 
     # for scale: what one gradient costs beside a product
-    record("gradient, for scale", "forward and backward (reverse mode)", timed(gradient),
-           grad(problem.objective)(problem.theta)[None], 1)
+    record(
+        "gradient, for scale",
+        "forward and backward (reverse mode)",
+        timed(gradient),
+        grad(problem.objective)(problem.theta)[None],
+        1,
+    )
     every = timed(lambda: problem.hvp(vectors))
     every = record(f"HVP, {m} vectors", "kept graph in pieces, one by one (Problem.hvp)", every, every[2], m)
 
@@ -186,16 +193,23 @@ def block_rows(problem: Any, vectors: Tensor, repeats: int, label: str = "") -> 
         total = problem.weight_decay * vectors
         with torch.enable_grad():
             for theta, gradient in problem._gradient_graph:
-                total = total + torch.autograd.grad(gradient, theta, vectors, retain_graph=True,
-                                                    is_grads_batched=True)[0]
+                total = (
+                    total + torch.autograd.grad(gradient, theta, vectors, retain_graph=True, is_grads_batched=True)[0]
+                )
         return total
 
-    record(f"HVP, {m} vectors", "kept graph in pieces, batched (is_grads_batched)",
-           timed(kept_batched, under_vmap=True), every, m)
+    record(
+        f"HVP, {m} vectors",
+        "kept graph in pieces, batched (is_grads_batched)",
+        timed(kept_batched, under_vmap=True),
+        every,
+        m,
+    )
     block = f"HVP, {m} vectors"
     record(block, "forward-over-reverse, one by one", timed(lambda: torch.stack([plain(v) for v in vectors])), every, m)
-    record(block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), under_vmap=True),
-           every, m)
+    record(
+        block, "forward-over-reverse, vmap over vectors", timed(lambda: vmap(plain)(vectors), under_vmap=True), every, m
+    )
 
     # training side: every training point's product with each vector
     block = f"training side, {m} vectors"
@@ -210,30 +224,55 @@ def block_rows(problem: Any, vectors: Tensor, repeats: int, label: str = "") -> 
         return out
 
     passes = problem._pass_rows(m * problem._graph_bytes_per_example())
-    record(block, "jvp per vector, whole set at once", timed(lambda: forward_mode(problem.n_train), under_vmap=True),
-           products, m)
-    record(block, f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
-           timed(lambda: forward_mode(passes), under_vmap=True), products, m)
-    record(block, "per-example gradients (vmap(grad), chunks of 500) @ vectors",
-           timed(lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T,
-                 under_vmap=True), products, m)
+    record(
+        block,
+        "jvp per vector, whole set at once",
+        timed(lambda: forward_mode(problem.n_train), under_vmap=True),
+        products,
+        m,
+    )
+    record(
+        block,
+        f"jvp per vector, passes of {passes} examples (Problem.PASS_BYTES)",
+        timed(lambda: forward_mode(passes), under_vmap=True),
+        products,
+        m,
+    )
+    record(
+        block,
+        "per-example gradients (vmap(grad), chunks of 500) @ vectors",
+        timed(
+            lambda: torch.cat([chunk @ vectors.T for _, chunk in problem.iter_train_gradients(500)]).T, under_vmap=True
+        ),
+        products,
+        m,
+    )
     return rows
 
 
 def compile_sentence(model: str, args: argparse.Namespace) -> str:
     """What ``torch.compile`` of the forward-over-reverse product does on ``model``, from a subprocess with a timeout
     (compiling may fail or hang)."""
-    command = [sys.executable, "-m", MODULE, "--compiled-child", "--models", model,
-               "--repeats", str(args.repeats)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    command = [sys.executable, "-m", MODULE, "--compiled-child", "--models", model, "--repeats", str(args.repeats)] + (
+        ["--data-dir", args.data_dir] if args.data_dir else []
+    )
     try:
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.compile_timeout,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        done = subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=args.compile_timeout,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         if lines:
             info = json.loads(lines[-1][7:])
-            compiled = (f"compiled forward-over-reverse HVP {info['seconds']:.2f} s per vector against "
-                        f"{info['plain']:.2f} s uncompiled (first call, compiling: {info['first']:.1f} s; relative "
-                        f"difference {info['error']:.1e})")
+            compiled = (
+                f"compiled forward-over-reverse HVP {info['seconds']:.2f} s per vector against "
+                f"{info['plain']:.2f} s uncompiled (first call, compiling: {info['first']:.1f} s; relative "
+                f"difference {info['error']:.1e})"
+            )
         else:
             tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             compiled = f"torch.compile failed: {tail[:200]}"
@@ -245,8 +284,11 @@ def compile_sentence(model: str, args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet,small-cnn",
-                        help="comma-separated, from: " + ", ".join(m for m in MODELS if m != "iris"))
+    parser.add_argument(
+        "--models",
+        default="lenet,small-cnn",
+        help="comma-separated, from: " + ", ".join(m for m in MODELS if m != "iris"),
+    )
     parser.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR"))
     parser.add_argument("--vectors", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1)
@@ -286,8 +328,19 @@ def main() -> None:
             "",
             f"## {model} ({problem.n_params:,} parameters)",
             "",
-            markdown.table(["block", "variant", "time (s)", "per vector (s)", "kernel (s)", "GFLOP per vector",
-                            "GFLOP/s", "rel. error"], rows),
+            markdown.table(
+                [
+                    "block",
+                    "variant",
+                    "time (s)",
+                    "per vector (s)",
+                    "kernel (s)",
+                    "GFLOP per vector",
+                    "GFLOP/s",
+                    "rel. error",
+                ],
+                rows,
+            ),
             "",
             f"torch.compile: {compiled}.",
         ]

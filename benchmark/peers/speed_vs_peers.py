@@ -87,21 +87,32 @@ default-like runs take the whole set)."""
 
 TOOLS = ("ours", "dattri", "pydvl")
 METHOD_NAMES = {
-    ("ours", "exact"): "exact", ("ours", "cg"): "cg", ("ours", "lissa"): "lissa",
-    ("dattri", "exact"): "IFAttributorExplicit", ("dattri", "cg"): "IFAttributorCG",
+    ("ours", "exact"): "exact",
+    ("ours", "cg"): "cg",
+    ("ours", "lissa"): "lissa",
+    ("dattri", "exact"): "IFAttributorExplicit",
+    ("dattri", "cg"): "IFAttributorCG",
     ("dattri", "lissa"): "IFAttributorLiSSA",
-    ("pydvl", "exact"): "DirectInfluence", ("pydvl", "cg"): "CgInfluence", ("pydvl", "lissa"): "LissaInfluence",
+    ("pydvl", "exact"): "DirectInfluence",
+    ("pydvl", "cg"): "CgInfluence",
+    ("pydvl", "lissa"): "LissaInfluence",
     ("pydvl", "bcg"): "CgInfluence (block)",
-    ("ours", "bcg"): "cg (block)", ("ours", "pcg"): "cg (block, nystrom)",
-    ("ours", "rcg"): "cg (from v)", ("ours", "rbcg"): "cg (block, from v)",
+    ("ours", "bcg"): "cg (block)",
+    ("ours", "pcg"): "cg (block, nystrom)",
+    ("ours", "rcg"): "cg (from v)",
+    ("ours", "rbcg"): "cg (block, from v)",
 }
-OUR_CG = {"cg": {"block": False}, "bcg": {}, "pcg": {"preconditioner": "nystrom"},
-          "rcg": {"block": False, "start": "rhs"}, "rbcg": {"start": "rhs"}}
+OUR_CG = {
+    "cg": {"block": False},
+    "bcg": {},
+    "pcg": {"preconditioner": "nystrom"},
+    "rcg": {"block": False, "start": "rhs"},
+    "rbcg": {"start": "rhs"},
+}
 """Our CG variants: ``cg`` options over the defaults (``block: true``, ``start: zero``)."""
 SAME_START = {"cg": "rcg", "bcg": "rbcg"}
 """The variant of ours that a peer's CG method is compared with at equal iterations: started, like the peers' CG, from
 ``t_0 = v`` (so that the iterates agree in exact arithmetic)."""
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +144,16 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "iris": ModelSpec("iris", "iris", {}, True, (5, 10, 20, 40, 80), (500, 2000, 8000)),
-    "small-cnn": ModelSpec("small-cnn", "mnist", {"model": "small-cnn"}, False, (10, 15, 20, 25, 50, 100),
-                           (1000, 4000), (2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 20), cached_hessian="float32"),
+    "small-cnn": ModelSpec(
+        "small-cnn",
+        "mnist",
+        {"model": "small-cnn"},
+        False,
+        (10, 15, 20, 25, 50, 100),
+        (1000, 4000),
+        (2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 20),
+        cached_hessian="float32",
+    ),
     "lenet": ModelSpec("lenet", "mnist", {"model": "lenet"}, False, (6, 8, 10, 25, 50, 100), (1000, 4000)),
 }
 
@@ -240,8 +259,12 @@ def outcome_cells(outcome: Outcome) -> list[str]:
     """Time, peak memory and correlations of one outcome, or its failure."""
     if outcome.status != "ok":
         return [outcome.status + (f": {outcome.message}" if outcome.message else ""), "", "", ""]
-    return [fmt(outcome.seconds, ".3g"), fmt(outcome.peak_mib, ".0f"), fmt(worst(outcome.correlation), ".4f"),
-            fmt(worst(outcome.agreement), ".4f")]
+    return [
+        fmt(outcome.seconds, ".3g"),
+        fmt(outcome.peak_mib, ".0f"),
+        fmt(worst(outcome.correlation), ".4f"),
+        fmt(worst(outcome.agreement), ".4f"),
+    ]
 
 
 def reference_caveat(ref: Outcome) -> str:
@@ -249,20 +272,34 @@ def reference_caveat(ref: Outcome) -> str:
     if ref.diagnostics.get("converged") is not False:
         return ""
     if ref.diagnostics.get("iterations", 0) >= ref.job.setting:
-        return (" It is NOT converged (the iteration cap ran out first): every correlation below is against a "
-                "partial solve, and only the agreement at equal settings is conclusive.")
-    why = ("it stopped at the precision floor (no new low of the residual in the last iterations)"
-           if ref.diagnostics.get("stalled") else "its iteration reached the tolerance")
-    return (f" Its true relative residual, {fmt(ref.diagnostics.get('relative_residual'), '.2g')}, is above the "
-            f"requested {ref.job.tol:g} (float32 products carry relative errors of about 1e-5), so it counts as not "
-            f"converged: {why}. A correlation of 0.99 is far coarser.")
+        return (
+            " It is NOT converged (the iteration cap ran out first): every correlation below is against a "
+            "partial solve, and only the agreement at equal settings is conclusive."
+        )
+    why = (
+        "it stopped at the precision floor (no new low of the residual in the last iterations)"
+        if ref.diagnostics.get("stalled")
+        else "its iteration reached the tolerance"
+    )
+    return (
+        f" Its true relative residual, {fmt(ref.diagnostics.get('relative_residual'), '.2g')}, is above the "
+        f"requested {ref.job.tol:g} (float32 products carry relative errors of about 1e-5), so it counts as not "
+        f"converged: {why}. A correlation of 0.99 is far coarser."
+    )
 
 
 def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     """The Markdown report: per model, time to 0.99 and every measurement, with a banner and the environment."""
-    commits = sorted({o.commit for result in results.values() for o in [result["reference"]]
-                      + [o for sweep in result["sweeps"].values() for o in sweep]
-                      + [o for check in result.get("rounding", []) for o in check[1:]] if o.commit})
+    commits = sorted(
+        {
+            o.commit
+            for result in results.values()
+            for o in [result["reference"]]
+            + [o for sweep in result["sweeps"].values() for o in sweep]
+            + [o for check in result.get("rounding", []) for o in check[1:]]
+            if o.commit
+        }
+    )
     out = [
         "# Speed against dattri and pyDVL",
         "",
@@ -287,18 +324,34 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
     ]
     for label, result in results.items():
         ref: Outcome = result["reference"]
-        out += [f"## {label}", "", result["summary"], "",
-                f"Reference: {ref.job.name} ({ref.job.setting_label}), {fmt(ref.seconds, '.3g')} s, "
-                f"diagnostics {json.dumps(ref.diagnostics, sort_keys=True)}."
-                + reference_caveat(ref) + result.get("cross_check", ""), "",
-                "### Time to a correlation >= 0.99 with the reference", ""]
+        out += [
+            f"## {label}",
+            "",
+            result["summary"],
+            "",
+            f"Reference: {ref.job.name} ({ref.job.setting_label}), {fmt(ref.seconds, '.3g')} s, "
+            f"diagnostics {json.dumps(ref.diagnostics, sort_keys=True)}."
+            + reference_caveat(ref)
+            + result.get("cross_check", ""),
+            "",
+            "### Time to a correlation >= 0.99 with the reference",
+            "",
+        ]
         rows = []
         for (tool, _), sweep in result["sweeps"].items():
             hit = first_reaching(sweep)
             name = sweep[0].job.name
             if hit is not None:
-                rows.append([tool, name, hit.job.setting_label, fmt(hit.seconds, ".3g"), fmt(hit.peak_mib, ".0f"),
-                             fmt(worst(hit.correlation), ".4f")])
+                rows.append(
+                    [
+                        tool,
+                        name,
+                        hit.job.setting_label,
+                        fmt(hit.seconds, ".3g"),
+                        fmt(hit.peak_mib, ".0f"),
+                        fmt(worst(hit.correlation), ".4f"),
+                    ]
+                )
             else:
                 done = [o for o in sweep if o.status == "ok"]
                 best = max((worst(o.correlation) for o in done), default=float("nan"))
@@ -306,28 +359,82 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
                 why = f"not reached (best r {fmt(best, '.4f')}"
                 why += f"; stopped: {last.status})" if last is not None and last.status != "ok" else ")"
                 rows.append([tool, name, why, "", "", ""])
-        out += [markdown.table(["tool", "method", "first setting", "time (s)", "peak (MiB)", "r ref"], rows), "",
-                "### Every measurement", ""]
+        out += [
+            markdown.table(["tool", "method", "first setting", "time (s)", "peak (MiB)", "r ref"], rows),
+            "",
+            "### Every measurement",
+            "",
+        ]
         rows = []
         for sweep in result["sweeps"].values():
             for outcome in sweep:
-                rows.append([outcome.job.tool, outcome.job.name, outcome.job.setting_label, *outcome_cells(outcome),
-                             fmt(outcome.base_mib, ".0f"), fmt(outcome.load, ".1f"),
-                             json.dumps(outcome.diagnostics, sort_keys=True) if outcome.diagnostics else ""])
-        out += [markdown.table(["tool", "method", "setting", "time (s)", "peak (MiB)", "r ref", "r ours",
-                                "baseline (MiB)", "load", "diagnostics"], rows), ""]
+                rows.append(
+                    [
+                        outcome.job.tool,
+                        outcome.job.name,
+                        outcome.job.setting_label,
+                        *outcome_cells(outcome),
+                        fmt(outcome.base_mib, ".0f"),
+                        fmt(outcome.load, ".1f"),
+                        json.dumps(outcome.diagnostics, sort_keys=True) if outcome.diagnostics else "",
+                    ]
+                )
+        out += [
+            markdown.table(
+                [
+                    "tool",
+                    "method",
+                    "setting",
+                    "time (s)",
+                    "peak (MiB)",
+                    "r ref",
+                    "r ours",
+                    "baseline (MiB)",
+                    "load",
+                    "diagnostics",
+                ],
+                rows,
+            ),
+            "",
+        ]
         if result.get("rounding"):
-            out += ["### CG agreement in float64", "",
-                    "Each peer CG sweep's first setting whose worst r with ours from the same start is below "
-                    f"{THRESHOLD} in float32, rerun by both tools in float64 (problem, model and data cast; the same "
-                    "test points). Equal in exact arithmetic, the two agree in float64 where float32 rounding was "
-                    "what separated them.", ""]
-            rows = [[peer.job.tool, below.job.name, below.job.setting_label, fmt(worst(below.agreement), ".4f"),
-                     fmt(worst(peer.agreement), ".4f") if peer.status == "ok" and ours.status == "ok"
-                     else f"ours {ours.status}, peer {peer.status}", *(fmt(o.seconds, ".3g") for o in (ours, peer))]
-                    for below, ours, peer in result["rounding"]]
-            out += [markdown.table(["tool", "method", "setting", "r ours (float32)", "r ours (float64)",
-                                    "ours float64 (s)", "peer float64 (s)"], rows), ""]
+            out += [
+                "### CG agreement in float64",
+                "",
+                "Each peer CG sweep's first setting whose worst r with ours from the same start is below "
+                f"{THRESHOLD} in float32, rerun by both tools in float64 (problem, model and data cast; the same "
+                "test points). Equal in exact arithmetic, the two agree in float64 where float32 rounding was "
+                "what separated them.",
+                "",
+            ]
+            rows = [
+                [
+                    peer.job.tool,
+                    below.job.name,
+                    below.job.setting_label,
+                    fmt(worst(below.agreement), ".4f"),
+                    fmt(worst(peer.agreement), ".4f")
+                    if peer.status == "ok" and ours.status == "ok"
+                    else f"ours {ours.status}, peer {peer.status}",
+                    *(fmt(o.seconds, ".3g") for o in (ours, peer)),
+                ]
+                for below, ours, peer in result["rounding"]
+            ]
+            out += [
+                markdown.table(
+                    [
+                        "tool",
+                        "method",
+                        "setting",
+                        "r ours (float32)",
+                        "r ours (float64)",
+                        "ours float64 (s)",
+                        "peer float64 (s)",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -424,8 +531,14 @@ def run_dattri(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) ->
         attributor = IFAttributorCG(task=task, device="cpu", max_iter=job.setting, regularization=regularization)
     else:
         # dattri's step is h <- v + (1 - d) h - H_B h / s with result h / s, i.e. (H + d s I)^-1 v: d = lambda / s
-        attributor = IFAttributorLiSSA(task=task, device="cpu", batch_size=LISSA_BATCH, recursion_depth=job.setting,
-                                       scaling=job.scale, damping=regularization / job.scale)
+        attributor = IFAttributorLiSSA(
+            task=task,
+            device="cpu",
+            batch_size=LISSA_BATCH,
+            recursion_depth=job.setting,
+            scaling=job.scale,
+            damping=regularization / job.scale,
+        )
     attributor.cache(train)
     return attributor.attribute(train, tests), {}
 
@@ -442,19 +555,40 @@ def run_pydvl(job: Job, module: torch.nn.Module, problem: Any, test: Tensor) -> 
         loader = DataLoader(data, batch_size=n)
     elif job.method in ("cg", "bcg"):
         # rtol = atol = 0: exactly `maxiter` iterations, like the other tools at this setting
-        model = CgInfluence(module, mean_loss, regularization=regularization, rtol=0.0, atol=0.0,
-                            maxiter=job.setting, solve_simultaneously=job.method == "bcg",
-                            warn_on_max_iteration=False)
+        model = CgInfluence(
+            module,
+            mean_loss,
+            regularization=regularization,
+            rtol=0.0,
+            atol=0.0,
+            maxiter=job.setting,
+            solve_simultaneously=job.method == "bcg",
+            warn_on_max_iteration=False,
+        )
         loader = DataLoader(data, batch_size=job.batch or n)
     else:
-        model = LissaInfluence(module, mean_loss, regularization=regularization, maxiter=job.setting,
-                               scale=job.scale, dampen=0.0, rtol=0.0, warn_on_max_iteration=False)
+        model = LissaInfluence(
+            module,
+            mean_loss,
+            regularization=regularization,
+            maxiter=job.setting,
+            scale=job.scale,
+            dampen=0.0,
+            rtol=0.0,
+            warn_on_max_iteration=False,
+        )
         loader = DataLoader(data, batch_size=LISSA_BATCH)
     model = model.fit(loader)
     factors = model.influence_factors(problem.x_test[test], problem.y_test[test])
-    scores = torch.cat([model.influences_from_factors(factors, problem.x_train[i : i + TRAIN_CHUNK],
-                                                      problem.y_train[i : i + TRAIN_CHUNK])
-                        for i in range(0, n, TRAIN_CHUNK)], dim=1)
+    scores = torch.cat(
+        [
+            model.influences_from_factors(
+                factors, problem.x_train[i : i + TRAIN_CHUNK], problem.y_train[i : i + TRAIN_CHUNK]
+            )
+            for i in range(0, n, TRAIN_CHUNK)
+        ],
+        dim=1,
+    )
     return scores, {}
 
 
@@ -487,8 +621,16 @@ def warm_up(tool: str, problem: Any) -> None:
         import pydvl.influence.torch  # noqa: F401
     else:
         registry()  # imports the built-in estimators
-    few = type(problem)(problem.model, problem.loss, problem.params, problem.x_train[:2], problem.y_train[:2],
-                        problem.x_test[:2], problem.y_test[:2], problem.weight_decay)
+    few = type(problem)(
+        problem.model,
+        problem.loss,
+        problem.params,
+        problem.x_train[:2],
+        problem.y_train[:2],
+        problem.x_test[:2],
+        problem.y_test[:2],
+        problem.weight_decay,
+    )
     vectors = torch.zeros(2, few.n_params, dtype=few.dtype)
     few.hvp(vectors)
     few._hvp_on(vectors, few.x_train, few.y_train)
@@ -523,8 +665,13 @@ def worker(job: Job, scores_path: Path) -> dict[str, Any]:
     peak = rss_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     scores = align(job.tool, raw, problem.n_train)
     torch.save({"scores": scores, "test": test}, scores_path)
-    return {"seconds": seconds, "peak_mib": peak, "base_mib": base, "peak_reset": reset,
-            "diagnostics": {k: v for k, v in diagnostics.items() if isinstance(v, (int, float, bool, str))}}
+    return {
+        "seconds": seconds,
+        "peak_mib": peak,
+        "base_mib": base,
+        "peak_reset": reset,
+        "diagnostics": {k: v for k, v in diagnostics.items() if isinstance(v, (int, float, bool, str))},
+    }
 
 
 def job_fields(job: Job) -> dict[str, Any]:
@@ -549,8 +696,12 @@ def our_code(root: Path = REPO) -> str:
     measurement package, ``benchmark/peers``, whose edits change no measured number):
     :func:`benchmark.provenance.source_digest`, so that editing a docstring or a comment does not redo an hour of
     measurements."""
-    paths = sorted(p for folder in ("benchmark", "estimators", "tasks") for p in (root / folder).rglob("*.py")
-                   if not p.relative_to(root).as_posix().startswith(PEERS_PACKAGE + "/"))
+    paths = sorted(
+        p
+        for folder in ("benchmark", "estimators", "tasks")
+        for p in (root / folder).rglob("*.py")
+        if not p.relative_to(root).as_posix().startswith(PEERS_PACKAGE + "/")
+    )
     return provenance.source_digest(paths, root)[:12]
 
 
@@ -567,28 +718,45 @@ def measure(job: Job, timeout: float, workdir: Path) -> Outcome:
         if info.get("job") == job_fields(job) and (info["status"] != "ok" or scores_path.exists()):
             print(f"[{time.strftime('%H:%M:%S')}] {label}: measured before ({info['status']}), reused", flush=True)
             scores = torch.load(scores_path, weights_only=True)["scores"] if info["status"] == "ok" else None
-            return Outcome(job, info["status"], info.get("seconds"), info.get("peak_mib"), info.get("base_mib"),
-                           scores, info.get("diagnostics", {}), info.get("message", ""), commit=info.get("commit"),
-                           load=info.get("load"))
+            return Outcome(
+                job,
+                info["status"],
+                info.get("seconds"),
+                info.get("peak_mib"),
+                info.get("base_mib"),
+                scores,
+                info.get("diagnostics", {}),
+                info.get("message", ""),
+                commit=info.get("commit"),
+                load=info.get("load"),
+            )
     outcome = _measure(job, timeout, scores_path, label)
-    record = {"job": job_fields(job), "status": outcome.status, "seconds": outcome.seconds,
-              "peak_mib": outcome.peak_mib, "base_mib": outcome.base_mib, "diagnostics": outcome.diagnostics,
-              "message": outcome.message, "commit": outcome.commit, "load": outcome.load}
+    record = {
+        "job": job_fields(job),
+        "status": outcome.status,
+        "seconds": outcome.seconds,
+        "peak_mib": outcome.peak_mib,
+        "base_mib": outcome.base_mib,
+        "diagnostics": outcome.diagnostics,
+        "message": outcome.message,
+        "commit": outcome.commit,
+        "load": outcome.load,
+    }
     info_path.write_text(json.dumps(record, indent=1))
     return outcome
 
 
 def _measure(job: Job, timeout: float, scores_path: Path, label: str) -> Outcome:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
-               TQDM_DISABLE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
     command = [sys.executable, "-m", MODULE, "--worker", json.dumps(job_fields(job)), "--scores", str(scores_path)]
     print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
     try:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         print(f"    timeout after {timeout:.0f} s", flush=True)
-        return Outcome(job, "timeout", message=f"over {timeout:.0f} s", commit=current_commit(),
-                       load=os.getloadavg()[0])
+        return Outcome(
+            job, "timeout", message=f"over {timeout:.0f} s", commit=current_commit(), load=os.getloadavg()[0]
+        )
     load = os.getloadavg()[0]
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -597,11 +765,20 @@ def _measure(job: Job, timeout: float, scores_path: Path, label: str) -> Outcome
             tail = f"killed by signal {-done.returncode}" + (" (out of memory?)" if done.returncode == -9 else "")
         print(f"    failed: {tail}", flush=True)
         return Outcome(job, "failed", message=tail[:160].replace("|", "/"), commit=current_commit(), load=load)
-    info = json.loads(lines[-1][len("RESULT "):])
+    info = json.loads(lines[-1][len("RESULT ") :])
     saved = torch.load(scores_path, weights_only=True)
     print(f"    {info['seconds']:.1f} s, peak {info['peak_mib']:.0f} MiB {info['diagnostics']}", flush=True)
-    return Outcome(job, "ok", info["seconds"], info["peak_mib"], info["base_mib"], saved["scores"],
-                   info["diagnostics"], commit=current_commit(), load=load)
+    return Outcome(
+        job,
+        "ok",
+        info["seconds"],
+        info["peak_mib"],
+        info["base_mib"],
+        saved["scores"],
+        info["diagnostics"],
+        commit=current_commit(),
+        load=load,
+    )
 
 
 # -- the driver -----------------------------------------------------------------------------------------------------
@@ -631,8 +808,9 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
     if spec.dense:
         reference = run(Job(spec.label, "ours", "exact", data_dir=data_dir))
     else:
-        reference = run(Job(spec.label, "ours", "bcg", setting=args.reference_max_iter, tol=REFERENCE_TOL,
-                            data_dir=data_dir))
+        reference = run(
+            Job(spec.label, "ours", "bcg", setting=args.reference_max_iter, tol=REFERENCE_TOL, data_dir=data_dir)
+        )
     if reference.status != "ok":
         raise SystemExit(f"the reference for {spec.label} failed: {reference.message}")
     reference.correlation = pearson_rows(reference.scores, reference.scores)
@@ -676,14 +854,20 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
                         ours_at["exact", 0] = reference
                         continue
                 elif method in ("cg", "rcg"):
-                    jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
-                            for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations]
+                    jobs = [
+                        Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
+                        for k in (not spec.dense and args.cg_iterations) or spec.cg_iterations
+                    ]
                 elif method in ("bcg", "rbcg", "pcg"):
-                    jobs = [Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
-                            for k in spec.block_iterations]
+                    jobs = [
+                        Job(spec.label, tool, method, setting=k, data_dir=data_dir, batch=batch)
+                        for k in spec.block_iterations
+                    ]
                 else:
-                    jobs = [Job(spec.label, tool, "lissa", setting=d, scale=scale, data_dir=data_dir)
-                            for d in (not spec.dense and args.lissa_depths) or spec.lissa_depths]
+                    jobs = [
+                        Job(spec.label, tool, "lissa", setting=d, scale=scale, data_dir=data_dir)
+                        for d in (not spec.dense and args.lissa_depths) or spec.lissa_depths
+                    ]
                 # every tool sweeps the same grid until it reaches the threshold: agreement is measured at every
                 # setting both ran, and each tool's time to 0.99 is its own, not cut short where ours stopped
                 sweeps[key] = sweep(jobs, run, score)
@@ -694,12 +878,18 @@ def benchmark_model(spec: ModelSpec, args: argparse.Namespace, workdir: Path) ->
     summary = summarise(spec, sweeps)
     if skipped:
         summary += f" Not measured in this invocation (--methods): {', '.join(skipped)}."
-    return {"reference": reference, "sweeps": sweeps, "summary": summary,
-            "cross_check": dense_cross_check(spec, data_dir, reference), "rounding": rounding_check(sweeps, run)}
+    return {
+        "reference": reference,
+        "sweeps": sweeps,
+        "summary": summary,
+        "cross_check": dense_cross_check(spec, data_dir, reference),
+        "rounding": rounding_check(sweeps, run),
+    }
 
 
-def rounding_check(sweeps: dict[tuple[str, str], list[Outcome]],
-                   run: Callable[[Job], Outcome]) -> list[tuple[Outcome, Outcome, Outcome]]:
+def rounding_check(
+    sweeps: dict[tuple[str, str], list[Outcome]], run: Callable[[Job], Outcome]
+) -> list[tuple[Outcome, Outcome, Outcome]]:
     """Each peer CG sweep's first setting whose worst r with ours from the same start is below :data:`THRESHOLD`,
     rerun by both in float64: ``(float32 peer, float64 ours, float64 peer)``, the last with its agreement.
 
@@ -709,12 +899,33 @@ def rounding_check(sweeps: dict[tuple[str, str], list[Outcome]],
     """
     checks = []
     for (tool, _), sweep in sweeps.items():
-        below = next((o for o in sweep if o.status == "ok" and o.job.method in SAME_START and o.agreement is not None
-                      and worst(o.agreement) < THRESHOLD), None) if tool != "ours" else None
+        below = (
+            next(
+                (
+                    o
+                    for o in sweep
+                    if o.status == "ok"
+                    and o.job.method in SAME_START
+                    and o.agreement is not None
+                    and worst(o.agreement) < THRESHOLD
+                ),
+                None,
+            )
+            if tool != "ours"
+            else None
+        )
         if below is None:
             continue
-        ours = run(Job(below.job.model, "ours", SAME_START[below.job.method], setting=below.job.setting,
-                       data_dir=below.job.data_dir, dtype="float64"))
+        ours = run(
+            Job(
+                below.job.model,
+                "ours",
+                SAME_START[below.job.method],
+                setting=below.job.setting,
+                data_dir=below.job.data_dir,
+                dtype="float64",
+            )
+        )
         peer = run(dataclasses.replace(below.job, dtype="float64"))
         if ours.status == "ok" and peer.status == "ok":
             peer.agreement = pearson_rows(peer.scores, ours.scores)
@@ -741,16 +952,21 @@ def dense_cross_check(spec: ModelSpec, data_dir: str | None, reference: Outcome)
     try:
         exact.prepare(CacheOnly(**{f.name: getattr(problem, f.name) for f in dataclasses.fields(problem)}))
     except _NotCached:
-        return (f" Not cross-checked: the harness's cache holds no dense Hessian ({spec.cached_hessian} products) of "
-                "this optimum; a Table 1 `exact` run on it leaves one.")
+        return (
+            f" Not cross-checked: the harness's cache holds no dense Hessian ({spec.cached_hessian} products) of "
+            "this optimum; a Table 1 `exact` run on it leaves one."
+        )
     agreement = worst(pearson_rows(exact.influence(test_points(problem)), reference.scores))
-    return (f" Cross-check: against our `exact` on the cached dense Hessian of this optimum ({spec.cached_hessian} "
-            f"products, float64 eigendecomposition; built by the Table 1 `exact` run), the reference's worst r is "
-            f"{agreement:.6f}.")
+    return (
+        f" Cross-check: against our `exact` on the cached dense Hessian of this optimum ({spec.cached_hessian} "
+        f"products, float64 eigendecomposition; built by the Table 1 `exact` run), the reference's worst r is "
+        f"{agreement:.6f}."
+    )
 
 
 def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> str:
     """One paragraph: our fastest converged answer against the fastest peer's, and the agreement at equal settings."""
+
     def fastest(tool: str, peak_mib: float = float("inf")) -> Outcome | None:
         hits = [first_reaching(s) for (t, _), s in sweeps.items() if t == tool]
         hits = [h for h in hits if h is not None and h.peak_mib <= peak_mib]
@@ -763,27 +979,41 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
     if ours is None:
         parts.append("Ours did not reach 0.99 within the sweep.")
     else:
-        parts.append(f"Ours reaches 0.99 fastest with {ours.job.name} ({ours.job.setting_label}) in "
-                     f"{ours.seconds:.3g} s at {ours.peak_mib:.0f} MiB peak.")
+        parts.append(
+            f"Ours reaches 0.99 fastest with {ours.job.name} ({ours.job.setting_label}) in "
+            f"{ours.seconds:.3g} s at {ours.peak_mib:.0f} MiB peak."
+        )
     if peer is None:
         parts.append("No peer configuration reached 0.99 within the sweep and the timeout.")
     elif ours is not None:
-        parts.append(f"The fastest peer, {peer.job.tool} {peer.job.name} ({peer.job.setting_label}), takes "
-                     f"{peer.seconds:.3g} s at {peer.peak_mib:.0f} MiB: ours is {peer.seconds / ours.seconds:.1f}x "
-                     f"faster at {ours.peak_mib / peer.peak_mib:.2f}x its peak memory.")
+        parts.append(
+            f"The fastest peer, {peer.job.tool} {peer.job.name} ({peer.job.setting_label}), takes "
+            f"{peer.seconds:.3g} s at {peer.peak_mib:.0f} MiB: ours is {peer.seconds / ours.seconds:.1f}x "
+            f"faster at {ours.peak_mib / peer.peak_mib:.2f}x its peak memory."
+        )
         frugal = fastest("ours", peer.peak_mib)
         if frugal is not None and frugal is not ours:
-            parts.append(f"At no more peak memory than that peer, ours is fastest with {frugal.job.name} "
-                         f"({frugal.job.setting_label}): {frugal.seconds:.3g} s at {frugal.peak_mib:.0f} MiB, "
-                         f"{peer.seconds / frugal.seconds:.1f}x faster.")
+            parts.append(
+                f"At no more peak memory than that peer, ours is fastest with {frugal.job.name} "
+                f"({frugal.job.setting_label}): {frugal.seconds:.3g} s at {frugal.peak_mib:.0f} MiB, "
+                f"{peer.seconds / frugal.seconds:.1f}x faster."
+            )
         elif frugal is None:
             parts.append("No setting of ours reaches 0.99 within that peer's peak memory.")
-    agreements = [(o.job, worst(o.agreement)) for (t, _), s in sweeps.items() if t != "ours"
-                  for o in s if o.status == "ok" and o.agreement is not None and o.job.method in SAME_START]
+    agreements = [
+        (o.job, worst(o.agreement))
+        for (t, _), s in sweeps.items()
+        if t != "ours"
+        for o in s
+        if o.status == "ok" and o.agreement is not None and o.job.method in SAME_START
+    ]
     if agreements:
-        parts.append("CG at equal iteration counts, worst r with ours from the same start (t0 = v; block CG with "
-                     "our block CG): " + ", ".join(
-            f"{job.tool} {job.name} {job.setting_label} {r:.4f}" for job, r in agreements) + ".")
+        parts.append(
+            "CG at equal iteration counts, worst r with ours from the same start (t0 = v; block CG with "
+            "our block CG): "
+            + ", ".join(f"{job.tool} {job.name} {job.setting_label} {r:.4f}" for job, r in agreements)
+            + "."
+        )
     return " ".join(parts)
 
 
@@ -804,8 +1034,18 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             versions.append(f"{package} missing")
     commit = current_commit()
     cpu = platform.processor() or platform.machine()
-    model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                       if line.startswith("model name")), cpu) if Path("/proc/cpuinfo").exists() else cpu
+    model_name = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+        if Path("/proc/cpuinfo").exists()
+        else cpu
+    )
     return {
         "command": f"python -m {MODULE} " + " ".join(args.argv),
         "device": f"CPU ({model_name}, {os.cpu_count()} cores), {platform.system()}",
@@ -841,18 +1081,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default="iris,small-cnn,lenet", help="comma-separated, from: " + ", ".join(MODELS))
     parser.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR"), help="MNIST location")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement")
-    parser.add_argument("--cg-iterations", type=int_list,
-                        help="CG iteration counts to sweep on the MNIST models (default: per model)")
-    parser.add_argument("--lissa-depths", type=int_list,
-                        help="LiSSA depths to sweep on the MNIST models (default: per model)")
-    parser.add_argument("--reference-max-iter", type=int, default=REFERENCE_MAX_ITER,
-                        help="iteration cap of the CG reference where no dense solve fits")
-    parser.add_argument("--methods", type=method_list, default=("cg", "lissa"),
-                        help="sweeps on the MNIST models, comma-separated, from: cg (every CG variant), lissa (the "
-                        "dense solvers run where they fit, and Iris runs everything); e.g. two processes with "
-                        "--methods cg and --methods lissa share one --workdir")
-    parser.add_argument("--workdir", type=Path, help="where finished measurements are kept (default "
-                        "$BENCH_CACHE_DIR/speed-vs-peers or ~/.cache/bench/speed-vs-peers)")
+    parser.add_argument(
+        "--cg-iterations", type=int_list, help="CG iteration counts to sweep on the MNIST models (default: per model)"
+    )
+    parser.add_argument(
+        "--lissa-depths", type=int_list, help="LiSSA depths to sweep on the MNIST models (default: per model)"
+    )
+    parser.add_argument(
+        "--reference-max-iter",
+        type=int,
+        default=REFERENCE_MAX_ITER,
+        help="iteration cap of the CG reference where no dense solve fits",
+    )
+    parser.add_argument(
+        "--methods",
+        type=method_list,
+        default=("cg", "lissa"),
+        help="sweeps on the MNIST models, comma-separated, from: cg (every CG variant), lissa (the "
+        "dense solvers run where they fit, and Iris runs everything); e.g. two processes with "
+        "--methods cg and --methods lissa share one --workdir",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where finished measurements are kept (default "
+        "$BENCH_CACHE_DIR/speed-vs-peers or ~/.cache/bench/speed-vs-peers)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "leaderboards" / "speed.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scores", type=Path, help=argparse.SUPPRESS)
