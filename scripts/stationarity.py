@@ -78,7 +78,8 @@ def main() -> None:
             f"| `{path.name}` | {name} | {c.model} | {c.weight_decay:g} | {c.train_size} | "
             f"{before['gradient_norm']:.2e} | {after['gradient_norm']:.2e} | "
             f"{'yes' if after['gradient_norm'] <= CONVERGENCE_TOL else '**no**'} | "
-            f"{before['train_loss']:.3g} | {after['train_loss']:.3g} | #{before['test_index']} | #{after['test_index']} | "
+            f"{before['train_loss']:.3g} | {after['train_loss']:.3g} | "
+            f"#{before['test_index']} | #{after['test_index']} | "
             f"{before['drift']:.2e} | {after['drift']:.2e} |"
         )
     commit, dirty = records.git_commit()
