@@ -243,3 +243,15 @@ def test_markdown_subset() -> None:
     out = markdown_to_html("# Title\n\nSome `code` and **bold** [link](#x).\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
     assert "<h2>Title</h2>" in out and "<code>code</code>" in out and "<strong>bold</strong>" in out
     assert '<a href="#x">link</a>' in out and "<td>1</td><td>2</td>" in out and "<th>a</th>" in out
+
+
+def test_claims_table_names_sources_relative_to_where_it_is_made(tmp_path: Path, monkeypatch) -> None:
+    """A committed claims table names no absolute path of the machine that made it: sources under the checkout or the
+    working directory are shown relative to it; others as they are."""
+    from benchmark.report import _shown
+    from benchmark.runner import PUBLISHED_DIR
+
+    assert _shown(f"{PUBLISHED_DIR}/studies/iris-depth.csv") == "leaderboards/studies/iris-depth.csv"
+    monkeypatch.chdir(tmp_path)
+    assert _shown(f"{tmp_path.resolve()}/results/mnist (3 records)") == "results/mnist (3 records)"
+    assert _shown("/elsewhere/studies/x.csv") == "/elsewhere/studies/x.csv"
