@@ -155,6 +155,25 @@ class Problem:
         with torch.no_grad():
             return self.losses(self.theta if theta is None else theta, self.x_test, self.y_test)
 
+    def objective_and_gradient(self, theta: Tensor) -> tuple[float, Tensor]:
+        """``J(theta)`` and ``grad J(theta)`` on the full training set, summed over passes that fit in memory (the
+        task's :attr:`chunk_size`, in pieces of :attr:`PASS_BYTES` on the CPU); the losses are summed in float64, so
+        that the value is exact enough for a line search near the optimum (``benchmark.training.polish``)."""
+        rows = self.chunk_size or self.n_train
+        if self.device.type == "cpu":
+            rows = min(rows, self._pass_rows(self._graph_bytes_per_example()))
+        total = torch.zeros((), dtype=torch.float64, device=theta.device)
+        gradient = torch.zeros_like(theta)
+        for part_rows in self.train_slices(rows):
+            with torch.enable_grad():
+                point = theta.detach().requires_grad_()
+                loss = self.losses(point, self.x_train[part_rows], self.y_train[part_rows]).sum()
+                (part,) = torch.autograd.grad(loss / self.n_train, point)
+            gradient += part
+            total += loss.detach().double()
+        value = float(total) / self.n_train + 0.5 * self.weight_decay * float(theta.detach().double().square().sum())
+        return value, gradient + self.weight_decay * theta.detach()
+
     def gradient_norm(self) -> float:
         """``||grad J(theta*)||``: zero at an exact optimum, so it measures how converged the training was."""
         return float(torch.linalg.vector_norm(grad(self.objective)(self.theta)))

@@ -135,26 +135,6 @@ def train(problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
     return descend(problem, problem.theta.unsqueeze(0), weights, recipe, progress, "training optimum")[0]
 
 
-def objective_and_gradient(problem: Problem, theta: Tensor) -> tuple[float, Tensor]:
-    """``J(theta)`` and ``grad J(theta)`` on the full training set, summed over passes that fit in memory (the task's
-    :attr:`~Problem.chunk_size`, in pieces of :attr:`~Problem.PASS_BYTES` on the CPU); the losses are summed in
-    float64, so that the value is exact enough for a line search near the optimum."""
-    rows = problem.chunk_size or problem.n_train
-    if problem.device.type == "cpu":
-        rows = min(rows, problem._pass_rows(problem._graph_bytes_per_example()))
-    total = torch.zeros((), dtype=torch.float64, device=theta.device)
-    gradient = torch.zeros_like(theta)
-    for rows_slice in problem.train_slices(rows):
-        with torch.enable_grad():
-            point = theta.detach().requires_grad_()
-            loss = problem.losses(point, problem.x_train[rows_slice], problem.y_train[rows_slice]).sum()
-            (part,) = torch.autograd.grad(loss / problem.n_train, point)
-        gradient += part
-        total += loss.detach().double()
-    value = float(total) / problem.n_train + 0.5 * problem.weight_decay * float(theta.detach().double().square().sum())
-    return value, gradient + problem.weight_decay * theta.detach()
-
-
 CHECKPOINT_EVERY = 50
 """L-BFGS iterations between two checkpoints of :func:`polish` (and between two checks of its progress)."""
 
@@ -196,11 +176,11 @@ def polish(
     )
 
     def closure() -> Tensor:
-        value, gradient = objective_and_gradient(problem, theta)
+        value, gradient = problem.objective_and_gradient(theta)
         theta.grad = gradient
         return torch.tensor(value, dtype=torch.float64)
 
-    value, gradient = objective_and_gradient(problem, theta)
+    value, gradient = problem.objective_and_gradient(theta)
     norm = float(torch.linalg.vector_norm(gradient))
     bar = tqdm(
         total=recipe.max_steps,
@@ -218,7 +198,7 @@ def polish(
         optimiser.step(closure)
         done += max(1, optimiser.state[theta]["n_iter"] - before)
         previous = value
-        value, gradient = objective_and_gradient(problem, theta)
+        value, gradient = problem.objective_and_gradient(theta)
         norm = float(torch.linalg.vector_norm(gradient))
         bar.update(done - bar.n)
         bar.set_postfix_str(f"J {value:.6g}, |grad| {norm:.2e}")

@@ -11,7 +11,7 @@ from benchmark import Problem
 from benchmark.cache import Cache
 from benchmark.losses import cross_entropy
 from benchmark.task import BuildContext, Polish
-from benchmark.training import objective_and_gradient, polish
+from benchmark.training import polish
 from tasks.vision import Mnist, VisionConfig
 
 
@@ -28,7 +28,7 @@ def test_objective_and_gradient_match_autograd_in_chunks():
     """Summed over chunks of 10 examples, the value and gradient are those of the whole objective at once."""
     problem = small_problem(chunk_size=10)
     theta = problem.theta + 0.1
-    value, gradient = objective_and_gradient(problem, theta)
+    value, gradient = problem.objective_and_gradient(theta)
     reference = theta.clone().requires_grad_()
     expected = problem.objective(reference)
     (expected_gradient,) = torch.autograd.grad(expected, reference)
@@ -40,7 +40,7 @@ def test_polish_reaches_a_stationary_point():
     problem = small_problem()
     assert problem.gradient_norm() > 0.1  # at its initialisation: far from stationary
     theta = polish(problem, Polish(max_steps=2000, gradient_tol=1e-7))
-    gradient = objective_and_gradient(problem, theta)[1]
+    gradient = problem.objective_and_gradient(theta)[1]
     assert float(gradient.norm()) < 1e-7
     assert float(problem.objective(theta)) < float(problem.objective(problem.theta))
 
@@ -49,7 +49,7 @@ def test_polish_stops_at_max_steps():
     problem = small_problem()
     few = polish(problem, Polish(max_steps=3, gradient_tol=1e-12))
     many = polish(problem, Polish(max_steps=300, gradient_tol=1e-12))
-    assert objective_and_gradient(problem, few)[1].norm() > objective_and_gradient(problem, many)[1].norm()
+    assert problem.objective_and_gradient(few)[1].norm() > problem.objective_and_gradient(many)[1].norm()
 
 
 def test_vision_optimum_is_polished_and_the_sgd_optimum_cached_apart(tmp_path):
@@ -83,3 +83,11 @@ def test_polish_resumes_from_its_checkpoint(tmp_path):
     assert not torch.equal(resumed, first)
     fresh = polish(problem, Polish(max_steps=100, gradient_tol=1e-14), checkpoint=(cache, {"k": 2}))
     assert torch.equal(fresh, first)  # from theta, not from key 1's checkpoints
+
+
+def test_bad_lbfgs_options_are_one_line_errors(bench):
+    """A negative iteration budget or a non-positive tolerance is refused naming the option, exit 2."""
+    for option in ("mnist.lbfgs_steps=-1", "mnist.lbfgs_tol=0"):
+        result = bench("run", "--task", "mnist", "--set", "mnist.preset=smoke", "--set", option, "--no-progress")
+        assert result.code == 2, (option, result.err)
+        assert len(result.err.strip().splitlines()) == 1 and option.split("=")[0].split(".")[1] in result.err
