@@ -47,12 +47,12 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import EstimatorFailed, PluginError
-from benchmark.plugins import Registry, plugin_manager
-from benchmark.problem import Problem
-from benchmark.run_config import RunConfig
-from benchmark.runner import Run, evaluate_estimator, ihvp_residuals, resolve_device, score_selection, select
-from benchmark.task import Protocol
+from benchmark.common.errors import EstimatorFailed, PluginError
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.run_config import RunConfig
+from benchmark.contracts.task import Protocol
+from benchmark.evaluation.runner import Run, evaluate_estimator, ihvp_residuals, resolve_device, score_selection, select
+from benchmark.numerics.problem import Problem
 from tasks.models import MODELS
 
 LARGE_ENV = "BENCH_ASV_LARGE"
@@ -199,8 +199,8 @@ def build(
 ) -> tuple[Run, Problem, Protocol, int]:
     """The trained problem of ``case`` at ``size`` (trained into, or loaded from, ``cache``), as ``bench run`` builds
     it: returns the run, the problem, the protocol and the test point's index. The run's ``estimators`` are made as
-    ``bench run`` makes them (:func:`benchmark.runner.resolve_hyperparameters`: the task's protocol damping, e.g.
-    0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
+    ``bench run`` makes them (:func:`benchmark.evaluation.runner.resolve_hyperparameters`: the task's protocol damping,
+    e.g. 0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
     task, _ = split_case(case)
     config = RunConfig(
         task=task,
@@ -247,9 +247,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Train ``case`` at ``size``, evaluate every estimator once, and (at size ``small``) score it against the
     leave-one-out ground truth, through the runner's own steps, as ``bench run --selection top`` does them
-    (:func:`benchmark.runner.evaluate_estimator`, :func:`~benchmark.runner.ihvp_residuals`,
-    :func:`~benchmark.runner.select`, :func:`~benchmark.runner.score_selection`, the run's ground truth); the
-    ground truth stays in ``cache``.
+    (:func:`benchmark.evaluation.runner.evaluate_estimator`, :func:`~benchmark.evaluation.runner.ihvp_residuals`,
+    :func:`~benchmark.evaluation.runner.select`, :func:`~benchmark.evaluation.runner.score_selection`, the run's ground
+    truth); the ground truth stays in ``cache``.
 
     Returns:
         ``{"n_train", "n_params", "test_index", "threads", "estimators": {name: Outcome as a dict}}``.

@@ -9,24 +9,31 @@ is streamed from disk, the optional speed-ups declared on :class:`Task` (:meth:`
 :meth:`Task.train_many`), and the range checks :func:`positive` and :func:`non_negative` for its config dataclass (a
 ``ValueError`` there is a one-line usage error); :class:`DataError` for missing or malformed data and
 :class:`UsageError` for a bad option, each reported as one line.
+
+The harness, by stage (each package imports only the ones listed before it):
+
+- :mod:`benchmark.common`: errors, configuration, the on-disk cache, provenance;
+- :mod:`benchmark.numerics`: the :class:`Problem` a task builds and the maths on it (training, curvature);
+- :mod:`benchmark.contracts`: what plugins implement and receive (task, estimator, hooks, run config, records);
+- :mod:`benchmark.groundtruth`: leave-one-out re-training, cached, in this process or on workers;
+- :mod:`benchmark.evaluation`: ``bench run`` (estimators, selections, scores, records) and the leaderboards;
+- :mod:`benchmark.studies`: declared sweeps, their tables, claims and figures, and the report;
+- :mod:`benchmark.cli`: the ``bench`` command line.
+
+:mod:`benchmark.peers` (speed against other libraries) stands apart: nothing of the harness imports it.
 """
 
 from __future__ import annotations
 
-import pluggy
-
-__version__ = "0.1.0"
-
-hookimpl = pluggy.HookimplMarker("bench")
-hookspec = pluggy.HookspecMarker("bench")
-
-from benchmark.config import non_negative, positive  # noqa: E402
-from benchmark.errors import BenchError, DataError, EstimatorFailed, EstimatorSkipped, UsageError  # noqa: E402
-from benchmark.estimator import Estimator, NoConfig  # noqa: E402
-from benchmark.problem import Problem  # noqa: E402
-from benchmark.recipes import Polish, Recipe  # noqa: E402
-from benchmark.task import BuildContext, Protocol, ReferenceRow, Task  # noqa: E402
-from benchmark.training import StreamedBatches  # noqa: E402
+from benchmark.common.config import non_negative, positive
+from benchmark.common.errors import BenchError, DataError, EstimatorFailed, EstimatorSkipped, UsageError
+from benchmark.common.provenance import VERSION as __version__
+from benchmark.contracts.estimator import Estimator, NoConfig
+from benchmark.contracts.hookspecs import hookimpl, hookspec
+from benchmark.contracts.task import BuildContext, Protocol, ReferenceRow, Task
+from benchmark.numerics.problem import Problem
+from benchmark.numerics.recipes import Polish, Recipe
+from benchmark.numerics.training import StreamedBatches
 
 __all__ = [
     "BenchError",

@@ -31,17 +31,19 @@ from typing import Any, NoReturn
 import pandas as pd
 import torch
 
-from benchmark import config as configuration
-from benchmark import groundtruth, leaderboard, records
-from benchmark import report as report_command
-from benchmark import study as study_command
-from benchmark import timing as timing_command
-from benchmark.cache import Cache
-from benchmark.errors import BenchError, UnknownNameError, UsageError, user_interrupts
-from benchmark.executors import EXECUTORS
-from benchmark.plugins import Registry, plugin_manager
-from benchmark.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig, default_results_dir
-from benchmark.runner import Run, published_dir, writable_directory
+from benchmark.common import config as configuration
+from benchmark.common.cache import Cache
+from benchmark.common.errors import BenchError, UnknownNameError, UsageError, user_interrupts
+from benchmark.contracts import records
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig, default_results_dir
+from benchmark.evaluation import leaderboard
+from benchmark.evaluation import timing as timing_command
+from benchmark.evaluation.runner import Run, published_dir, writable_directory
+from benchmark.groundtruth import engine as groundtruth
+from benchmark.groundtruth.executors import EXECUTORS
+from benchmark.studies import report as report_command
+from benchmark.studies import run as study_command
 
 log = logging.getLogger("bench")
 
@@ -269,8 +271,9 @@ def _attributes_section(docstring: str) -> dict[str, str]:
 
 
 def _protocol_dampings(registry: Registry) -> dict[str, float]:
-    """The damping each task's protocol states at its default config (:attr:`benchmark.task.Protocol.damping`), for
-    ``bench list --options``; a task whose protocol cannot be made without data is left out of this listing."""
+    """The damping each task's protocol states at its default config
+    (:attr:`benchmark.contracts.task.Protocol.damping`), for ``bench list --options``; a task whose protocol cannot be
+    made without data is left out of this listing."""
     dampings = {}
     for name, entry in sorted(registry.tasks.items()):
         try:

@@ -10,9 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, hookimpl
-from benchmark.config import non_negative, positive
-from benchmark.problem import Problem
+from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
 
 BLOCK_BASIS_BYTES = 2**30
 """Memory of the block Krylov basis (and its products) after which a block solve restarts from its residual."""

@@ -7,9 +7,8 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Problem, hookimpl
-from benchmark.config import non_negative, positive
-from benchmark.curvature import DenseHessian
+from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Problem, hookimpl, non_negative, positive
+from benchmark.numerics.curvature import DenseHessian
 
 
 @dataclasses.dataclass

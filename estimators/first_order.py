@@ -6,8 +6,7 @@ import dataclasses
 
 from torch import Tensor
 
-from benchmark import Estimator, hookimpl
-from benchmark.config import positive
+from benchmark import Estimator, hookimpl, positive
 
 
 @dataclasses.dataclass

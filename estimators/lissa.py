@@ -9,10 +9,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from benchmark import Estimator, EstimatorFailed, hookimpl
-from benchmark.config import non_negative, positive
-from benchmark.curvature import top_eigenvalue
-from benchmark.problem import Problem
+from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark.numerics.curvature import top_eigenvalue
 
 DIVERGENCE_FACTOR = 1e3
 """The recursion has diverged once ``||h_j||`` exceeds this multiple of ``gamma / lambda * ||v||``, the norm of the

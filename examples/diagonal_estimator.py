@@ -2,7 +2,7 @@
 
 Use it with ``bench run --task iris -p examples.diagonal_estimator --estimator diagonal,exact`` (from the repository
 root) or ``-p path/to/diagonal_estimator.py`` (from anywhere), check it with
-``benchmark.testing.check_estimator(Diagonal)``, or install it under the ``bench`` entry-point group::
+``benchmark.contracts.testing.check_estimator(Diagonal)``, or install it under the ``bench`` entry-point group::
 
     [project.entry-points.bench]
     diagonal = "my_package.diagonal_estimator"

@@ -18,9 +18,8 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from benchmark import Problem, Recipe, Task, hookimpl
-from benchmark.losses import cross_entropy
-from benchmark.task import BuildContext, Protocol
+from benchmark import BuildContext, Problem, Protocol, Recipe, Task, hookimpl
+from benchmark.numerics.losses import cross_entropy
 
 
 @dataclasses.dataclass

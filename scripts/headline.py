@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmark import markdown, records
+from benchmark.common import markdown
+from benchmark.contracts import records
 
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 IGNORED = ("data_dir", "download")

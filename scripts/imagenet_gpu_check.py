@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import torch
 
-    from benchmark import config as configuration
-    from benchmark.cache import Cache
     from benchmark.cli import main as bench
-    from benchmark.groundtruth import GroundTruth
-    from benchmark.runner import resolve_device, select_test_point
-    from benchmark.task import BuildContext
+    from benchmark.common import config as configuration
+    from benchmark.common.cache import Cache
+    from benchmark.contracts.task import BuildContext
+    from benchmark.evaluation.runner import resolve_device, select_test_point
+    from benchmark.groundtruth.engine import GroundTruth
     from tasks.imagenet import ImageNet, ImageNetConfig
     from tasks.imagenet_data import write_synthetic_tree
     from tasks.imagenet_problem import retrain_all_check

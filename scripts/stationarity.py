@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from benchmark import config as configuration
-from benchmark import records
-from benchmark.cache import Cache, default_cache_dir
-from benchmark.groundtruth import GroundTruth
-from benchmark.plugins import Registry, plugin_manager
-from benchmark.runner import CONVERGENCE_TOL, select_test_point
-from benchmark.task import BuildContext
+from benchmark.common import config as configuration
+from benchmark.common.cache import Cache, default_cache_dir
+from benchmark.contracts import records
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.task import BuildContext
+from benchmark.evaluation.runner import CONVERGENCE_TOL, select_test_point
+from benchmark.groundtruth.engine import GroundTruth
 
 
 def measure(task, cache: Cache) -> dict:

@@ -8,7 +8,7 @@ Both loaders read torchvision's on-disk layout under a data directory ``root`` (
 They parse the files themselves, whole arrays at a time: MNIST's IDX format with numpy, CIFAR-10's pickles with a
 restricted unpickler that resolves only numpy's array-reconstruction globals, so a tampered batch file cannot run
 code. They check structure, not checksums (the copies built by ``shared/tools/get-real-data`` hold the original
-arrays but not the original pickle bytes), and raise :class:`~benchmark.errors.DataError` with the file and the
+arrays but not the original pickle bytes), and raise :class:`~benchmark.common.errors.DataError` with the file and the
 fault for anything missing or malformed.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.errors import DataError, UsageError
+from benchmark import DataError, UsageError
 
 DATA_ENV = "BENCH_DATA_DIR"
 

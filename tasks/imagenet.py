@@ -30,12 +30,19 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from benchmark import Recipe, Task, hookimpl
-from benchmark.config import non_negative, positive
-from benchmark.errors import DataError, UsageError
-from benchmark.losses import cross_entropy
-from benchmark.problem import Problem
-from benchmark.task import BuildContext, Protocol
+from benchmark import (
+    BuildContext,
+    DataError,
+    Problem,
+    Protocol,
+    Recipe,
+    Task,
+    UsageError,
+    hookimpl,
+    non_negative,
+    positive,
+)
+from benchmark.numerics.losses import cross_entropy
 from tasks.datasets import data_dir, subset_indices
 from tasks.imagenet_data import LAYOUTS, ImageFiles, ImageRows, eval_transform, image_list, train_transform
 from tasks.imagenet_problem import StreamedProblem, batch_gradient_check, epochs_to_steps

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.errors import DataError
+from benchmark import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -141,7 +141,7 @@ class ImageFiles(Dataset):
 @dataclasses.dataclass
 class ImageRows:
     """A data set's images as the rows of a virtual tensor: ``len(rows)``, ``rows[indices]`` (decoded now) and
-    streamed batches, so a :class:`~benchmark.problem.Problem` can hold data that does not fit in memory.
+    streamed batches, so a :class:`~benchmark.numerics.problem.Problem` can hold data that does not fit in memory.
 
     Attributes:
         files: the images (deterministic preprocessing).

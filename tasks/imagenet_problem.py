@@ -1,4 +1,4 @@
-"""A :class:`~benchmark.problem.Problem` whose images are streamed from disk, and the paper's noise checks.
+"""A :class:`~benchmark.numerics.problem.Problem` whose images are streamed from disk, and the paper's noise checks.
 
 :class:`StreamedProblem` holds its training and test images as :class:`~tasks.imagenet_data.ImageRows` (decoded on
 access) instead of tensors, and overrides every full-data computation to stream the data in batches through a
@@ -6,8 +6,9 @@ access) instead of tensors, and overrides every full-data computation to stream 
 training gradient with a vector (one forward-mode pass per batch: the influence of every training point, never an
 ``n x P`` matrix). Minibatch computations (``hvp(v, indices)``, per-example gradients) decode their few rows on
 access, and leave-one-out re-training streams its minibatches through :meth:`StreamedProblem.load_batches`
-(:func:`benchmark.training.descend`). The results equal the in-memory :class:`~benchmark.problem.Problem` on the
-same data up to the order of floating-point sums (pinned by ``tests/test_imagenet.py``).
+(:func:`benchmark.numerics.training.descend`). The results equal the in-memory
+:class:`~benchmark.numerics.problem.Problem` on the same data up to the order of floating-point sums (pinned by
+``tests/test_imagenet.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from benchmark.problem import Problem
+from benchmark import Problem
 from tasks.imagenet_data import ImageRows
 
 
@@ -48,7 +49,7 @@ class StreamedProblem(Problem):
 
     def load_batches(self, batches: Sequence[Tensor | None]) -> Iterator[tuple[Tensor, Tensor]]:
         """The training examples of each minibatch of ``batches`` (``None``: the full set), prefetched by the loader's
-        workers: the data source of :func:`benchmark.training.descend` for problems not held in memory."""
+        workers: the data source of :func:`benchmark.numerics.training.descend` for problems not held in memory."""
         return self.x_train.load(batches)
 
     def objective(self, theta: Tensor, indices: Tensor | None = None) -> Tensor:
@@ -141,7 +142,7 @@ def retrain_all_check(
     Args:
         problem: the problem at its optimum ``theta*``.
         reference_theta: ``theta*`` re-trained on all training points (the ground truth's reference,
-            :meth:`benchmark.groundtruth.GroundTruth.reference`).
+            :meth:`benchmark.groundtruth.engine.GroundTruth.reference`).
         test_index: the evaluated test point.
         loo_effects: the measured leave-one-out loss changes of that test point.
 

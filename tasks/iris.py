@@ -4,8 +4,8 @@ Data: scikit-learn's bundled copy of Iris (no network), features standardised wi
 a train/test split fixed by the seed. Optimum: full-batch gradient descent in float64.
 
 Training and re-training use :func:`mlp_descend`, full-batch gradient descent with hand-written backpropagation for
-many MLPs at once: the same updates as :func:`benchmark.training.descend` (equal to rounding), about 5x faster for one
-model, which is what lets a study train hundreds of optima and leave-one-out models on a CPU. Hessian-vector
+many MLPs at once: the same updates as :func:`benchmark.numerics.training.descend` (equal to rounding), about 5x faster
+for one model, which is what lets a study train hundreds of optima and leave-one-out models on a CPU. Hessian-vector
 products (every estimator's curvature, LiSSA's minibatch ones above all) are written out too (:func:`mlp_hvp`).
 """
 
@@ -21,11 +21,9 @@ from filelock import Timeout
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from benchmark import Problem, Recipe, Task, hookimpl
-from benchmark.cache import Cache, canonical
-from benchmark.config import non_negative, positive
-from benchmark.losses import cross_entropy
-from benchmark.task import BuildContext, Protocol
+from benchmark import BuildContext, Problem, Protocol, Recipe, Task, hookimpl, non_negative, positive
+from benchmark.common.cache import Cache, canonical
+from benchmark.numerics.losses import cross_entropy
 from tasks import shipped_studies
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -114,7 +112,7 @@ def mlp_descend(
 
     Each model minimises ``(1/n) sum_i w_ki l_ki + (weight_decay_k / 2) ||theta_k||^2`` with cross-entropy
     ``l``, updating ``theta -= lr * (gradient + weight_decay * theta)``: the objective and update of
-    :func:`benchmark.training.descend` (equal to rounding; ``tests/test_study.py`` checks it).
+    :func:`benchmark.numerics.training.descend` (equal to rounding; ``tests/test_study.py`` checks it).
 
     Args:
         thetas: ``Tensor[K, P]`` starting points, laid out as :meth:`Problem.flatten` lays out :func:`mlp`'s
@@ -220,8 +218,8 @@ def mlp_hvp(
     cross-entropy, by Pearlmutter's R-operator written out: one forward and one backward pass, each with its
     directional derivative, for all vectors at once.
 
-    The same products as :meth:`benchmark.problem.Problem.hvp` to rounding (``tests/test_study.py`` checks it), ten
-    times faster on Iris minibatches, where LiSSA spends its time.
+    The same products as :meth:`benchmark.numerics.problem.Problem.hvp` to rounding (``tests/test_study.py`` checks it),
+    ten times faster on Iris minibatches, where LiSSA spends its time.
 
     Args:
         theta: ``Tensor[P]``, laid out as in :func:`mlp_descend`.
@@ -364,7 +362,7 @@ class Iris(Task):
         description: str = "training",
         reproducible: bool = False,
     ) -> Tensor:
-        """:func:`benchmark.training.descend` for this task's problems (full batch), by :func:`mlp_descend`."""
+        """:func:`benchmark.numerics.training.descend` for this task's problems (full batch), by :func:`mlp_descend`."""
         c = self.config
         return mlp_descend(
             thetas,

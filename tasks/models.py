@@ -26,7 +26,8 @@ import math
 
 from torch import Tensor, nn
 
-from benchmark.errors import UnknownNameError, UsageError
+from benchmark import UsageError
+from benchmark.common.errors import UnknownNameError
 
 MODELS = ("small-cnn", "lenet", "vgg13", "vgg14", "resnet18", "resnet50")
 

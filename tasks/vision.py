@@ -15,10 +15,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from benchmark import Problem, Recipe, Task, hookimpl
-from benchmark.config import non_negative, positive
-from benchmark.losses import cross_entropy
-from benchmark.task import BuildContext, Polish, Protocol, ReferenceRow
+from benchmark import (
+    BuildContext,
+    Polish,
+    Problem,
+    Protocol,
+    Recipe,
+    ReferenceRow,
+    Task,
+    hookimpl,
+    non_negative,
+    positive,
+)
+from benchmark.numerics.losses import cross_entropy
 from tasks import shipped_studies
 from tasks.datasets import data_dir, load_cifar10, load_mnist, subset
 from tasks.models import MODELS, build_model, count_parameters
@@ -101,10 +110,10 @@ class VisionConfig:
         polish_steps: then this many steps at ``lr / 10`` and as many at ``lr / 100``. Constant-rate SGD ends far
             from a stationary point (CG then meets negative curvature); the two phases bring it closer.
         lbfgs_steps: then at most this many full-batch L-BFGS iterations on the whole objective
-            (:class:`~benchmark.task.Polish`, checkpointed: an interrupted polish resumes), to a gradient norm of
-            ``lbfgs_tol``: a stationary point, which the influence function assumes and lower-rate SGD alone does
-            not reach (0: none). The optimum before this phase is cached on its own, so a run with
-            ``lbfgs_steps=0`` shows what the phase changes (``leaderboards/stationarity.md``).
+            (:class:`~benchmark.Polish`, checkpointed: an interrupted polish resumes), to a gradient norm
+            of ``lbfgs_tol``: a stationary point, which the influence function assumes and lower-rate SGD alone does not
+            reach (0: none). The optimum before this phase is cached on its own, so a run with ``lbfgs_steps=0`` shows
+            what the phase changes (``leaderboards/stationarity.md``).
         lbfgs_tol: the gradient norm at which L-BFGS stops (ten times below the runner's convergence check).
         retrain_fraction: leave-one-out re-training steps as a share of all training steps (paper: 6%), at ``lr``.
         test_point: ``max-loss`` (the paper's A), ``p50`` (B), another ``pNN`` or an index.

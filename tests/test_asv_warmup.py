@@ -7,7 +7,7 @@ import json
 import pytest
 
 from asv_bench import cases
-from benchmark.problem import Problem
+from benchmark.numerics.problem import Problem
 
 TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 
@@ -73,7 +73,7 @@ def test_setup_of_a_timed_preparation_warms_up(artefacts, monkeypatch):
 
 
 def test_setup_of_a_timed_query_warms_up_before_preparing(artefacts, monkeypatch):
-    from benchmark.estimator import Estimator
+    from benchmark.contracts.estimator import Estimator
 
     calls = _record_start_up(monkeypatch)
     real_prepare = Estimator.prepare

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.cache import Cache, digest
 from benchmark.cli import main
-from benchmark.errors import CacheError
+from benchmark.common.cache import Cache, digest
+from benchmark.common.errors import CacheError
 from tasks.iris import Iris
 
 GT_POINTS = 20  # the random selection of the tiny Iris run: round(0.166 * 120)
@@ -201,7 +201,7 @@ def test_intact_entry_filed_under_another_index_is_reported_and_recomputed(bench
 
 def count_optimum_trainings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A list that gets a 1 each time an Iris optimum is trained (Iris trains with its own descent, not
-    ``benchmark.training.train``; leave-one-out re-training through the same method is not counted)."""
+    ``benchmark.numerics.training.train``; leave-one-out re-training through the same method is not counted)."""
     trainings: list[int] = []
     real_descend = Iris.descend
 

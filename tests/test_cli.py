@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import benchmark.training
-from benchmark.leaderboard import BANNER
+import benchmark.numerics.training
+from benchmark.evaluation.leaderboard import BANNER
 from tests.conftest import assert_one_line_error
 
 ESTIMATORS = ("exact", "first-order")
@@ -245,8 +245,10 @@ def test_second_run_computes_no_ground_truth(bench, tiny, tmp_path, monkeypatch,
     assert cold["ground_truth"]["computed"] == 20 and cold["ground_truth"]["cached"] == 0
 
     trainings = []
-    real_train = benchmark.training.train
-    monkeypatch.setattr(benchmark.training, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    real_train = benchmark.numerics.training.train
+    monkeypatch.setattr(
+        benchmark.numerics.training, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k)
+    )
     second = bench(*args, "--results-dir", tmp_path / "second")
     assert second.code == 0, second.err
     (warm,) = read_records(tmp_path / "second")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.data_convolution import DataConvolution, data_convolutions
+from benchmark.numerics.data_convolution import DataConvolution, data_convolutions
 
 CASES = {
     "plain": dict(),

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import DataError, UsageError
+from benchmark.common.errors import DataError, UsageError
 from tasks import datasets
 from tasks.datasets import (
     CIFAR10_FILES,

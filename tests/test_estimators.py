@@ -18,15 +18,15 @@ from scipy import stats
 from torch import nn
 from torch.func import functional_call
 
-import benchmark.testing as conformance
+import benchmark.contracts.testing as conformance
 from benchmark import Problem, Recipe
-from benchmark import config as configuration
-from benchmark.cache import Cache
-from benchmark.curvature import DenseHessian
-from benchmark.errors import EstimatorFailed, EstimatorSkipped, UnknownNameError
-from benchmark.groundtruth import GroundTruth
-from benchmark.losses import cross_entropy
-from benchmark.training import train
+from benchmark.common import config as configuration
+from benchmark.common.cache import Cache
+from benchmark.common.errors import EstimatorFailed, EstimatorSkipped, UnknownNameError
+from benchmark.groundtruth.engine import GroundTruth
+from benchmark.numerics.curvature import DenseHessian
+from benchmark.numerics.losses import cross_entropy
+from benchmark.numerics.training import train
 from estimators.cg import CGConfig, ConjugateGradient, NystromPreconditioner
 from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder, FirstOrderConfig

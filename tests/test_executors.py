@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cache import Cache
-from benchmark.errors import UnknownNameError
-from benchmark.executors import EXECUTORS, ProcessPool, RayCluster, WorkerSpec, make_executor, shards
+from benchmark.common.cache import Cache
+from benchmark.common.errors import UnknownNameError
+from benchmark.groundtruth.executors import EXECUTORS, ProcessPool, RayCluster, WorkerSpec, make_executor, shards
 
 POINTS = 16
 GT = (
@@ -382,10 +382,10 @@ def test_shards_cover_every_index_once(n, workers, size):
 
 def test_worker_spec_is_plain_data_that_rebuilds_the_ground_truth(tmp_path):
     """The spec the driver sends (as Run.executor builds it) round-trips through JSON and names the same entries."""
-    from benchmark.executors import compute_shard
-    from benchmark.groundtruth import GroundTruth
-    from benchmark.plugins import Registry, plugin_manager
-    from benchmark.runner import Run, RunConfig
+    from benchmark.contracts.plugins import Registry, plugin_manager
+    from benchmark.evaluation.runner import Run, RunConfig
+    from benchmark.groundtruth.engine import GroundTruth
+    from benchmark.groundtruth.executors import compute_shard
 
     pm = plugin_manager()
     config = RunConfig(

@@ -9,9 +9,9 @@ import pytest
 
 import benchmark
 from benchmark import StreamedBatches, Task
-from benchmark.plugins import plugin_manager
-from benchmark.study_declaration import declared_studies
-from benchmark.training import descend
+from benchmark.contracts.plugins import plugin_manager
+from benchmark.numerics.training import descend
+from benchmark.studies.declaration import declared_studies
 from examples.logistic_task import Logistic
 from tasks.imagenet_problem import StreamedProblem
 from tasks.iris import Iris

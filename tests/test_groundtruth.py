@@ -18,13 +18,13 @@ import pytest
 import torch
 from scipy import stats
 
-import benchmark.groundtruth as groundtruth
-from benchmark.cache import Cache
+import benchmark.groundtruth.engine as groundtruth
+from benchmark import BuildContext, Recipe
 from benchmark.cli import main
-from benchmark.groundtruth import GroundTruth
-from benchmark.runner import select_test_point
-from benchmark.scoring import bootstrap_interval, correlation, repeat_ceiling
-from benchmark.task import BuildContext, Recipe
+from benchmark.common.cache import Cache
+from benchmark.evaluation.runner import select_test_point
+from benchmark.evaluation.scoring import bootstrap_interval, correlation, repeat_ceiling
+from benchmark.groundtruth.engine import GroundTruth
 from tasks.iris import Iris, IrisConfig
 
 TINY_RETRAIN = Recipe(steps=50, lr=0.5)
@@ -612,11 +612,11 @@ def test_gt_rejects_a_bad_points_value(bench, tiny, tmp_path, points):
 
 def test_gt_rejects_a_bad_points_value_before_training(bench, tmp_path, monkeypatch):
     """A typo in --points is reported before minutes of training, as a malformed test point is."""
-    import benchmark.training
+    import benchmark.numerics.training
 
     trainings = []
     monkeypatch.setattr(
-        benchmark.training, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first")
+        benchmark.numerics.training, "train", lambda *a, **k: trainings.append(1) or pytest.fail("trained first")
     )
     result = bench("gt", "--task", "iris", "--no-progress", "--points", "al", "--cache-dir", tmp_path / "cache")
     assert result.code == 2

@@ -13,12 +13,11 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from benchmark.cache import Cache
-from benchmark.groundtruth import GroundTruth
-from benchmark.losses import cross_entropy
-from benchmark.problem import Problem
-from benchmark.task import BuildContext, Recipe
-from benchmark.training import descend
+from benchmark import BuildContext, Problem, Recipe
+from benchmark.common.cache import Cache
+from benchmark.groundtruth.engine import GroundTruth
+from benchmark.numerics.losses import cross_entropy
+from benchmark.numerics.training import descend
 from estimators.cg import CGConfig, ConjugateGradient
 from estimators.first_order import FirstOrder
 from tasks.imagenet import ImageNet, ImageNetConfig, build_network

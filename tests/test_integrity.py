@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT, assert_one_line_error
 
-from benchmark import records
-from benchmark.cache import Cache, digest
-from benchmark.errors import DataError
+from benchmark.common.cache import Cache, digest
+from benchmark.common.errors import DataError
+from benchmark.contracts import records
 
 TEMPLATE = sorted((REPO_ROOT / "leaderboards" / "results" / "iris").glob("*-exact-random.json"))[0]
 """A committed, valid Iris record: the template of the hand-edited ones."""
@@ -235,7 +235,7 @@ def test_re_signed_optimum_is_retrained_by_bench_run_without_a_traceback(bench, 
 
 
 def test_misfiled_entry_is_corrupt_when_read_and_in_the_status(tmp_path):
-    from benchmark.groundtruth import cache_status
+    from benchmark.groundtruth.engine import cache_status
 
     cache = Cache(tmp_path / "cache")
     base = {
@@ -261,14 +261,14 @@ def test_misfiled_entry_is_corrupt_when_read_and_in_the_status(tmp_path):
 
 
 def test_misfiled_entry_is_recomputed_by_the_ground_truth(tmp_path, caplog):
-    from benchmark.groundtruth import GroundTruth
+    from benchmark.groundtruth.engine import GroundTruth
 
     cache = Cache(tmp_path / "cache")
     ground_truth = GroundTruth.__new__(GroundTruth)  # only the cache-entry methods are exercised
     ground_truth.cache, ground_truth.key = cache, {"task": "iris", "test_index": 7}
     ground_truth.directory = cache.root / "loo" / digest(ground_truth.key)
     ground_truth._corrupt = set()
-    from benchmark.groundtruth import GroundTruthStats, LooEffect
+    from benchmark.groundtruth.engine import GroundTruthStats, LooEffect
 
     ground_truth.stats = GroundTruthStats()
     ground_truth._store(LooEffect(0, 0.5, 1.0, 0.1))
@@ -286,7 +286,7 @@ def test_misfiled_entry_is_recomputed_by_the_ground_truth(tmp_path, caplog):
 _CONCURRENT = """
 import sys, time, torch
 from pathlib import Path
-from benchmark.cache import Cache
+from benchmark.common.cache import Cache
 log = Path(sys.argv[2])
 def compute():
     with log.open("a") as f:

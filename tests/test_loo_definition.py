@@ -1,9 +1,9 @@
 """The leave-one-out definition, checked against exact refits on a strictly convex task.
 
-Removal re-weights a point to 0 and keeps the ``1/n`` normalisation (``benchmark.training``): the leave-one-out model
-minimises ``(1/n) sum_{j != i} l_j + (wd / 2) ||theta||^2``, whose minimiser the influence function linearises. On
-L2-regularised logistic regression (``examples/logistic_task.py``) the minimiser is unique, Newton's method finds it
-to rounding, and so the harness's ground truth and the ``exact`` estimator can both be held against it.
+Removal re-weights a point to 0 and keeps the ``1/n`` normalisation (``benchmark.numerics.training``): the leave-one-out
+model minimises ``(1/n) sum_{j != i} l_j + (wd / 2) ||theta||^2``, whose minimiser the influence function linearises. On
+L2-regularised logistic regression (``examples/logistic_task.py``) the minimiser is unique, Newton's method finds it to
+rounding, and so the harness's ground truth and the ``exact`` estimator can both be held against it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch.func import grad, hessian
 
-from benchmark.cache import Cache
-from benchmark.groundtruth import GroundTruth
-from benchmark.task import BuildContext
+from benchmark.common.cache import Cache
+from benchmark.contracts.task import BuildContext
+from benchmark.groundtruth.engine import GroundTruth
 from examples.logistic_task import Logistic, LogisticConfig
 
 REMOVED = [0, 7, 19, 101, 240, 333, 454]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from benchmark.errors import UnknownNameError, UsageError
+from benchmark.common.errors import UnknownNameError, UsageError
 from tasks.models import MODELS, build_model, count_parameters
 
 MNIST, CIFAR = (1, 28), (3, 32)
@@ -157,7 +157,7 @@ def test_problem_hvp_in_a_kept_graph_equals_forward_over_reverse(name: str) -> N
     """:meth:`Problem.hvp` on one chunk (the kept graph with its data convolutions) equals the chunked
     forward-over-reverse products, which go through torch's own convolutions."""
     from benchmark import Problem
-    from benchmark.losses import cross_entropy
+    from benchmark.numerics.losses import cross_entropy
 
     model, params, x, y, _ = _functional(name, "mnist")
     problem = Problem.from_module(model, cross_entropy, x, y, x, y, weight_decay=0.01)

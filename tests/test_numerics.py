@@ -20,10 +20,10 @@ from torch import nn
 from torch.func import functional_call
 
 from benchmark import Problem, Recipe
-from benchmark.losses import cross_entropy
-from benchmark.scoring import correlation, correlations
-from benchmark.testing import logistic_regression_problem
-from benchmark.training import descend, minibatches
+from benchmark.contracts.testing import logistic_regression_problem
+from benchmark.evaluation.scoring import correlation, correlations
+from benchmark.numerics.losses import cross_entropy
+from benchmark.numerics.training import descend, minibatches
 from estimators.exact import Exact, ExactConfig
 from tasks.iris import mlp
 from tests.conftest import one_thread

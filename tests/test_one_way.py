@@ -7,9 +7,12 @@ import inspect
 from pathlib import Path
 
 from asv_bench import cases
-from benchmark import config, markdown, provenance, records, runner, study, timing
+from benchmark.common import config, markdown, provenance
+from benchmark.contracts import records
+from benchmark.evaluation import runner, timing
+from benchmark.evaluation.runner import Run
 from benchmark.peers import speed_blocks, speed_vs_peers
-from benchmark.runner import Run
+from benchmark.studies import run as study
 from tests.conftest import REPO_ROOT
 
 

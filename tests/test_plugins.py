@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import benchmark.cli
-import benchmark.plugins
+import benchmark.contracts.plugins
 from benchmark import hookimpl
 from tests.conftest import assert_one_line_error
 
@@ -186,7 +186,7 @@ def test_monkeypatched_entry_points(bench, plugin_module, monkeypatch):
             raise RuntimeError("this plugin must not be imported")
 
     good = importlib.metadata.EntryPoint(name="fake", value="fake_ep_plugin", group="bench")
-    monkeypatch.setattr(benchmark.plugins, "entry_points", lambda: [good, Broken()])
+    monkeypatch.setattr(benchmark.contracts.plugins, "entry_points", lambda: [good, Broken()])
 
     result = bench("list", "-p", "no:broken")
     assert result.code == 0, result.err

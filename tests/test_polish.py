@@ -1,4 +1,4 @@
-"""The final L-BFGS phase that takes an optimum to a stationary point (``benchmark.training.polish``)."""
+"""The final L-BFGS phase that takes an optimum to a stationary point (``benchmark.numerics.training.polish``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from benchmark import Problem
-from benchmark.cache import Cache
-from benchmark.losses import cross_entropy
-from benchmark.task import BuildContext, Polish
-from benchmark.training import polish
+from benchmark import BuildContext, Polish, Problem
+from benchmark.common.cache import Cache
+from benchmark.numerics.losses import cross_entropy
+from benchmark.numerics.training import polish
 from tasks.vision import Mnist, VisionConfig
 
 

@@ -10,10 +10,12 @@ import json
 
 import pytest
 
-from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Protocol, Recipe, leaderboard, records
-from benchmark.config import non_negative
-from benchmark.plugins import Registry, plugin_manager
-from benchmark.runner import Run, RunConfig, resolve_hyperparameters
+from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Protocol, Recipe
+from benchmark.common.config import non_negative
+from benchmark.contracts import records
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.evaluation import leaderboard
+from benchmark.evaluation.runner import Run, RunConfig, resolve_hyperparameters
 from estimators.cg import CGConfig, ConjugateGradient
 from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder
@@ -183,7 +185,7 @@ def test_a_damping_field_that_is_no_config_field_is_a_contract_problem():
 
 
 def test_a_protocol_damping_out_of_range_is_one_line_naming_the_estimator():
-    from benchmark.errors import UsageError
+    from benchmark.common.errors import UsageError
 
     with pytest.raises(UsageError, match=r"^bad value for declared: lam must be >= 0, got -1"):
         resolve_hyperparameters(Declared, None, dataclasses.replace(PROTOCOL, damping=-1.0), "declared")
@@ -245,7 +247,7 @@ def test_a_run_where_every_estimator_is_skipped_exits_1(bench, tiny, tmp_path, r
 
 
 def test_exact_raises_estimator_skipped_from_prepare():
-    from benchmark.testing import logistic_regression_problem
+    from benchmark.contracts.testing import logistic_regression_problem
 
     problem = logistic_regression_problem()
     with pytest.raises(EstimatorSkipped, match=f"^{problem.n_params} parameters exceed exact.max_params=1 ") as skip:

@@ -1,6 +1,6 @@
-"""The typed record schema (:class:`benchmark.records.Record`): the validator is derived from it, what the runner
-writes conforms to it (every field declared, every type right), committed records stay valid, old versions load
-through :data:`benchmark.records.MIGRATIONS`, and a field added to a config does not split a leaderboard."""
+"""The typed record schema (:class:`benchmark.contracts.records.Record`): the validator is derived from it, what the
+runner writes conforms to it (every field declared, every type right), committed records stay valid, old versions load
+through :data:`benchmark.contracts.records.MIGRATIONS`, and a field added to a config does not split a leaderboard."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import leaderboard, records
-from benchmark.plugins import Registry, plugin_manager
+from benchmark.contracts import records
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.evaluation import leaderboard
 from tests.conftest import REPO_ROOT
 
 COMMITTED = sorted((REPO_ROOT / "leaderboards" / "results").glob("*/*.json"))

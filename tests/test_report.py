@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.report import BANNER, markdown_to_html, render
-from benchmark.study_declaration import available, load_study
+from benchmark.studies.declaration import available, load_study
+from benchmark.studies.report import BANNER, markdown_to_html, render
 from tests.test_study import write_study
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -248,8 +248,8 @@ def test_markdown_subset() -> None:
 def test_claims_table_names_sources_relative_to_where_it_is_made(tmp_path: Path, monkeypatch) -> None:
     """A committed claims table names no absolute path of the machine that made it: sources under the checkout or the
     working directory are shown relative to it; others as they are."""
-    from benchmark.report import _shown
-    from benchmark.runner import PUBLISHED_DIR
+    from benchmark.evaluation.runner import PUBLISHED_DIR
+    from benchmark.studies.report import _shown
 
     assert _shown(f"{PUBLISHED_DIR}/studies/iris-depth.csv") == "leaderboards/studies/iris-depth.csv"
     monkeypatch.chdir(tmp_path)

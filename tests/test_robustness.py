@@ -392,11 +392,11 @@ def test_readme_first_command_leaves_a_fresh_clone_clean(tmp_path, repo_root):
 
 
 def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_path, monkeypatch):
-    import benchmark.runner
+    import benchmark.evaluation.runner
 
     published = tmp_path / "checkout" / "leaderboards"
     published.mkdir(parents=True)
-    monkeypatch.setattr(benchmark.runner, "PUBLISHED_DIR", published)
+    monkeypatch.setattr(benchmark.evaluation.runner, "PUBLISHED_DIR", published)
     result = bench(
         "run",
         "--task",
@@ -510,7 +510,7 @@ def test_unwritable_results_or_leaderboard_directory_is_one_line_before_any_work
 
 
 def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, monkeypatch):
-    import benchmark.cache
+    import benchmark.common.cache
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -519,7 +519,7 @@ def test_read_only_cache_lacking_an_entry_is_one_line(bench, tiny, tmp_path, mon
     def refuse(self, path):
         raise PermissionError(13, "Permission denied", str(path.parent / f".{path.name}.lock"))
 
-    monkeypatch.setattr(benchmark.cache.Cache, "lock", refuse)
+    monkeypatch.setattr(benchmark.common.cache.Cache, "lock", refuse)
     result = bench(
         "run",
         "--task",
@@ -588,7 +588,7 @@ def test_list_options_say_what_each_option_means(bench):
     import dataclasses
 
     from benchmark.cli import attribute_docs
-    from benchmark.plugins import Registry, plugin_manager
+    from benchmark.contracts.plugins import Registry, plugin_manager
 
     result = bench("list", "--options")
     assert result.code == 0, result.err
@@ -647,7 +647,7 @@ def test_an_estimator_without_an_ihvp_reads_n_a(bench, plugin_module, tiny, tmp_
 
 
 def test_no_ihvp_estimator_passes_check_estimator(plugin_module):
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
 
     plugin_module("no_ihvp_plugin", NO_IHVP)
     import no_ihvp_plugin
@@ -677,7 +677,7 @@ def test_an_incomplete_estimator_is_rejected_at_registration(bench, plugin_modul
 
 
 def test_check_estimator_passes_the_example_plugin():
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
     from examples.diagonal_estimator import Diagonal
 
     check_estimator(Diagonal)
@@ -685,7 +685,7 @@ def test_check_estimator_passes_the_example_plugin():
 
 def test_check_estimator_names_the_estimator_in_a_shape_failure():
     from benchmark import Estimator
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
 
     class Short(Estimator):
         name = "short"
@@ -699,7 +699,7 @@ def test_check_estimator_names_the_estimator_in_a_shape_failure():
 
 def test_check_estimator_fails_a_class_without_a_name():
     from benchmark import Estimator
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
 
     class Nameless(Estimator):
         def ihvp(self, vectors):
@@ -710,14 +710,14 @@ def test_check_estimator_fails_a_class_without_a_name():
 
 
 def test_check_estimator_documents_min_correlation():
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
 
     assert "min_correlation:" in check_estimator.__doc__
 
 
 def test_check_estimator_prints_no_torch_warning(repo_root):
     code = (
-        "from benchmark.testing import check_estimator; from examples.diagonal_estimator import Diagonal; "
+        "from benchmark.contracts.testing import check_estimator; from examples.diagonal_estimator import Diagonal; "
         "check_estimator(Diagonal)"
     )
     done = subprocess.run(
@@ -731,12 +731,12 @@ def test_check_estimator_prints_no_torch_warning(repo_root):
 
 
 def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch):
-    import benchmark.runner
+    import benchmark.evaluation.runner
     from tests.test_study import TINY_STUDY
 
     published = tmp_path / "checkout" / "leaderboards"
     (published / "studies").mkdir(parents=True)
-    monkeypatch.setattr(benchmark.runner, "PUBLISHED_DIR", published)
+    monkeypatch.setattr(benchmark.evaluation.runner, "PUBLISHED_DIR", published)
     monkeypatch.delenv("BENCH_RESULTS_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     elsewhere = tmp_path / "elsewhere"
@@ -765,7 +765,7 @@ def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch
 
 
 def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, monkeypatch, read_records):
-    import benchmark.cache
+    import benchmark.common.cache
 
     cache = tmp_path / "cache"
     argv = ["run", "--task", "iris", "--estimator", "exact,first-order", *tiny, "--cache-dir", cache]
@@ -777,8 +777,8 @@ def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, mo
         refused.append(args)
         raise PermissionError(13, "Permission denied", str(cache / "refused"))
 
-    monkeypatch.setattr(benchmark.cache, "atomic_write", refuse)
-    monkeypatch.setattr(benchmark.cache.Cache, "lock", refuse)
+    monkeypatch.setattr(benchmark.common.cache, "atomic_write", refuse)
+    monkeypatch.setattr(benchmark.common.cache.Cache, "lock", refuse)
     result = bench(*argv, "--results-dir", tmp_path / "second")
     assert result.code == 0, result.err
     assert refused == []

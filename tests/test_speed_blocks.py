@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import Problem
-from benchmark.losses import cross_entropy
+from benchmark.numerics.losses import cross_entropy
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ def test_method_list_parses_and_rejects(speed):
 def test_dense_cross_check_uses_a_cached_hessian_and_never_builds_one(speed):
     """Without a cached dense Hessian the report says so (and nothing is built); with one, the reference is compared
     with our exact solve on it."""
-    from benchmark.cache import Cache
+    from benchmark.common.cache import Cache
     from estimators.exact import Exact, ExactConfig
 
     spec = dataclasses.replace(speed.MODELS["iris"], cached_hessian="float64")

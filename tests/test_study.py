@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from benchmark import Recipe
-from benchmark import config as configuration
-from benchmark.cache import Cache
-from benchmark.claims import check_rule, evaluate
-from benchmark.plugins import Registry, plugin_manager
-from benchmark.study_declaration import available, load_study, parse_study
-from benchmark.task import BuildContext
-from benchmark.training import descend
+from benchmark.common import config as configuration
+from benchmark.common.cache import Cache
+from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.task import BuildContext
+from benchmark.numerics.training import descend
+from benchmark.studies.claims import check_rule, evaluate
+from benchmark.studies.declaration import available, load_study, parse_study
 from tasks.iris import Iris, IrisConfig, layer_shapes, mlp_descend
 from tests.conftest import assert_one_line_error
 
@@ -98,7 +98,7 @@ def test_mlp_descend_matches_autograd_descend(activation: str) -> None:
             reproducible=reproducible,
         )
         assert torch.allclose(actual, expected, rtol=0, atol=1e-12), float((actual - expected).abs().max())
-    # the same through the task's drop-in for benchmark.training.descend
+    # the same through the task's drop-in for benchmark.numerics.training.descend
     assert torch.allclose(task.descend(problem, start.expand(4, -1), weights, recipe), expected, rtol=0, atol=1e-12)
 
 
@@ -108,7 +108,7 @@ def test_mlp_descend_matches_autograd_descend(activation: str) -> None:
 )
 def test_iris_hvp_matches_the_autograd_hvp(depth: int, activation: str, weight_decay: float) -> None:
     """Iris's written-out Hessian-vector products against the harness's autograd ones, full data and minibatch."""
-    from benchmark.problem import Problem
+    from benchmark.numerics.problem import Problem
 
     task = Iris(IrisConfig(depth=depth, width=6, activation=activation, weight_decay=weight_decay, train_steps=300))
     problem = task.build(BuildContext("cpu", 2, Cache(None), False))
@@ -547,7 +547,7 @@ def test_rule_declarations_are_checked() -> None:
 
 
 def test_parse_study_reports_the_field(tmp_path: Path) -> None:
-    from benchmark.errors import UsageError
+    from benchmark.common.errors import UsageError
 
     data = configuration.safe_load(textwrap.dedent(TINY_STUDY.format(name="s")))
     data["panels"][0]["series"] = [3]
@@ -556,7 +556,7 @@ def test_parse_study_reports_the_field(tmp_path: Path) -> None:
 
 
 def test_a_panel_says_how_many_rows_it_cannot_plot() -> None:
-    from benchmark.figures import _left_out
+    from benchmark.studies.figures import _left_out
 
     study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
     data = frame(depth=[1, 1, 2, 2], spearman=[0.9, np.nan, 0.5, 0.4], estimator="exact", selection="top")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from asv_bench import cases
-from benchmark import timing
-from benchmark.errors import PluginError
+from benchmark.common.errors import PluginError
+from benchmark.evaluation import timing
 from tests.conftest import TINY, assert_one_line_error
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ thread:
 
 * Hessian-vector products over the full training set: the kept double-backward graph as ``Problem.hvp`` keeps it
   (built once, one backward pass per vector, its convolutions of the data replaced by
-  ``benchmark.data_convolution``, in pieces of ``Problem.PASS_BYTES`` on the CPU) against the same graph in one
+  ``benchmark.numerics.data_convolution``, in pieces of ``Problem.PASS_BYTES`` on the CPU) against the same graph in one
   piece, the one piece through torch's own convolutions and forward-over-reverse (``jvp`` of ``grad``), for one
   vector, for ``--vectors`` vectors one by one and for all of them at once (``vmap`` over vectors for ``jvp``;
   ``is_grads_batched`` for the kept graph);
@@ -48,8 +48,8 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmark import markdown
-from benchmark.data_convolution import data_convolutions
+from benchmark.common import markdown
+from benchmark.numerics.data_convolution import data_convolutions
 from benchmark.peers.speed_vs_peers import MODELS, REPO, build_problem, current_commit
 
 MODULE = "benchmark.peers.speed_blocks"

@@ -65,14 +65,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmark import markdown, provenance
+from benchmark.common import markdown, provenance
 
 REPO = Path(__file__).resolve().parents[2]
 """The repository (where ``leaderboards/`` is and where the worker subprocesses start)."""
 MODULE = "benchmark.peers.speed_vs_peers"
 """This module's import name: the worker runs as ``python -m MODULE --worker``."""
-PEERS_PACKAGE = "benchmark/peers"
-"""This measurement package, left out of :func:`our_code`."""
 DAMPING = 0.01
 TEST_POINTS = 10
 THRESHOLD = 0.99
@@ -443,7 +441,7 @@ def render(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> str:
 def registry() -> Any:
     """The harness's plugin registry (built-in and installed plugins, as ``bench run`` loads them): where the tasks
     and our estimators come from."""
-    from benchmark.plugins import Registry, plugin_manager
+    from benchmark.contracts.plugins import Registry, plugin_manager
 
     return Registry(plugin_manager())
 
@@ -456,9 +454,9 @@ def estimator(name: str, **options: Any) -> Any:
 
 def build_problem(spec: ModelSpec, data_dir: str | None) -> tuple[Any, Any]:
     """The task and its trained problem (from the cache when trained before), with its ``curvature_cache``."""
-    from benchmark import config as configuration
-    from benchmark.cache import Cache
-    from benchmark.task import BuildContext
+    from benchmark.common import config as configuration
+    from benchmark.common.cache import Cache
+    from benchmark.contracts.task import BuildContext
 
     task_cls = registry().task(spec.task)
     options = dict(spec.options)
@@ -493,7 +491,7 @@ def module_at(spec: ModelSpec, task: Any, problem: Any) -> torch.nn.Module:
 
 
 def mean_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    from benchmark.losses import cross_entropy
+    from benchmark.numerics.losses import cross_entropy
 
     return cross_entropy(outputs, targets.long()).mean()
 
@@ -694,14 +692,9 @@ def job_digest(job: Job) -> str:
 def our_code(root: Path = REPO) -> str:
     """A digest of the code of our measurements (the harness, the built-in estimators and tasks; not this
     measurement package, ``benchmark/peers``, whose edits change no measured number):
-    :func:`benchmark.provenance.source_digest`, so that editing a docstring or a comment does not redo an hour of
+    :func:`benchmark.common.provenance.source_digest`, so that editing a docstring or a comment does not redo an hour of
     measurements."""
-    paths = sorted(
-        p
-        for folder in ("benchmark", "estimators", "tasks")
-        for p in (root / folder).rglob("*.py")
-        if not p.relative_to(root).as_posix().startswith(PEERS_PACKAGE + "/")
-    )
+    paths = provenance.code_files(root)
     return provenance.source_digest(paths, root)[:12]
 
 
@@ -1019,7 +1012,7 @@ def summarise(spec: ModelSpec, sweeps: dict[tuple[str, str], list[Outcome]]) -> 
 
 def current_commit() -> str:
     """The checked-out commit, marked when the code the measurements run differs from it
-    (:func:`benchmark.provenance.commit_label`)."""
+    (:func:`benchmark.common.provenance.commit_label`)."""
     return provenance.commit_label(("benchmark", "estimators", "tasks", "scripts"), REPO)
 
 
@@ -1122,7 +1115,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     args.argv = [a for a in raw_argv]
     meta = environment(args)
-    from benchmark.cache import default_cache_dir
+    from benchmark.common.cache import default_cache_dir
 
     workdir = args.workdir or default_cache_dir() / "speed-vs-peers"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmark.claims import matches, select
-from benchmark.errors import UsageError
-from benchmark.study_declaration import Panel, Study
-from benchmark.study_tables import read_table
+from benchmark.common.errors import UsageError
+from benchmark.studies.claims import matches, select
+from benchmark.studies.declaration import Panel, Study
+from benchmark.studies.tables import read_table
 
 if TYPE_CHECKING:
     import pandas as pd

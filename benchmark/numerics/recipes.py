@@ -1,8 +1,8 @@
 """Training recipes: the gradient-descent schedule that trains an optimum and re-trains leave-one-out models
 (:class:`Recipe`), and the final phase that takes an optimum to a stationary point (:class:`Polish`).
 
-Plain data, read by :mod:`benchmark.training` (which runs them) and :mod:`benchmark.task` (a task's protocol names
-its re-training recipe). Both are importable from ``benchmark`` and, as before, from ``benchmark.task``.
+Plain data, read by :mod:`benchmark.numerics.training` (which runs them) and :mod:`benchmark.contracts.task` (a task's
+protocol names its re-training recipe). A task imports both from ``benchmark``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class Recipe:
 @dataclasses.dataclass(frozen=True)
 class Polish:
     """A final training phase that takes an optimum to a stationary point: full-batch L-BFGS (strong-Wolfe line
-    search) on the whole training objective (:func:`benchmark.training.polish`), stopped once its gradient norm is at
-    most ``gradient_tol``.
+    search) on the whole training objective (:func:`benchmark.numerics.training.polish`), stopped once its gradient norm
+    is at most ``gradient_tol``.
 
     Minibatch SGD at any constant rate stops where its noise balances the gradient, far from a stationary point;
     influence functions assume one.

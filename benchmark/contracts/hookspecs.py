@@ -2,7 +2,7 @@
 
 A plugin is a module (or an object) with functions marked ``@benchmark.hookimpl`` and named like the specs below.
 Built-in plugins, third-party plugins from the ``bench`` entry-point group and modules given with ``-p`` are all
-registered the same way (see :mod:`benchmark.plugins`).
+registered the same way (see :mod:`benchmark.contracts.plugins`).
 
 A hook implementation that raises (``SystemExit`` and ``KeyboardInterrupt`` included) fails the command with one line
 naming its plugin and the hook (the traceback with ``-v``), except the reporting hooks: there every implementation is
@@ -13,16 +13,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from benchmark import hookspec
+import pluggy
 
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
-    from benchmark.estimator import Estimator
-    from benchmark.run_config import RunConfig
-    from benchmark.task import Task
+    from benchmark.contracts.estimator import Estimator
+    from benchmark.contracts.run_config import RunConfig
+    from benchmark.contracts.task import Task
 
+hookimpl = pluggy.HookimplMarker("bench")
+"""Marks a plugin's hook implementations (importable as ``benchmark.hookimpl``)."""
+hookspec = pluggy.HookspecMarker("bench")
+"""Marks the specifications below (importable as ``benchmark.hookspec``)."""
 
 # -------------------------------------------------------------------------------------------------------------------
 # Initialisation: command line and configuration
@@ -84,7 +88,7 @@ def bench_studies() -> list[Path]:
     ``bench report``).
 
     Called whenever studies are listed or looked up; every plugin's list is collected. Each path is a study YAML file
-    (its stem is the study's name; format: :mod:`benchmark.study_declaration`) or a directory whose ``*.yaml`` files
+    (its stem is the study's name; format: :mod:`benchmark.studies.declaration`) or a directory whose ``*.yaml`` files
     are studies. A plugin package finds its own files with ``importlib.resources``, e.g.
     ``[importlib.resources.files("my_plugin") / "studies"]`` (declare them as package data). Names must be unique
     across plugins; a clash is an error naming both plugins. A study's ``task`` may come from any plugin.
@@ -104,8 +108,8 @@ def bench_report_result(record: dict[str, Any]) -> None:
     """Called with each finished result record (one estimator on one selection), failed ones included.
 
     The record is the JSON-ready dict already written under the results directory (schema:
-    :mod:`benchmark.records`); a plugin may export it elsewhere. It must not modify it. Every implementation is called,
-    even after one has raised.
+    :mod:`benchmark.contracts.records`); a plugin may export it elsewhere. It must not modify it. Every implementation
+    is called, even after one has raised.
     """
 
 

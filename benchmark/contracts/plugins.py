@@ -10,7 +10,7 @@ third-party plugin alike. ``check_pending()`` then rejects any hook implementati
 path of a ``.py`` file (``-p ./my_plugin.py``), registered under the file's stem (``-p no:my_plugin`` blocks it).
 
 A plugin's fault never takes the run down with a traceback: an exception (``SystemExit`` and ``KeyboardInterrupt``
-included) on import or in any hook is a :class:`~benchmark.errors.PluginError` naming the plugin and the hook.
+included) on import or in any hook is a :class:`~benchmark.common.errors.PluginError` naming the plugin and the hook.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Any
 
 import pluggy
 
-from benchmark import hookspecs
-from benchmark.errors import PLUGIN_FAULTS, Interrupted, PluginError, PluginHookError, UnknownNameError, describe
-from benchmark.estimator import Estimator
-from benchmark.task import Task
+from benchmark.common.errors import PLUGIN_FAULTS, Interrupted, PluginError, PluginHookError, UnknownNameError, describe
+from benchmark.contracts import hookspecs
+from benchmark.contracts.estimator import Estimator
+from benchmark.contracts.task import Task
 
 ENTRY_POINT_GROUP = "bench"
 AUTOLOAD_ENV = "BENCH_DISABLE_PLUGIN_AUTOLOAD"

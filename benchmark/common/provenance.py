@@ -1,8 +1,8 @@
 """Provenance: where a number comes from. The commit of the source tree (and whether it has uncommitted changes), the
 versions and device of this process, and a digest of source code.
 
-One module for every producer of measured numbers: result records (:mod:`benchmark.records`, through the runner),
-the claims report and the timing tables, and the speed measurements against peer libraries
+One module for every producer of measured numbers: result records (:mod:`benchmark.contracts.records`, through the
+runner), the claims report and the timing tables, and the speed measurements against peer libraries
 (:mod:`benchmark.peers`).
 """
 
@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 
-import benchmark
-
-REPO = Path(benchmark.__file__).resolve().parent.parent
+VERSION = "0.1.0"
+"""The harness's version (``benchmark.__version__``, recorded in every record; ``pyproject.toml`` states it too)."""
+REPO = Path(__file__).resolve().parents[2]
 """The source tree the harness runs from (a checkout, or the installed packages' directory)."""
 CODE_PATHS = ("benchmark", "estimators", "tasks")
 """The folders whose uncommitted changes mark a commit dirty: the harness and the built-in plugins."""
+MEASUREMENTS = "benchmark/peers"
+"""The measurement package inside the harness's folder: its edits change no result of the harness."""
 
 
 def git_commit(paths: Sequence[str] = CODE_PATHS, root: Path = REPO) -> tuple[str | None, bool | None]:
@@ -71,9 +73,21 @@ def environment(device: str) -> dict[str, Any]:
     return {
         "commit": commit,
         "dirty": dirty,
-        "versions": {"bench": benchmark.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"bench": VERSION, "torch": torch.__version__, "python": platform.python_version()},
         "device": {"type": device, "name": name},
     }
+
+
+def code_files(root: Path = REPO) -> list[Path]:
+    """The Python files of our code under ``root``, sorted: the harness with its subpackages and the built-in plugins
+    (:data:`CODE_PATHS`), without the measurement package (:data:`MEASUREMENTS`). What :func:`source_digest` digests
+    for both of its users, so that both follow one rule for when a result of our code is stale."""
+    return sorted(
+        path
+        for folder in CODE_PATHS
+        for path in (Path(root) / folder).rglob("*.py")
+        if not path.relative_to(root).as_posix().startswith(MEASUREMENTS + "/")
+    )
 
 
 def _code_only(node: ast.AST) -> ast.AST:
@@ -98,7 +112,7 @@ def source_digest(paths: Iterable[Path], root: Path = REPO) -> str:
     """sha256 (hex) of the code of the Python files ``paths``, in the given order: of each module's syntax tree
     without its docstrings, with its path (relative to ``root`` where it is below it, else its name). The one rule
     for when a result computed by our code is stale: editing a docstring or a comment changes nothing, editing code
-    does. Used for the per-run records a study reuses (:func:`benchmark.study.code_digest`) and for our
+    does. Used for the per-run records a study reuses (:func:`benchmark.studies.run.code_digest`) and for our
     measurements against peer libraries (:func:`benchmark.peers.speed_vs_peers.our_code`)."""
     digest = hashlib.sha256()
     for path in paths:

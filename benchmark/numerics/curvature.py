@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmark.problem import Problem
+from benchmark.numerics.problem import Problem
 
 
 class DenseHessian:

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.errors import BenchError, UnknownNameError, UsageError
+from benchmark.common.errors import BenchError, UnknownNameError, UsageError
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -44,12 +44,12 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     """Worker entry point: rebuild the problem and compute ``indices`` into the cache; returns how many it computed."""
     import torch
 
-    from benchmark import config as configuration
-    from benchmark.cache import Cache
-    from benchmark.groundtruth import GroundTruth
-    from benchmark.plugins import Registry, plugin_manager
-    from benchmark.recipes import Recipe
-    from benchmark.task import BuildContext
+    from benchmark.common import config as configuration
+    from benchmark.common.cache import Cache
+    from benchmark.contracts.plugins import Registry, plugin_manager
+    from benchmark.contracts.task import BuildContext
+    from benchmark.groundtruth.engine import GroundTruth
+    from benchmark.numerics.recipes import Recipe
 
     registry = Registry(plugin_manager(spec.plugins))
     task_cls = registry.task(spec.task)

@@ -8,7 +8,7 @@ sequence, on the full data, so that the optimiser's own drift is not counted as 
 
 where ``theta_-i`` minimises the training objective with point ``i`` re-weighted to 0 and the ``1/n`` normalisation
 kept, ``(1/n) sum_{j != i} l_j + (weight_decay / 2) ||theta||^2``: the objective whose minimiser the influence
-function linearises (:mod:`benchmark.training`).
+function linearises (:mod:`benchmark.numerics.training`).
 
 Each removed point is one cache entry, written atomically as soon as its chunk of models finishes: an interrupted run
 loses only the chunk in flight, a rerun computes only what is missing, and every estimator shares the entries. Each
@@ -31,19 +31,19 @@ from filelock import FileLock, Timeout
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from benchmark.cache import Cache, digest
-from benchmark.errors import CacheError
-from benchmark.problem import Problem
-from benchmark.recipes import Recipe
-from benchmark.training import descend
+from benchmark.common.cache import Cache, digest
+from benchmark.common.errors import CacheError
+from benchmark.numerics.problem import Problem
+from benchmark.numerics.recipes import Recipe
+from benchmark.numerics.training import descend
 
 log = logging.getLogger("bench")
 
 RECIPE_VERSION = 2
 """Version of the re-training code: bump it whenever a change alters what the re-training computes.
 
-2: a removed point is re-weighted to 0 with the ``1/n`` normalisation kept (:mod:`benchmark.training`); version 1
-divided by the ``n - 1`` remaining points, which adds a common shift to every leave-one-out model."""
+2: a removed point is re-weighted to 0 with the ``1/n`` normalisation kept (:mod:`benchmark.numerics.training`); version
+1 divided by the ``n - 1`` remaining points, which adds a common shift to every leave-one-out model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +181,7 @@ class GroundTruth:
         Args:
             removed: training indices.
             executor: ``executor(ground_truth, missing) -> number computed`` computes the missing points into the
-                cache, e.g. on other processes or machines (:mod:`benchmark.executors`); in this process
+                cache, e.g. on other processes or machines (:mod:`benchmark.groundtruth.executors`); in this process
                 (:meth:`compute`) if ``None``.
         """
         start = time.perf_counter()

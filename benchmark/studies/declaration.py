@@ -1,7 +1,7 @@
 """A study's declaration: the YAML file of ``bench study NAME``, parsed and checked, and where the declarations are.
 
-A study is a YAML file shipped by a plugin (the ``bench_studies`` hook, :mod:`benchmark.hookspecs`; the built-in
-ones are under ``tasks/studies/``), read with the safe loader of :mod:`benchmark.config`::
+A study is a YAML file shipped by a plugin (the ``bench_studies`` hook, :mod:`benchmark.contracts.hookspecs`; the
+built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`benchmark.common.config`::
 
 
     name: iris-depth                      # the file's stem
@@ -17,7 +17,7 @@ ones are under ``tasks/studies/``), read with the safe loader of :mod:`benchmark
     estimator_options: {lissa: {depth: 2000}}
     selections: [top]
     run: {gt_chunk_size: 64}              # options of each run: gt_chunk_size, gt_seeds, threads
-    panels:                               # one figure each (see benchmark.figures and benchmark.claims)
+    panels:                               # one figure each (see benchmark.studies.figures and benchmark.studies.claims)
       - name: spearman
         title: Spearman against depth
         figure: Fig. 1c
@@ -30,10 +30,10 @@ ones are under ``tasks/studies/``), read with the safe loader of :mod:`benchmark
           - {id: depth, section: "5.1", figure: Fig. 1c, text: Spearman falls with depth, paper: falls,
              rule: {kind: trend, direction: decreasing}}
 
-How it is run: :mod:`benchmark.study`; its tables: :mod:`benchmark.study_tables`; its claims and figures:
-:mod:`benchmark.claims` and :mod:`benchmark.figures`. This module imports none of them. Its length (a little over
-400 lines) is the declaration's checks: every field of a study, a panel, a claim and a rule is checked here, each
-with a one-line error naming the file and the field.
+How it is run: :mod:`benchmark.studies.run`; its tables: :mod:`benchmark.studies.tables`; its claims and figures:
+:mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures`. This module imports none of them. Its length (a
+little over 400 lines) is the declaration's checks: every field of a study, a panel, a claim and a rule is checked here,
+each with a one-line error naming the file and the field.
 """
 
 from __future__ import annotations
@@ -46,9 +46,16 @@ from typing import Any
 
 import pluggy
 
-from benchmark import config as configuration
-from benchmark.errors import PLUGIN_FAULTS, Interrupted, PluginError, PluginHookError, UnknownNameError, UsageError
-from benchmark.plugins import plugin_manager
+from benchmark.common import config as configuration
+from benchmark.common.errors import (
+    PLUGIN_FAULTS,
+    Interrupted,
+    PluginError,
+    PluginHookError,
+    UnknownNameError,
+    UsageError,
+)
+from benchmark.contracts.plugins import plugin_manager
 
 PANEL_KINDS = ("line", "scatter")
 TABLES = ("rows", "points")
@@ -112,7 +119,7 @@ class Claim:
         figure: the paper's figure or table.
         text: the claim, in words.
         paper: the paper's number or finding, as printed in the claims table.
-        rule: how :mod:`benchmark.claims` decides it (``kind`` plus the kind's fields).
+        rule: how :mod:`benchmark.studies.claims` decides it (``kind`` plus the kind's fields).
     """
 
     id: str

@@ -17,7 +17,7 @@ value or list of values; only rows with status ``ok`` and a defined ``y`` count)
 
 Any rule may read ``table: points`` (one row per scored training point) instead of the default ``rows``. The rule
 kinds and their fields (:data:`RULES`, :func:`check_rule`) are part of the declaration,
-:mod:`benchmark.study_declaration`, which checks them when it reads a study.
+:mod:`benchmark.studies.declaration`, which checks them when it reads a study.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmark import records as records_module
-from benchmark.study_declaration import RULES, Claim, Panel, Study, check_rule
-from benchmark.study_tables import read_table, record_points, record_row
+from benchmark.contracts import records as records_module
+from benchmark.studies.declaration import RULES, Claim, Panel, Study, check_rule
+from benchmark.studies.tables import read_table, record_points, record_row
 
 if TYPE_CHECKING:
     import pandas as pd

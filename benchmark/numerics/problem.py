@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, jvp, vmap
 
-from benchmark.cache import Cache
-from benchmark.data_convolution import data_convolutions
+from benchmark.common.cache import Cache
+from benchmark.numerics.data_convolution import data_convolutions
 
 Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
@@ -158,7 +158,7 @@ class Problem:
     def objective_and_gradient(self, theta: Tensor) -> tuple[float, Tensor]:
         """``J(theta)`` and ``grad J(theta)`` on the full training set, summed over passes that fit in memory (the
         task's :attr:`chunk_size`, in pieces of :attr:`PASS_BYTES` on the CPU); the losses are summed in float64, so
-        that the value is exact enough for a line search near the optimum (``benchmark.training.polish``)."""
+        that the value is exact enough for a line search near the optimum (``benchmark.numerics.training.polish``)."""
         rows = self.chunk_size or self.n_train
         if self.device.type == "cpu":
             rows = min(rows, self._pass_rows(self._graph_bytes_per_example()))
@@ -283,15 +283,14 @@ class Problem:
 
         On the full training set in one chunk, the gradient's autograd graph is built once and kept, and each later
         product is one backward pass through it (reverse-over-reverse), which skips re-running the forward and first
-        backward passes. Its convolutions of the data are :func:`~benchmark.data_convolution.data_convolutions`,
-        whose second backward skips torch's unneeded gradient with respect to the images. On the CPU the graph is
-        kept in pieces of :attr:`PASS_BYTES`, whose products are summed; together they hold what one graph would.
-        On LeNet and the small CNN this is faster than the graph in one piece, than one piece through torch's own
-        convolutions and than ``jvp`` of ``grad`` (measured per product: ``leaderboards/speed-blocks.md``, the
-        "HVP, 1 vector" rows).
-        Over several chunks (:attr:`chunk_size`) the products are summed chunk by chunk, forward-over-reverse, so
-        memory stays at one chunk's activations (on the CPU, in passes of :attr:`PASS_BYTES` within a chunk); a
-        minibatch (``indices``) takes the same path.
+        backward passes. Its convolutions of the data are
+        :func:`~benchmark.numerics.data_convolution.data_convolutions`, whose second backward skips torch's unneeded
+        gradient with respect to the images. On the CPU the graph is kept in pieces of :attr:`PASS_BYTES`, whose
+        products are summed; together they hold what one graph would. On LeNet and the small CNN this is faster than the
+        graph in one piece, than one piece through torch's own convolutions and than ``jvp`` of ``grad`` (measured per
+        product: ``leaderboards/speed-blocks.md``, the "HVP, 1 vector" rows). Over several chunks (:attr:`chunk_size`)
+        the products are summed chunk by chunk, forward-over-reverse, so memory stays at one chunk's activations (on the
+        CPU, in passes of :attr:`PASS_BYTES` within a chunk); a minibatch (``indices``) takes the same path.
 
         Args:
             vectors: ``Tensor[m, P]``.

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.errors import UnknownNameError, UsageError
+from benchmark.common.errors import UnknownNameError, UsageError
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,7 +1,8 @@
 """A study's tables: the rows of ``NAME.csv`` (one per point x seed x estimator x selection) and ``NAME-points.csv``
-(one per scored training point), made from result records (:mod:`benchmark.records`), written and read back.
+(one per scored training point), made from result records (:mod:`benchmark.contracts.records`), written and read back.
 
-:mod:`benchmark.study` writes them; :mod:`benchmark.claims` and :mod:`benchmark.figures` read them.
+:mod:`benchmark.studies.run` writes them; :mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures` read
+them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import UsageError
-from benchmark.study_declaration import Study
-from benchmark.task import Task
+from benchmark.common.errors import UsageError
+from benchmark.contracts.task import Task
+from benchmark.studies.declaration import Study
 
 ROW_COLUMNS = (
     "study",
@@ -116,7 +117,7 @@ def _correlation(metrics: dict[str, Any], name: str) -> tuple[float | None, floa
 
 
 def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]:
-    """One CSV row from a result record (see :mod:`benchmark.records`): task config, metrics, diagnostics."""
+    """One CSV row from a result record (see :mod:`benchmark.contracts.records`): task config, metrics, diagnostics."""
     metrics = record.get("metrics") or {}
     problem = record["diagnostics"]["problem"]
     gt = record["ground_truth"]

@@ -29,8 +29,9 @@ from typing import Any, Literal, Union
 
 from typing_extensions import NotRequired, TypedDict
 
-from benchmark.cache import atomic_write
-from benchmark.provenance import environment, git_commit  # noqa: F401  (the provenance of records; importable here)
+from benchmark.common.cache import atomic_write
+from benchmark.common.errors import DataError
+from benchmark.common.provenance import environment, git_commit  # noqa: F401  (the provenance of records; importable here)
 
 log = logging.getLogger("bench")
 
@@ -40,7 +41,7 @@ RESULTS_ENV = "BENCH_RESULTS_DIR"
 Status = Literal["ok", "failed", "skipped"]
 STATUSES: tuple[str, ...] = typing.get_args(Status)
 """A record's ``status``: scored; the estimator failed (``failure`` says why); or it does not apply to the problem
-(:class:`~benchmark.errors.EstimatorSkipped`, ``failure`` holds the reason). Records written before ``skipped``
+(:class:`~benchmark.common.errors.EstimatorSkipped`, ``failure`` holds the reason). Records written before ``skipped``
 existed hold ``ok`` or ``failed`` and stay valid."""
 
 DRIFT_DOMINATED = 10.0
@@ -115,7 +116,8 @@ _MAPPING = (dict,)
 
 # -- the schema -----------------------------------------------------------------------------------------------------
 class Correlation(TypedDict):
-    """A correlation (:mod:`benchmark.scoring`): its value, or ``None`` with the reason under ``undefined``."""
+    """A correlation (:mod:`benchmark.evaluation.scoring`): its value, or ``None`` with the reason under
+    ``undefined``."""
 
     value: float | None
     undefined: NotRequired[str | None]
@@ -485,10 +487,8 @@ def load(results_dir: Path, task: str | None = None, strict: bool = False) -> li
     (:func:`migrate`).
 
     A record that cannot be read or does not match the schema (:func:`validate`) is skipped with a one-line warning
-    naming the file and the field, or raises :class:`~benchmark.errors.DataError` if ``strict``.
+    naming the file and the field, or raises :class:`~benchmark.common.errors.DataError` if ``strict``.
     """
-    from benchmark.errors import DataError
-
     root = Path(results_dir)
     paths = sorted((root / task).glob("*.json") if task else root.glob("*/*.json"))
     out = []

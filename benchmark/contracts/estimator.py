@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from benchmark.problem import Problem
+from benchmark.common.errors import EstimatorFailed
+from benchmark.numerics.problem import Problem
 
 
 @dataclasses.dataclass
@@ -57,16 +58,16 @@ class Estimator(abc.ABC):
     """The name of the :attr:`Config` field that holds the damping ``lambda`` this estimator's iHVP targets,
     ``(H + lambda I)^-1`` (e.g. ``"damping"``), or ``None`` for an estimator without one (``first-order``).
 
-    The declaration is the estimator's part of the protocol contract: a task whose :class:`~benchmark.task.Protocol`
-    states a ``damping`` has ``bench run`` set this field to it, unless the run sets the field itself (``--set`` or a
-    YAML section); :attr:`damping` reads it (the dense reference of the iHVP residual is solved at it). An estimator
-    that does not take the protocol's settings as they are overrides :meth:`protocol_options`. Checked at
-    registration: it must name a field of :attr:`Config`."""
+    The declaration is the estimator's part of the protocol contract: a task whose
+    :class:`~benchmark.contracts.task.Protocol` states a ``damping`` has ``bench run`` set this field to it, unless the
+    run sets the field itself (``--set`` or a YAML section); :attr:`damping` reads it (the dense reference of the iHVP
+    residual is solved at it). An estimator that does not take the protocol's settings as they are overrides
+    :meth:`protocol_options`. Checked at registration: it must name a field of :attr:`Config`."""
 
     @classmethod
     def protocol_options(cls, protocol: Any) -> dict[str, Any]:
-        """The :attr:`Config` values a task's ``protocol`` (:class:`~benchmark.task.Protocol`) asks of this estimator,
-        applied by ``bench run`` where the run does not set the same field itself.
+        """The :attr:`Config` values a task's ``protocol`` (:class:`~benchmark.contracts.task.Protocol`) asks of this
+        estimator, applied by ``bench run`` where the run does not set the same field itself.
 
         Default: ``{damping_field: protocol.damping}`` where both are declared, else nothing. An estimator overrides it
         to decline the protocol's damping (return ``{}``) or to translate it into its own parametrisation."""
@@ -169,9 +170,7 @@ class Estimator(abc.ABC):
 
 
 def check_finite(name: str, tensor: Tensor) -> Tensor:
-    """Raise :class:`~benchmark.errors.EstimatorFailed` naming ``name`` unless every entry is finite."""
-    from benchmark.errors import EstimatorFailed
-
+    """Raise :class:`~benchmark.common.errors.EstimatorFailed` naming ``name`` unless every entry is finite."""
     if not bool(torch.isfinite(tensor).all()):
         raise EstimatorFailed(f"{name} produced non-finite values")
     return tensor

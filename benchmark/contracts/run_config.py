@@ -1,5 +1,6 @@
 """What a ``bench run`` is asked to do: :class:`RunConfig`, the contract between the command line (or a YAML config,
-or Python), the plugins' hooks (:mod:`benchmark.hookspecs`) and :mod:`benchmark.runner`, which executes it.
+or Python), the plugins' hooks (:mod:`benchmark.contracts.hookspecs`) and :mod:`benchmark.evaluation.runner`, which
+executes it.
 
 It lives apart from the runner so that the hook specifications, a contract, import nothing from the runner.
 """
@@ -14,10 +15,10 @@ from typing import Any
 
 import pluggy
 
-from benchmark import records
+from benchmark.contracts import records
 
 DEFAULT_SELECTIONS = ("top", "random")
-"""The selections of a run that names none (see :data:`benchmark.runner.SELECTIONS`)."""
+"""The selections of a run that names none (see :data:`benchmark.evaluation.runner.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
 
 
@@ -41,8 +42,8 @@ class RunConfig:
         estimator_options: per estimator name, its hyperparameters that differ from the defaults.
         seed: seeds the data split, the initialisation and the random selection.
         device: ``cpu``, ``cuda`` or ``auto``.
-        selections: which training points are scored (keys of :data:`benchmark.runner.SELECTIONS`).
-        cache_dir: cache directory (default :func:`benchmark.cache.default_cache_dir`).
+        selections: which training points are scored (keys of :data:`benchmark.evaluation.runner.SELECTIONS`).
+        cache_dir: cache directory (default :func:`benchmark.common.cache.default_cache_dir`).
         results_dir: where result records are written (default :func:`default_results_dir`).
         progress: show progress bars.
         gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).

@@ -3,11 +3,11 @@
 The influence of every training point on the test point is computed by each estimator (timed: preparation and
 query separately); the leave-one-out ground truth is computed once for the union of the points any selection needs,
 from the shared cache; a failing estimator becomes a failed record with its reason, an estimator that does not apply
-to the problem (:class:`~benchmark.errors.EstimatorSkipped`) a skipped one, and the run goes on.
+to the problem (:class:`~benchmark.common.errors.EstimatorSkipped`) a skipped one, and the run goes on.
 
-Estimator settings: a task's :class:`~benchmark.task.Protocol` may state a ``damping``; every estimator that declares
-a damping (:attr:`Estimator.damping_field`) gets it unless the run sets that field (``--set``, a YAML section), and the
-records hold the resolved hyperparameters (see :func:`resolve_hyperparameters`).
+Estimator settings: a task's :class:`~benchmark.contracts.task.Protocol` may state a ``damping``; every estimator that
+declares a damping (:attr:`Estimator.damping_field`) gets it unless the run sets that field (``--set``, a YAML section),
+and the records hold the resolved hyperparameters (see :func:`resolve_hyperparameters`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import numpy as np
 import pluggy
 import torch
 
-from benchmark import config as configuration
-from benchmark import provenance, records
-from benchmark.cache import Cache
-from benchmark.curvature import DenseHessian, top_eigenvalue
-from benchmark.errors import (
+from benchmark.common import config as configuration
+from benchmark.common import provenance
+from benchmark.common.cache import Cache
+from benchmark.common.errors import (
     PLUGIN_FAULTS,
     BenchError,
     EstimatorFailed,
@@ -43,14 +42,16 @@ from benchmark.errors import (
     UsageError,
     describe,
 )
-from benchmark.estimator import Estimator
-from benchmark.executors import EXECUTORS, WorkerSpec, make_executor
-from benchmark.groundtruth import GroundTruth, LooEffect
-from benchmark.plugins import Registry, call_each
-from benchmark.problem import Problem
-from benchmark.run_config import DEVICES, RunConfig, default_results_dir
-from benchmark.scoring import bootstrap_interval, correlations, repeat_ceiling
-from benchmark.task import BuildContext, Protocol, Task
+from benchmark.contracts import records
+from benchmark.contracts.estimator import Estimator
+from benchmark.contracts.plugins import Registry, call_each
+from benchmark.contracts.run_config import DEVICES, RunConfig, default_results_dir
+from benchmark.contracts.task import BuildContext, Protocol, Task
+from benchmark.evaluation.scoring import bootstrap_interval, correlations, repeat_ceiling
+from benchmark.groundtruth.engine import GroundTruth, LooEffect
+from benchmark.groundtruth.executors import EXECUTORS, WorkerSpec, make_executor
+from benchmark.numerics.curvature import DenseHessian, top_eigenvalue
+from benchmark.numerics.problem import Problem
 
 log = logging.getLogger("bench")
 
@@ -67,7 +68,7 @@ DENSE_LIMIT = 1_000
 only when the ``exact`` estimator of the same run computed it anyway (it is shared through the problem)."""
 
 
-PUBLISHED_DIR = Path(__file__).resolve().parent.parent / "leaderboards"
+PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 """The committed leaderboards of a source checkout (``--publish``): ``<task>.md``, ``results/``, ``studies/``, the
 claims table ``README.md``."""
 
@@ -321,7 +322,8 @@ def score_selection(
 ) -> tuple[list[float], np.ndarray, dict[str, dict[str, Any]]]:
     """How well an estimator's ``scores`` predict re-training on the training points ``indices`` (a selection):
     the estimated loss changes, the re-trained ones per ground-truth seed (``[seeds, len(indices)]``), and the
-    Pearson and Spearman correlations of the first with the mean of the second (:func:`benchmark.scoring.correlations`).
+    Pearson and Spearman correlations of the first with the mean of the second
+    (:func:`benchmark.evaluation.scoring.correlations`).
     """
     estimated = [float(scores[i]) for i in indices]
     per_seed = np.array([[seed_effects[i].loss_change for i in indices] for seed_effects in effects])

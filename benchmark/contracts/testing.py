@@ -2,7 +2,7 @@
 
 A plugin author runs::
 
-    from benchmark.testing import check_estimator
+    from benchmark.contracts.testing import check_estimator
     check_estimator(MyEstimator)
 
 which asserts the contract every built-in passes: shapes and dtypes, determinism, finite output, and the sign
@@ -19,8 +19,8 @@ from scipy import stats
 from torch import Tensor
 from torch.func import grad, hessian
 
-from benchmark.estimator import Estimator
-from benchmark.problem import Problem
+from benchmark.contracts.estimator import Estimator
+from benchmark.numerics.problem import Problem
 
 
 def _linear(params: dict[str, Tensor], x: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""The task contract: a task builds a trained :class:`~benchmark.problem.Problem` and states its protocol."""
+"""The task contract: a task builds a trained :class:`~benchmark.numerics.problem.Problem` and states its protocol."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from benchmark import training
-from benchmark.recipes import Polish, Recipe
-
-__all__ = ["BuildContext", "Polish", "Protocol", "Recipe", "ReferenceRow", "Task"]
+from benchmark.numerics import training
+from benchmark.numerics.recipes import Polish, Recipe
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from benchmark.cache import Cache
-    from benchmark.problem import Problem
+    from benchmark.common.cache import Cache
+    from benchmark.numerics.problem import Problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +125,8 @@ class Task(abc.ABC):
 
     def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
         """``theta`` after training ``problem`` from its parameters with ``recipe`` (one SGD phase of :meth:`trained`;
-        a :class:`Polish` phase runs :func:`benchmark.training.polish`): :func:`benchmark.training.train` unless a
-        task has a faster trainer for its models."""
+        a :class:`Polish` phase runs :func:`benchmark.numerics.training.polish`):
+        :func:`benchmark.numerics.training.train` unless a task has a faster trainer for its models."""
         return training.train(problem, recipe, progress)
 
     # -- optional speed-ups: a task may override these; the harness uses an override where it has one ---------------
@@ -142,13 +140,13 @@ class Task(abc.ABC):
         description: str = "training",
     ) -> Tensor:
         """Optional: re-train ``K`` models of ``problem`` at once, a faster drop-in for
-        :func:`benchmark.training.descend` (same arguments, same result to rounding: ``thetas`` ``[K, P]`` are the
-        starting parameters, ``weights`` ``[K, n_train]`` the weight of each training example per model, 0 removing
+        :func:`benchmark.numerics.training.descend` (same arguments, same result to rounding: ``thetas`` ``[K, P]`` are
+        the starting parameters, ``weights`` ``[K, n_train]`` the weight of each training example per model, 0 removing
         it; returns the ``[K, P]`` parameters after ``recipe``).
 
         ``bench study`` re-trains the leave-one-out models of a task that overrides it through it (with the local
         executor; :meth:`overrides`), e.g. Iris's hand-written backpropagation; ``bench run`` always uses
-        :func:`benchmark.training.descend`. The default is :func:`benchmark.training.descend` itself.
+        :func:`benchmark.numerics.training.descend`. The default is :func:`benchmark.numerics.training.descend` itself.
         """
         return training.descend(problem, thetas, weights, recipe, progress, description)
 

@@ -27,9 +27,9 @@ from torch import Tensor
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from benchmark.cache import Cache
-from benchmark.problem import Problem
-from benchmark.recipes import Polish, Recipe
+from benchmark.common.cache import Cache
+from benchmark.numerics.problem import Problem
+from benchmark.numerics.recipes import Polish, Recipe
 
 log = logging.getLogger("bench")
 
@@ -54,8 +54,8 @@ def minibatches(recipe: Recipe, n: int, device: torch.device) -> Iterator[Tensor
 class StreamedBatches(Protocol):
     """A problem whose training data is streamed rather than indexed in memory (an extension point for tasks).
 
-    A task whose training set does not fit in memory builds a :class:`~benchmark.problem.Problem` subclass with a
-    ``load_batches`` method (e.g. ``tasks/imagenet_problem.py``'s ``StreamedProblem``); :func:`descend`, and so
+    A task whose training set does not fit in memory builds a :class:`~benchmark.numerics.problem.Problem` subclass with
+    a ``load_batches`` method (e.g. ``tasks/imagenet_problem.py``'s ``StreamedProblem``); :func:`descend`, and so
     training and leave-one-out re-training, then take each minibatch from it instead of indexing ``x_train`` and
     ``y_train`` (:func:`batch_data`). Structural: any problem with the method qualifies, no base class is needed.
     Importable as ``benchmark.StreamedBatches``.

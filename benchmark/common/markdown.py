@@ -1,6 +1,7 @@
-"""The one Markdown table helper of the harness's hand-written pages: the timing table (:mod:`benchmark.timing`),
-the speed pages of :mod:`benchmark.peers` and the README's headline (``scripts/headline.py``). (The leaderboards
-render theirs with pandas' ``to_markdown``, whose padded layout their committed files keep.)"""
+"""The one Markdown table helper of the harness's hand-written pages: the timing table
+(:mod:`benchmark.evaluation.timing`), the speed pages of :mod:`benchmark.peers` and the README's headline
+(``scripts/headline.py``). (The leaderboards render theirs with pandas' ``to_markdown``, whose padded layout their
+committed files keep.)"""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch import Tensor
 
-from benchmark.errors import CacheError
+from benchmark.common.errors import CacheError
 
 log = logging.getLogger("bench")
 
@@ -67,7 +67,7 @@ class Cache:
 
     Layout: ``<kind>/<digest>.pt`` (+ ``.json`` with its key and checksum; its lock ``.locks/<kind>/<digest>.pt.lock``)
     for tensors (kinds ``optima``, ``hessians``, ``loo-reference``) and ``loo/<digest>/`` (one JSON entry per removed
-    training point, see :mod:`benchmark.groundtruth`).
+    training point, see :mod:`benchmark.groundtruth.engine`).
     """
 
     def __init__(self, root: Path | str | None = None):

@@ -1,16 +1,17 @@
-"""``bench study NAME``: a declared sweep of task options, run point by point through :class:`~benchmark.runner.Run`.
+"""``bench study NAME``: a declared sweep of task options, run point by point through
+:class:`~benchmark.evaluation.runner.Run`.
 
 A study is a YAML declaration shipped by a plugin (hook ``bench_studies``; the built-in ones are under
-``tasks/studies/``), parsed by :mod:`benchmark.study_declaration`, whose docstring shows the format; ``bench study
+``tasks/studies/``), parsed by :mod:`benchmark.studies.declaration`, whose docstring shows the format; ``bench study
 --list`` shows every declared study and the plugin that ships it.
 
 Every point and seed is one run: optima and leave-one-out ground truth come from the shared cache, and a finished
 run's records are kept there too (keyed by its options and a digest of the code), so a rerun after an interruption
 redoes only the runs that had not finished, and a rerun with other estimator options re-trains nothing. A task may
 offer two optional speed-ups, both declared on :class:`benchmark.Task` and used when a task overrides them:
-:meth:`Task.train_many <benchmark.task.Task.train_many>` trains many optima into the cache at once (each equal to the
-one its ``build`` trains), and :meth:`Task.descend <benchmark.task.Task.descend>` replaces
-:func:`benchmark.training.descend` for the leave-one-out re-training.
+:meth:`Task.train_many <benchmark.contracts.task.Task.train_many>` trains many optima into the cache at once (each equal
+to the one its ``build`` trains), and :meth:`Task.descend <benchmark.contracts.task.Task.descend>` replaces
+:func:`benchmark.numerics.training.descend` for the leave-one-out re-training.
 
 Outputs (``--output-dir``, default ``studies/`` beside the user's results directory, ``~/.local/share/bench/studies``;
 ``--publish``: the committed ``leaderboards/studies``): ``NAME.csv`` with one row per point x seed x estimator x
@@ -34,18 +35,19 @@ from typing import Any
 import pluggy
 import torch
 
-from benchmark import config as configuration
-from benchmark import figures, provenance
-from benchmark.cache import Cache, digest
-from benchmark.claims import evaluate_study
-from benchmark.errors import UnknownNameError, UsageError
-from benchmark.groundtruth import GroundTruth
-from benchmark.plugins import Registry
-from benchmark.run_config import RunConfig
-from benchmark.runner import Run, published_dir, resolve_device, results_home
-from benchmark.study_declaration import Study, declared_studies, find_study, load_study
-from benchmark.study_tables import check_columns, record_points, record_row, write_csv
-from benchmark.task import BuildContext
+from benchmark.common import config as configuration
+from benchmark.common import provenance
+from benchmark.common.cache import Cache, digest
+from benchmark.common.errors import UnknownNameError, UsageError
+from benchmark.contracts.plugins import Registry
+from benchmark.contracts.run_config import RunConfig
+from benchmark.contracts.task import BuildContext
+from benchmark.evaluation.runner import Run, published_dir, resolve_device, results_home
+from benchmark.groundtruth.engine import GroundTruth
+from benchmark.studies import figures
+from benchmark.studies.claims import evaluate_study
+from benchmark.studies.declaration import Study, declared_studies, find_study, load_study
+from benchmark.studies.tables import check_columns, record_points, record_row, write_csv
 
 log = logging.getLogger("bench")
 
@@ -94,8 +96,8 @@ class _TaskGroundTruth(GroundTruth):
 
 
 class StudyRun(Run):
-    """A :class:`Run` that re-trains leave-one-out models with the task's own :meth:`~benchmark.task.Task.descend`
-    when it overrides it."""
+    """A :class:`Run` that re-trains leave-one-out models with the task's own
+    :meth:`~benchmark.contracts.task.Task.descend` when it overrides it."""
 
     def ground_truths(self, problem: Any, protocol: Any, test_index: int) -> list[GroundTruth]:
         plain = super().ground_truths(problem, protocol, test_index)
@@ -180,11 +182,11 @@ def _resolved(
 
 
 def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str:
-    """The digest (:func:`benchmark.provenance.source_digest`: code, not docstrings or comments) of the harness, the
-    built-in plugins and the modules of the task and estimators used (plugins' too): a finished run's records are
+    """The digest (:func:`benchmark.common.provenance.source_digest`: code, not docstrings or comments) of the harness,
+    the built-in plugins and the modules of the task and estimators used (plugins' too): a finished run's records are
     reused only while none of it changed."""
     root = provenance.REPO  # the source checkout: harness and built-in plugins
-    files = {p for package in ("benchmark", "estimators", "tasks") for p in (root / package).glob("*.py")}
+    files = set(provenance.code_files(root))
     for cls in [registry.task(task), *(registry.estimator(name) for name in estimators)]:
         source = inspect.getsourcefile(cls)
         if source:
