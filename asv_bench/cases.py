@@ -51,7 +51,10 @@ from benchmark.common.errors import EstimatorFailed, PluginError
 from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.contracts.run_config import RunConfig
 from benchmark.contracts.task import Protocol
-from benchmark.evaluation.runner import Run, evaluate_estimator, ihvp_residuals, resolve_device, score_selection, select
+from benchmark.evaluation.estimation import evaluate_estimator, ihvp_residuals
+from benchmark.evaluation.recording import score_selection
+from benchmark.evaluation.runner import Run, resolve_device
+from benchmark.evaluation.selections import select
 from benchmark.numerics.problem import Problem
 from tasks.models import MODELS
 
@@ -199,8 +202,8 @@ def build(
 ) -> tuple[Run, Problem, Protocol, int]:
     """The trained problem of ``case`` at ``size`` (trained into, or loaded from, ``cache``), as ``bench run`` builds
     it: returns the run, the problem, the protocol and the test point's index. The run's ``estimators`` are made as
-    ``bench run`` makes them (:func:`benchmark.evaluation.runner.resolve_hyperparameters`: the task's protocol damping,
-    e.g. 0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
+    ``bench run`` makes them (:func:`benchmark.evaluation.estimation.resolve_hyperparameters`: the task's protocol
+    damping, e.g. 0.01 on MNIST and CIFAR-10), in ``run.estimators``."""
     task, _ = split_case(case)
     config = RunConfig(
         task=task,
@@ -246,10 +249,10 @@ def evaluate(
     case: str, size: str, cache: Path, estimators: list[str], options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Train ``case`` at ``size``, evaluate every estimator once, and (at size ``small``) score it against the
-    leave-one-out ground truth, through the runner's own steps, as ``bench run --selection top`` does them
-    (:func:`benchmark.evaluation.runner.evaluate_estimator`, :func:`~benchmark.evaluation.runner.ihvp_residuals`,
-    :func:`~benchmark.evaluation.runner.select`, :func:`~benchmark.evaluation.runner.score_selection`, the run's ground
-    truth); the ground truth stays in ``cache``.
+    leave-one-out ground truth, through the runner's own steps, as ``bench run --selection top`` does them:
+    :func:`benchmark.evaluation.estimation.evaluate_estimator`, :func:`~benchmark.evaluation.estimation.ihvp_residuals`,
+    :func:`~benchmark.evaluation.selections.select`, :func:`~benchmark.evaluation.recording.score_selection` and the
+    run's ground truth. The ground truth stays in ``cache``.
 
     Returns:
         ``{"n_train", "n_params", "test_index", "threads", "estimators": {name: Outcome as a dict}}``.

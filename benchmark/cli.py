@@ -34,12 +34,13 @@ import torch
 from benchmark.common import config as configuration
 from benchmark.common.cache import Cache
 from benchmark.common.errors import BenchError, UnknownNameError, UsageError, user_interrupts
+from benchmark.common.paths import RESULTS_ENV, default_results_dir, published_dir, writable_directory
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
-from benchmark.contracts.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig, default_results_dir
+from benchmark.contracts.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig
 from benchmark.evaluation import leaderboard
 from benchmark.evaluation import timing as timing_command
-from benchmark.evaluation.runner import Run, published_dir, writable_directory
+from benchmark.evaluation.runner import Run
 from benchmark.groundtruth import engine as groundtruth
 from benchmark.groundtruth.executors import EXECUTORS
 from benchmark.studies import report as report_command
@@ -47,7 +48,7 @@ from benchmark.studies import run as study_command
 
 log = logging.getLogger("bench")
 
-DEFAULT_RESULTS_HELP = f"${records.RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
+DEFAULT_RESULTS_HELP = f"${RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
 RUN_OPTIONS = (
     "task",
     "estimators",

@@ -23,7 +23,7 @@ from benchmark.common.cache import Cache
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.contracts.task import BuildContext
-from benchmark.evaluation.runner import select_test_point
+from benchmark.evaluation.selections import select_test_point
 from benchmark.groundtruth.engine import GroundTruth
 
 

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.common import config as configuration
     from benchmark.common.cache import Cache
     from benchmark.contracts.task import BuildContext
-    from benchmark.evaluation.runner import resolve_device, select_test_point
+    from benchmark.evaluation.runner import resolve_device
+    from benchmark.evaluation.selections import select_test_point
     from benchmark.groundtruth.engine import GroundTruth
     from tasks.imagenet import ImageNet, ImageNetConfig
     from tasks.imagenet_data import write_synthetic_tree

@@ -23,7 +23,8 @@ from benchmark.common.cache import Cache, default_cache_dir
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.contracts.task import BuildContext
-from benchmark.evaluation.runner import CONVERGENCE_TOL, select_test_point
+from benchmark.evaluation.recording import CONVERGENCE_TOL
+from benchmark.evaluation.selections import select_test_point
 from benchmark.groundtruth.engine import GroundTruth
 
 

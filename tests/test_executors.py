@@ -383,7 +383,8 @@ def test_shards_cover_every_index_once(n, workers, size):
 def test_worker_spec_is_plain_data_that_rebuilds_the_ground_truth(tmp_path):
     """The spec the driver sends (as Run.executor builds it) round-trips through JSON and names the same entries."""
     from benchmark.contracts.plugins import Registry, plugin_manager
-    from benchmark.evaluation.runner import Run, RunConfig
+    from benchmark.contracts.run_config import RunConfig
+    from benchmark.evaluation.runner import Run
     from benchmark.groundtruth.engine import GroundTruth
     from benchmark.groundtruth.executors import compute_shard
 

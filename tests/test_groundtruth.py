@@ -22,8 +22,8 @@ import benchmark.groundtruth.engine as groundtruth
 from benchmark import BuildContext, Recipe
 from benchmark.cli import main
 from benchmark.common.cache import Cache
-from benchmark.evaluation.runner import select_test_point
 from benchmark.evaluation.scoring import bootstrap_interval, correlation, repeat_ceiling
+from benchmark.evaluation.selections import select_test_point
 from benchmark.groundtruth.engine import GroundTruth
 from tasks.iris import Iris, IrisConfig
 

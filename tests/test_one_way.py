@@ -9,7 +9,7 @@ from pathlib import Path
 from asv_bench import cases
 from benchmark.common import config, markdown, provenance
 from benchmark.contracts import records
-from benchmark.evaluation import runner, timing
+from benchmark.evaluation import estimation, recording, timing
 from benchmark.evaluation.runner import Run
 from benchmark.peers import speed_blocks, speed_vs_peers
 from benchmark.studies import run as study
@@ -51,7 +51,7 @@ def test_one_provenance_and_one_splitter() -> None:
     for path in (REPO_ROOT / "benchmark").rglob("*.py"):
         assert "def _split(" not in path.read_text(), path
         assert "def git_commit(" not in path.read_text() or path.name == "provenance.py", path
-    assert runner.evaluate_estimator.__doc__ and runner.score_selection.__doc__
+    assert estimation.evaluate_estimator.__doc__ and recording.score_selection.__doc__
 
 
 def test_source_digest_follows_code_not_docstrings(tmp_path: Path) -> None:

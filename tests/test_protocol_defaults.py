@@ -14,8 +14,10 @@ from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Protocol, Re
 from benchmark.common.config import non_negative
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.run_config import RunConfig
 from benchmark.evaluation import leaderboard
-from benchmark.evaluation.runner import Run, RunConfig, resolve_hyperparameters
+from benchmark.evaluation.estimation import resolve_hyperparameters
+from benchmark.evaluation.runner import Run
 from estimators.cg import CGConfig, ConjugateGradient
 from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder

@@ -248,7 +248,7 @@ def test_markdown_subset() -> None:
 def test_claims_table_names_sources_relative_to_where_it_is_made(tmp_path: Path, monkeypatch) -> None:
     """A committed claims table names no absolute path of the machine that made it: sources under the checkout or the
     working directory are shown relative to it; others as they are."""
-    from benchmark.evaluation.runner import PUBLISHED_DIR
+    from benchmark.common.paths import PUBLISHED_DIR
     from benchmark.studies.report import _shown
 
     assert _shown(f"{PUBLISHED_DIR}/studies/iris-depth.csv") == "leaderboards/studies/iris-depth.csv"

@@ -392,11 +392,11 @@ def test_readme_first_command_leaves_a_fresh_clone_clean(tmp_path, repo_root):
 
 
 def test_publish_writes_the_committed_leaderboards_explicitly(bench, tiny, tmp_path, monkeypatch):
-    import benchmark.evaluation.runner
+    import benchmark.common.paths
 
     published = tmp_path / "checkout" / "leaderboards"
     published.mkdir(parents=True)
-    monkeypatch.setattr(benchmark.evaluation.runner, "PUBLISHED_DIR", published)
+    monkeypatch.setattr(benchmark.common.paths, "PUBLISHED_DIR", published)
     result = bench(
         "run",
         "--task",
@@ -731,12 +731,12 @@ def test_check_estimator_prints_no_torch_warning(repo_root):
 
 
 def test_study_and_report_default_to_the_users_home(bench, tmp_path, monkeypatch):
-    import benchmark.evaluation.runner
+    import benchmark.common.paths
     from tests.test_study import TINY_STUDY
 
     published = tmp_path / "checkout" / "leaderboards"
     (published / "studies").mkdir(parents=True)
-    monkeypatch.setattr(benchmark.evaluation.runner, "PUBLISHED_DIR", published)
+    monkeypatch.setattr(benchmark.common.paths, "PUBLISHED_DIR", published)
     monkeypatch.delenv("BENCH_RESULTS_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     elsewhere = tmp_path / "elsewhere"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmark.common.errors import UnknownNameError
-from benchmark.evaluation.runner import select, selection_description
+from benchmark.evaluation.selections import select, selection_description
 
 SCORES = np.array([0.5, -3.0, 0.1, 2.0, -0.2, 0.0, 1.0, -1.0, 0.3, 0.05])
 

@@ -37,7 +37,6 @@ log = logging.getLogger("bench")
 
 SCHEMA_VERSION = 1
 """The version of :class:`Record` that the runner writes (a record's ``schema`` field)."""
-RESULTS_ENV = "BENCH_RESULTS_DIR"
 Status = Literal["ok", "failed", "skipped"]
 STATUSES: tuple[str, ...] = typing.get_args(Status)
 """A record's ``status``: scored; the estimator failed (``failure`` says why); or it does not apply to the problem

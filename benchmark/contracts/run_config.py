@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from benchmark.contracts import records
+from benchmark.common.paths import default_results_dir
 
 DEFAULT_SELECTIONS = ("top", "random")
-"""The selections of a run that names none (see :data:`benchmark.evaluation.runner.SELECTIONS`)."""
+"""The selections of a run that names none (see :data:`benchmark.evaluation.selections.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
-
-
-def default_results_dir() -> Path:
-    """Where ``bench run`` writes its records unless told otherwise, outside any source tree: ``$BENCH_RESULTS_DIR``,
-    else ``$XDG_DATA_HOME/bench/results``, else ``~/.local/share/bench/results`` (the leaderboard goes beside it)."""
-    if os.environ.get(records.RESULTS_ENV):
-        return Path(os.environ[records.RESULTS_ENV]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "bench" / "results"
 
 
 @dataclasses.dataclass
@@ -42,9 +32,9 @@ class RunConfig:
         estimator_options: per estimator name, its hyperparameters that differ from the defaults.
         seed: seeds the data split, the initialisation and the random selection.
         device: ``cpu``, ``cuda`` or ``auto``.
-        selections: which training points are scored (keys of :data:`benchmark.evaluation.runner.SELECTIONS`).
+        selections: which training points are scored (keys of :data:`benchmark.evaluation.selections.SELECTIONS`).
         cache_dir: cache directory (default :func:`benchmark.common.cache.default_cache_dir`).
-        results_dir: where result records are written (default :func:`default_results_dir`).
+        results_dir: where result records are written (default :func:`benchmark.common.paths.default_results_dir`).
         progress: show progress bars.
         gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
         gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).

@@ -23,9 +23,8 @@ from pathlib import Path
 import pluggy
 
 from benchmark.common.errors import UsageError
+from benchmark.common.paths import PUBLISHED_DIR, default_results_dir, published_dir, results_home
 from benchmark.common.provenance import git_commit
-from benchmark.contracts.run_config import default_results_dir
-from benchmark.evaluation.runner import PUBLISHED_DIR, published_dir, results_home
 from benchmark.studies import claims as claims_module
 from benchmark.studies import declaration as study_module
 from benchmark.studies.claims import Verdict

@@ -39,10 +39,11 @@ from benchmark.common import config as configuration
 from benchmark.common import provenance
 from benchmark.common.cache import Cache, digest
 from benchmark.common.errors import UnknownNameError, UsageError
+from benchmark.common.paths import published_dir, results_home
 from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.contracts.task import BuildContext
-from benchmark.evaluation.runner import Run, published_dir, resolve_device, results_home
+from benchmark.evaluation.runner import Run, resolve_device
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.studies import figures
 from benchmark.studies.claims import evaluate_study

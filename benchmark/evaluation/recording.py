@@ -1,0 +1,162 @@
+"""What a run records: the diagnostics of its problem, the summary of its ground truth, and one record per estimator
+and selection (schema: :mod:`benchmark.contracts.records`), with the scores of the estimator's estimates against the
+re-trained effects of the training points it selected."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from benchmark.contracts.task import Protocol
+from benchmark.evaluation.estimation import Evaluation, no_ihvp_reason
+from benchmark.evaluation.scoring import bootstrap_interval, correlations, repeat_ceiling
+from benchmark.evaluation.selections import selection_description
+from benchmark.groundtruth.engine import GroundTruth, LooEffect
+from benchmark.numerics.curvature import DenseHessian, top_eigenvalue
+from benchmark.numerics.problem import Problem
+
+log = logging.getLogger("bench")
+
+CONVERGENCE_TOL = 1e-4
+"""An optimum whose objective gradient norm exceeds this is reported as not converged."""
+
+
+def score_selection(
+    scores: np.ndarray,
+    indices: list[int],
+    effects: list[dict[int, LooEffect]],
+) -> tuple[list[float], np.ndarray, dict[str, dict[str, Any]]]:
+    """How well an estimator's ``scores`` predict re-training on the training points ``indices`` (a selection):
+    the estimated loss changes, the re-trained ones per ground-truth seed (``[seeds, len(indices)]``), and the
+    Pearson and Spearman correlations of the first with the mean of the second
+    (:func:`benchmark.evaluation.scoring.correlations`).
+    """
+    estimated = [float(scores[i]) for i in indices]
+    per_seed = np.array([[seed_effects[i].loss_change for i in indices] for seed_effects in effects])
+    return estimated, per_seed, correlations(estimated, per_seed.mean(axis=0).tolist())
+
+
+def problem_diagnostics(problem: Problem, dense: DenseHessian | None, eigenvalue_iterations: int) -> dict[str, Any]:
+    """The trained problem's size, gradient norm (whether the optimum converged) and extreme Hessian eigenvalues: from
+    the dense Hessian where the run has one, else the top one by ``eigenvalue_iterations`` of power iteration."""
+    gradient_norm = problem.gradient_norm()
+    diagnostics: dict[str, Any] = {
+        "n_train": problem.n_train,
+        "n_params": problem.n_params,
+        "weight_decay": problem.weight_decay,
+        "gradient_norm": gradient_norm,
+        "convergence_tol": CONVERGENCE_TOL,
+        "converged": gradient_norm <= CONVERGENCE_TOL,
+    }
+    if dense is not None:
+        diagnostics["top_eigenvalue"] = float(dense.eigenvalues[-1])
+        diagnostics["bottom_eigenvalue"] = float(dense.eigenvalues[0])
+    else:
+        diagnostics["top_eigenvalue"] = top_eigenvalue(problem, eigenvalue_iterations)
+    if not diagnostics["converged"]:
+        log.warning("the optimum is not converged: gradient norm %.3g > %.0e", gradient_norm, CONVERGENCE_TOL)
+    return diagnostics
+
+
+def ground_truth_summary(
+    ground_truths: list[GroundTruth],
+    effects: list[dict[int, LooEffect]],
+    protocol: Protocol,
+    needed: list[int],
+    executor: str,
+) -> dict[str, Any]:
+    """The ``ground_truth`` field of a run's records: the protocol, the reference's drift against the median effect,
+    and how many entries were cached or computed, in how long, by which ``executor``."""
+    references = [ground_truth.reference() for ground_truth in ground_truths]
+    drifts = [reference.drift for reference in references]
+    magnitudes = [abs(e.loss_change) for per_seed in effects for e in per_seed.values()]
+    median_effect = float(np.median(magnitudes)) if magnitudes else None
+    return {
+        "protocol": "leave-one-out re-training from the optimum",
+        "recipe": dataclasses.asdict(protocol.retrain),
+        "seeds": len(ground_truths),
+        "reference": "the optimum re-trained with the same recipe and minibatches on the full data",
+        "reference_test_loss": references[0].test_loss,
+        "reference_drift": float(np.mean(drifts)),
+        "reference_drift_per_seed": drifts,
+        "median_abs_effect": median_effect,
+        "drift_to_effect": abs(float(np.mean(drifts))) / median_effect if median_effect else None,
+        "points": len(needed),
+        "cached": sum(g.stats.cached for g in ground_truths),
+        "computed": sum(g.stats.computed for g in ground_truths),
+        "corrupt_recomputed": sum(g.stats.corrupt for g in ground_truths),
+        "seconds": sum(g.stats.seconds for g in ground_truths),
+        "chunk_size": ground_truths[0].stats.chunk_size,
+        "executor": executor,
+        "cache_key": ground_truths[0].key,
+    }
+
+
+def estimator_record(
+    common: dict[str, Any],
+    evaluation: Evaluation,
+    selection: str,
+    indices: list[int] | None,
+    effects: list[dict[int, LooEffect]],
+    k: int,
+    problem_diagnostics: dict[str, Any],
+    task_diagnostics: dict[str, Any],
+    paper: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The record of ``evaluation``'s estimator on ``selection`` (its training points ``indices``, ``None`` where it
+    failed or was skipped), given the fields ``common`` to every record of the run and the paper's figure ``paper``:
+    its status, timings and diagnostics and, where it scored, its metrics against the re-trained ``effects`` (one
+    mapping per ground-truth seed) and the points behind them."""
+    name = evaluation.estimator.name
+    record = {
+        **common,
+        "estimator": {"name": name, "plugin": evaluation.plugin, "hyperparameters": evaluation.hyperparameters},
+        "selection": {"kind": selection, "size": k, "description": selection_description(selection)},
+        "status": ("skipped" if evaluation.skipped else "failed") if evaluation.failure else "ok",
+        "failure": evaluation.failure,
+        "timings": evaluation.timings,
+        "diagnostics": {
+            "problem": problem_diagnostics,
+            "estimator": evaluation.diagnostics,
+            "task": task_diagnostics,
+        },
+        "paper": paper,
+        "metrics": None,
+        "points": None,
+    }
+    if evaluation.failure is not None or indices is None:
+        return record
+    estimated, per_seed, metrics = score_selection(evaluation.scores, indices, effects)
+    norms_per_seed = np.array([[seed_effects[i].param_change_norm for i in indices] for seed_effects in effects])
+    retrained = per_seed.mean(axis=0).tolist()
+    for method, entry in metrics.items():
+        entry["interval"] = bootstrap_interval(method, estimated, per_seed) if entry["value"] is not None else None
+    points: dict[str, Any] = {
+        "train_indices": indices,
+        "estimated": estimated,
+        "retrained": retrained,
+        "retrained_per_seed": per_seed.tolist(),
+        "retrained_param_norm": norms_per_seed.mean(axis=0).tolist(),
+    }
+    if evaluation.param_failure is None:
+        points["estimated_param_norm"] = [evaluation.param_norms[i] for i in indices]
+        norm_metrics = correlations(points["estimated_param_norm"], points["retrained_param_norm"])
+    else:
+        reason = evaluation.param_failure
+        plain = reason.startswith(("not computed", "n/a"))
+        undefined = {"value": None, "undefined": reason if plain else f"parameter change failed: {reason}"}
+        norm_metrics = {"pearson": undefined, "spearman": undefined}
+    record["metrics"] = {
+        **metrics,
+        "ceiling": {method: repeat_ceiling(method, per_seed) for method in metrics},
+        "param_norm_pearson": norm_metrics["pearson"],
+        "param_norm_spearman": norm_metrics["spearman"],
+        "ihvp_relative_residual": evaluation.residual,
+    }
+    if evaluation.estimator.no_ihvp is not None:
+        record["metrics"]["ihvp_residual_undefined"] = no_ihvp_reason(evaluation.estimator)
+    record["points"] = points
+    return record
