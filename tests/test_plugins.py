@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import benchmark.cli
+import benchmark.cli.bench
 import benchmark.contracts.plugins
 from benchmark import hookimpl
 from tests.conftest import assert_one_line_error
@@ -299,14 +299,14 @@ class Collector:
 def test_reporting_hooks(bench, tiny, tmp_path, repo_root, monkeypatch, read_records):
     monkeypatch.chdir(repo_root)
     collector = Collector()
-    make_pm = benchmark.cli.plugin_manager
+    make_pm = benchmark.cli.bench.plugin_manager
 
     def plugin_manager(args):
         pm = make_pm(args)
         pm.register(collector, name="collector")
         return pm
 
-    monkeypatch.setattr(benchmark.cli, "plugin_manager", plugin_manager)
+    monkeypatch.setattr(benchmark.cli.bench, "plugin_manager", plugin_manager)
     results = tmp_path / "board" / "results"
     out_csv = tmp_path / "export" / "results.csv"
     out_csv.parent.mkdir()

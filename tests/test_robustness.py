@@ -587,7 +587,7 @@ def test_list_shows_the_whole_first_paragraph(bench):
 def test_list_options_say_what_each_option_means(bench):
     import dataclasses
 
-    from benchmark.cli import attribute_docs
+    from benchmark.cli.listing import attribute_docs
     from benchmark.contracts.plugins import Registry, plugin_manager
 
     result = bench("list", "--options")

@@ -1,0 +1,74 @@
+"""``bench gt``: compute or top up the leave-one-out ground truth of a task's problem in the cache, without running
+an estimator; ``--status``: summarise what the cache holds."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import pluggy
+import torch
+
+from benchmark.cli.shared import add_problem_options, run_config
+from benchmark.common.cache import Cache
+from benchmark.common.errors import UsageError
+from benchmark.common.paths import writable_directory
+from benchmark.contracts.plugins import Registry
+from benchmark.contracts.run_config import RunConfig
+from benchmark.evaluation.runner import Run
+from benchmark.groundtruth.engine import cache_status
+
+HELP = "compute or top up ground truth, or summarise the cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser, pm: pluggy.PluginManager) -> None:
+    """The options of ``bench gt``."""
+    add_problem_options(parser)
+    parser.add_argument(
+        "--points",
+        default="all",
+        help="training points: all (default), random (the run's random "
+        "selection) or a number N (the first N of the random order)",
+    )
+    parser.add_argument("--status", action="store_true", help="summarise what the cache holds and exit")
+
+
+def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManager) -> int:
+    """``bench gt``."""
+    if args.status:
+        cache = Cache(args.cache_dir)
+        writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
+        rows = cache_status(cache)
+        if not rows:
+            print(f"no ground truth under {cache.root / 'loo'}")
+            return 0
+        print(f"ground truth under {cache.root / 'loo'}:")
+        print(pd.DataFrame(rows).to_markdown(index=False))
+        return 0
+    if not (args.points in ("all", "random") or (args.points.isdigit() and int(args.points) > 0)):
+        raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
+    config = run_config(args, registry)
+    run = Run(config, registry, pm)
+    with run.write_errors():
+        return _ground_truth(args, config, run)
+
+
+def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
+    problem, protocol, test_index, _ = run.build_problem()
+    order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    if args.points == "all":
+        points = list(range(problem.n_train))
+    elif args.points == "random":
+        points = order[: min(protocol.eval_size, problem.n_train)]
+    else:
+        points = order[: int(args.points)]
+    executor = run.executor()
+    for ground_truth in run.ground_truths(problem, protocol, test_index):
+        ground_truth.effects(points, executor)
+        stats = ground_truth.stats
+        print(
+            f"seed {ground_truth.recipe.seed}: {len(points)} points for test point {test_index}: {stats.cached} "
+            f"cached, {stats.computed} computed, {stats.corrupt} corrupt recomputed, {stats.seconds:.1f} s "
+            f"({ground_truth.directory})"
+        )
+    return 0
