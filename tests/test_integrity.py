@@ -235,7 +235,7 @@ def test_re_signed_optimum_is_retrained_by_bench_run_without_a_traceback(bench, 
 
 
 def test_misfiled_entry_is_corrupt_when_read_and_in_the_status(tmp_path):
-    from benchmark.groundtruth.engine import cache_status
+    from benchmark.groundtruth.status import cache_status
 
     cache = Cache(tmp_path / "cache")
     base = {

@@ -16,7 +16,7 @@ from benchmark.common.paths import writable_directory
 from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.evaluation.runner import Run
-from benchmark.groundtruth.engine import cache_status
+from benchmark.groundtruth.status import cache_status
 
 HELP = "compute or top up ground truth, or summarise the cache"
 

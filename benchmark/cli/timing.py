@@ -11,7 +11,8 @@ import pluggy
 
 from benchmark.common import provenance
 from benchmark.contracts.plugins import Registry
-from benchmark.evaluation.timing import DEFAULT_RESULTS_DIR, load, render, write
+from benchmark.evaluation.asv_results import load
+from benchmark.evaluation.timing import DEFAULT_RESULTS_DIR, render, write
 
 HELP = "the paper's Table 2 as Markdown from the asv suite's results (docs/timing.md)"
 

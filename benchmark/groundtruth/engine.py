@@ -23,7 +23,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -346,7 +345,7 @@ class GroundTruth:
             log.warning("cache entry %s was written for another point or ground truth: recomputing it", path)
             payload = None
         else:
-            if payload is not None and not _valid_payload(payload):
+            if payload is not None and not valid_payload(payload):
                 log.warning("corrupt cache entry %s (unexpected fields): recomputing it", path)
                 payload = None
         if payload is None:
@@ -365,49 +364,11 @@ class GroundTruth:
 _PAYLOAD_FIELDS = {field.name for field in dataclasses.fields(LooEffect)} - {"removed"}
 
 
-def _valid_payload(payload: Any) -> bool:
+def valid_payload(payload: Any) -> bool:
+    """Whether a cache entry's ``payload`` has exactly the fields of a :class:`LooEffect` (but ``removed``), each a
+    number."""
     return (
         isinstance(payload, dict)
         and set(payload) == _PAYLOAD_FIELDS
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values())
     )
-
-
-def _entry_key_if_valid(cache: Cache, directory: Path, path: Path) -> dict[str, Any] | None:
-    """The key of the entry at ``path`` if it passes its checksum, belongs to this ``directory``'s ground truth and is
-    filed under its own index; else ``None`` (corrupt, as :meth:`GroundTruth._load` would find it)."""
-    entry = cache.verified_entry(path)
-    if entry is None or not isinstance(entry["key"], dict) or not _valid_payload(entry["payload"]):
-        return None
-    key = dict(entry["key"])
-    if key.pop("removed", None) != int(path.stem) or digest(key) != directory.name:
-        return None
-    return entry["key"]
-
-
-def cache_status(cache: Cache) -> list[dict[str, Any]]:
-    """One summary row per ground truth in ``cache``: what it is for, how many entries it holds, how many are corrupt
-    (damaged, or intact but filed under another index or another ground truth's directory)."""
-    rows = []
-    for directory in sorted(p for p in (cache.root / "loo").glob("*") if p.is_dir()):
-        entries = [p for p in directory.glob("*.json") if p.stem.isdigit()]
-        verified = [_entry_key_if_valid(cache, directory, p) for p in entries]
-        keys = [key for key in verified if key is not None]
-        if not keys:
-            rows.append({"directory": directory.name[:12], "task": "?", "entries": 0, "corrupt": len(entries)})
-            continue
-        key = keys[0]
-        rows.append(
-            {
-                "directory": directory.name[:12],
-                "task": f"{key['task']} v{key['version']}",
-                "config": ", ".join(f"{k}={v}" for k, v in key["config"].items()),
-                "seed": key["seed"],
-                "test point": key["test_index"],
-                "re-training": f"{key['recipe']['steps']} steps, seed {key['recipe']['seed']}",
-                "entries": len(keys),
-                "corrupt": len(entries) - len(keys),
-                "reference": (cache.root / "loo-reference" / f"{digest({**key, 'removed': 'reference'})}.pt").exists(),
-            }
-        )
-    return rows
