@@ -47,7 +47,7 @@ def _plugin_args(argv: Sequence[str]) -> list[str]:
 
 def build_parser(pm: pluggy.PluginManager) -> Parser:
     """The full parser, plugin options included."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-p",
         dest="plugins",

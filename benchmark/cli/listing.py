@@ -8,10 +8,12 @@ import argparse
 import dataclasses
 import inspect
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import pluggy
 
-from benchmark.contracts.plugins import Registry
+from benchmark.contracts.plugins import Registered, Registry
 
 HELP = "list tasks and estimators with their plugins"
 
@@ -89,7 +91,11 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         if dampings
         else ""
     )
-    for kind, entries in (("tasks", registry.tasks), ("estimators", registry.estimators)):
+    sections: list[tuple[str, Mapping[str, Registered[Any]]]] = [
+        ("tasks", registry.tasks),
+        ("estimators", registry.estimators),
+    ]
+    for kind, entries in sections:
         print(f"{kind}:")
         for name, entry in sorted(entries.items()):
             print(f"  {name:<14} [{entry.plugin}] {summary(entry.cls)}")
@@ -99,7 +105,9 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
             if args.options:
                 docs = attribute_docs(entry.cls.Config)
                 for field in dataclasses.fields(entry.cls.Config):
-                    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+                    default = field.default
+                    if field.default_factory is not dataclasses.MISSING:
+                        default = field.default_factory()
                     meaning = docs.get(field.name)
                     print(f"      {name}.{field.name} = {default!r}" + (f": {meaning}" if meaning else ""))
                     if protocol_note and field.name == getattr(entry.cls, "damping_field", None):

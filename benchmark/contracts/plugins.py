@@ -22,9 +22,9 @@ import importlib.util
 import os
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pluggy
 
@@ -92,7 +92,7 @@ def _plugin_name(arg: str) -> str:
     return Path(arg).stem if is_file_path(arg) else arg
 
 
-def _culprit(error: BaseException, impls: list[Any]) -> str | None:
+def _culprit(error: BaseException, impls: Sequence[pluggy.HookImpl]) -> str | None:
     """The plugin whose hook implementation raised ``error``: the outermost frame of its traceback that runs one."""
     codes = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in impls}
     tb = error.__traceback__
@@ -106,10 +106,12 @@ def _culprit(error: BaseException, impls: list[Any]) -> str | None:
 def _name_the_plugin(pm: pluggy.PluginManager) -> None:
     """Make an exception from any hook call a :class:`PluginHookError` naming the plugin and the hook."""
 
-    def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
         pass
 
-    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    def after(
+        outcome: pluggy.Result[Any], hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]
+    ) -> None:
         error = outcome.exception
         if error is None or isinstance(error, (Interrupted, PluginError)):
             return
@@ -181,11 +183,15 @@ def plugin_manager(plugin_args: Iterable[str] = ()) -> pluggy.PluginManager:
     return pm
 
 
+Kind = TypeVar("Kind")
+"""What a registry holds: task classes or estimator classes."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Registered:
+class Registered(Generic[Kind]):
     """A registered class and the plugin that provided it."""
 
-    cls: type
+    cls: type[Kind]
     plugin: str
 
 
@@ -194,15 +200,18 @@ class Registry:
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
-        self.tasks = self._collect(pm.hook.bench_tasks, Task, "task")
-        self.estimators = self._collect(pm.hook.bench_estimators, Estimator, "estimator")
+        self.tasks: dict[str, Registered[Task]] = self._collect(pm.hook.bench_tasks, Task, "task")
+        self.estimators: dict[str, Registered[Estimator]] = self._collect(
+            pm.hook.bench_estimators, Estimator, "estimator"
+        )
 
     @staticmethod
-    def _collect(hook: pluggy.HookCaller, base: type, kind: str) -> dict[str, Registered]:
-        found: dict[str, Registered] = {}
+    def _collect(hook: pluggy.HookCaller, base: type, kind: str) -> dict[str, Registered[Any]]:
+        found: dict[str, Registered[Any]] = {}
         for impl in hook.get_hookimpls():  # in registration order
             try:
-                provided = list(impl.function() or [])
+                returned: Any = impl.function()
+                provided = list(returned or [])
             except Interrupted:
                 raise
             except PLUGIN_FAULTS as error:
@@ -213,7 +222,7 @@ class Registry:
                 name = getattr(cls, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginError(f'plugin "{impl.plugin_name}": {cls.__name__} has no name')
-                problems = cls.contract_problems() if issubclass(cls, Estimator) else []
+                problems: list[str] = cls.contract_problems() if issubclass(cls, Estimator) else []
                 if problems:
                     raise PluginError(f'plugin "{impl.plugin_name}": {"; ".join(problems)}')
                 if name in found:

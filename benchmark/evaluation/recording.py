@@ -127,7 +127,7 @@ def estimator_record(
         "metrics": None,
         "points": None,
     }
-    if evaluation.failure is not None or indices is None:
+    if evaluation.failure is not None or evaluation.scores is None or indices is None:
         return record
     estimated, per_seed, metrics = score_selection(evaluation.scores, indices, effects)
     norms_per_seed = np.array([[seed_effects[i].param_change_norm for i in indices] for seed_effects in effects])

@@ -249,7 +249,7 @@ class Run:
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
         chosen: dict[tuple[str, str], list[int]] = {}
         for evaluation in self.estimators:
-            if evaluation.failure is None:
+            if evaluation.failure is None and evaluation.scores is not None:
                 for selection in config.selections:
                     chosen[evaluation.estimator.name, selection] = select(selection, evaluation.scores, k, random_set)
         for evaluation in self.estimators:

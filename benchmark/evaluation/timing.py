@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from benchmark.common import markdown
 from benchmark.evaluation.asv_results import AsvResults
@@ -94,12 +95,12 @@ def _paper(case: str) -> str:
 
 
 def _integer(value: float | None) -> str:
-    return "-" if _missing(value) else f"{int(value):,}"
+    return "-" if value is None or _missing(value) else f"{int(value):,}"
 
 
 def _machine_line(results: AsvResults) -> str:
     info = results.machine
-    ram = info.get("ram")
+    ram: Any = info.get("ram")
     try:
         ram_text = f"{int(ram) / 2**30:.1f} GiB RAM"
     except (TypeError, ValueError):
@@ -177,7 +178,7 @@ def render(results: AsvResults, command: str) -> str:
             for name in estimators:
                 prepare, query = results.value(PREPARE, case, name, size), results.value(QUERY, case, name, size)
                 status = _status(results, case, size, prepare) or _status(results, case, size, query)
-                cells.append(status if status else _seconds(prepare + query))
+                cells.append(status if status or prepare is None or query is None else _seconds(prepare + query))
             rows.append(
                 [
                     task,

@@ -83,7 +83,7 @@ class WeightGradient(torch.autograd.Function):
         ctx.arguments = (stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(ctx: Any, gg_weight: Tensor | None, gg_bias: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, gg_weight: Tensor, gg_bias: Tensor | None) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors  # autograd passes zeros, not None, for an output that had no gradient
         return F.conv2d(x, gg_weight, gg_bias, *ctx.arguments), None, None, None, None, None, None, None
 

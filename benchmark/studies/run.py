@@ -242,7 +242,8 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             )
         finally:
             torch.set_num_threads(threads)
-        log.info("study %s: %d optima trained, %d cached", study.name, trained, total - trained)
+        if trained is not None:
+            log.info("study %s: %d optima trained, %d cached", study.name, trained, total - trained)
     code = code_digest(registry, estimators, study.task)
     rows: list[dict[str, Any]] = []
     point_rows: list[dict[str, Any]] = []
