@@ -31,9 +31,11 @@ built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`
              rule: {kind: trend, direction: decreasing}}
 
 How it is run: :mod:`benchmark.studies.run`; its tables: :mod:`benchmark.studies.tables`; its claims and figures:
-:mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures`. This module imports none of them. Its length (a
-little over 400 lines) is the declaration's checks: every field of a study, a panel, a claim and a rule is checked here,
-each with a one-line error naming the file and the field.
+:mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures`. This module imports none of them.
+
+Why one module of about 500 lines: it is the declaration's checks, every field of a study, a panel, a claim and a rule,
+each with a one-line error naming the file and the field; they share one reader of fields (:class:`_Fields`), and the
+format they check is the one this docstring shows.
 """
 
 from __future__ import annotations
