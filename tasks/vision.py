@@ -113,7 +113,8 @@ class VisionConfig:
             (:class:`~benchmark.Polish`, checkpointed: an interrupted polish resumes), to a gradient norm
             of ``lbfgs_tol``: a stationary point, which the influence function assumes and lower-rate SGD alone does not
             reach (0: none). The optimum before this phase is cached on its own, so a run with ``lbfgs_steps=0`` shows
-            what the phase changes (``leaderboards/stationarity.md``).
+            what the phase changes (``leaderboards/stationarity.md``). Its checkpoints are keyed without
+            ``lbfgs_steps`` and ``lbfgs_tol``, so a run with more steps resumes where a shorter one stopped.
         lbfgs_tol: the gradient norm at which L-BFGS stops (ten times below the runner's convergence check).
         retrain_fraction: leave-one-out re-training steps as a share of all training steps (paper: 6%), at ``lr``.
         test_point: ``max-loss`` (the paper's A), ``p50`` (B), another ``pNN`` or an index.
@@ -229,7 +230,9 @@ class VisionTask(Task):
         optimum = self.trained(problem.to(device=context.device), phases, context, key=sgd_key)
         if not c.lbfgs_steps:
             return optimum
-        return self.trained(optimum, Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol), context)
+        polish = Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol)
+        checkpoints = {**sgd_key, "polish": "lbfgs", "history": polish.history}
+        return self.trained(optimum, polish, context, checkpoint_key=checkpoints)
 
     def protocol(self) -> Protocol:
         """Test point, top k and leave-one-out re-training (``retrain_fraction`` of the training steps, from the

@@ -90,3 +90,18 @@ def test_bad_lbfgs_options_are_one_line_errors(bench):
         result = bench("run", "--task", "mnist", "--set", "mnist.preset=smoke", "--set", option, "--no-progress")
         assert result.code == 2, (option, result.err)
         assert len(result.err.strip().splitlines()) == 1 and option.split("=")[0].split(".")[1] in result.err
+
+
+def test_vision_polish_with_more_steps_resumes_from_a_shorter_ones_checkpoints(tmp_path, caplog):
+    """The checkpoints are keyed without ``lbfgs_steps`` and ``lbfgs_tol``: raising the budget from 100 to 150
+    iterations resumes after iteration 100 (one checkpoint more) instead of polishing from the SGD optimum again,
+    while the optimum itself is a new cache entry (its key holds the budget)."""
+    cache = Cache(tmp_path)
+    context = BuildContext("cpu", 0, cache, progress=False)
+    short = Mnist(VisionConfig(preset="smoke", model="small-cnn", lbfgs_steps=100, lbfgs_tol=1e-12)).build(context)
+    assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 2  # after iterations 50 and 100
+    with caplog.at_level("INFO", logger="bench"):
+        longer = Mnist(VisionConfig(preset="smoke", model="small-cnn", lbfgs_steps=150, lbfgs_tol=1e-12)).build(context)
+    assert "L-BFGS resumes from its checkpoint after iteration 100" in caplog.text
+    assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 3
+    assert not torch.equal(short.theta, longer.theta)

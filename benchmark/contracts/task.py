@@ -100,19 +100,29 @@ class Task(abc.ABC):
         recipe: Recipe | Polish | Sequence[Recipe | Polish],
         context: BuildContext,
         key: dict[str, Any] | None = None,
+        checkpoint_key: dict[str, Any] | None = None,
     ) -> Problem:
         """``problem`` at its optimum: trained from its parameters with ``recipe`` (or with several phases one after
         the other, e.g. a learning-rate schedule and a final :class:`Polish`), or loaded from the cache under ``key``
-        (default :meth:`problem_key`; a task that trains in stages caches each stage under its own key)."""
+        (default :meth:`problem_key`; a task that trains in stages caches each stage under its own key).
+
+        A :class:`Polish` phase checkpoints its iterate under ``checkpoint_key`` (default ``key``) with the phase's
+        index. A task whose ``key`` holds the polish's stopping rule (``max_steps``, ``gradient_tol``) passes a
+        ``checkpoint_key`` without it, made of what the iterates do depend on (the optimum it starts from, the
+        L-BFGS memory): then a run with a larger ``max_steps`` resumes from a shorter run's last checkpoint instead
+        of starting over."""
         phases = [recipe] if isinstance(recipe, (Recipe, Polish)) else list(recipe)
 
         key = self.problem_key(context.seed) if key is None else key
+        checkpoints = key if checkpoint_key is None else checkpoint_key
 
         def train_phases() -> dict[str, Tensor]:
             current = problem
             for index, phase in enumerate(phases):
                 if isinstance(phase, Polish):  # checkpointed: a long polish resumes after an interruption
-                    theta = training.polish(current, phase, context.progress, (context.cache, {**key, "phase": index}))
+                    theta = training.polish(
+                        current, phase, context.progress, (context.cache, {**checkpoints, "phase": index})
+                    )
                 else:
                     theta = self.train_from(current, phase, context.progress)
                 current = dataclasses.replace(current, params=current.unflatten(theta))
