@@ -124,7 +124,12 @@ def untrained() -> SimpleNamespace:
 
     theta = torch.cat([v.reshape(-1) for _, v in module.named_parameters()]).detach()
     return SimpleNamespace(
-        problem=problem, module=module, objective=objective, theta=theta, example_gradient=example_gradient
+        problem=problem,
+        module=module,
+        objective=objective,
+        theta=theta,
+        example_gradient=example_gradient,
+        split=split,
     )
 
 
@@ -207,6 +212,82 @@ def test_graph_pieces_hold_pass_bytes(untrained):
     problem.hvp(torch.ones(1, problem.n_params, dtype=torch.float64))
     assert len(problem._gradient_graph) == 5  # 13 examples in pieces of 3
     assert [problem._pass_rows(per_example, limit) for limit in (None, 2, 100)] == [3, 2, 3]
+
+
+# -- the generalised Gauss-Newton matrix against per-example Jacobians -----------------------------------------------
+def dense_ggn(untrained, indices=None) -> torch.Tensor:
+    """``(1/n) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i + weight_decay I`` from per-example Jacobians of the logits
+    (plain autograd, float64), over the training set or the minibatch ``indices`` (repeats count twice)."""
+    problem = untrained.problem
+    rows = range(problem.n_train) if indices is None else indices
+    total = torch.zeros(problem.n_params, problem.n_params, dtype=torch.float64)
+    for i in rows:
+        x_i = problem.x_train[i].unsqueeze(0)
+        jacobian = torch.autograd.functional.jacobian(
+            lambda theta: functional_call(untrained.module, untrained.split(theta), (x_i,))[0], untrained.theta.clone()
+        )
+        p = torch.softmax(functional_call(untrained.module, untrained.split(untrained.theta), (x_i,))[0], dim=0)
+        total += jacobian.T @ (torch.diag(p) - torch.outer(p, p)) @ jacobian
+    return total / len(rows) + problem.weight_decay * torch.eye(problem.n_params, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "pass_rows", "minibatch"),
+    [(None, None, None), (None, 2, None), (5, None, None), (None, None, [0, 3, 3, 7, 12]), (None, 2, [0, 3, 3, 7])],
+    ids=["one-pass", "passes-of-2", "chunks-of-5", "minibatch", "minibatch-passes-of-2"],
+)
+def test_ggnvp_rows_equal_the_dense_ggn_from_per_example_jacobians(untrained, chunk_size, pass_rows, minibatch):
+    problem = dataclasses.replace(untrained.problem, chunk_size=chunk_size)
+    if pass_rows:
+        problem.PASS_BYTES, problem.MIN_PASS_ROWS = 1, pass_rows
+    indices = None if minibatch is None else torch.tensor(minibatch)
+    reference = dense_ggn(untrained, minibatch)
+    vectors = torch.randn(4, problem.n_params, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    products = problem.ggnvp(vectors, indices)
+    assert products.shape == vectors.shape
+    for product, vector in zip(products, vectors):
+        assert relative_error(product, reference @ vector) < 1e-12
+
+
+def test_dense_ggn_is_positive_semi_definite_where_the_hessian_is_not(untrained):
+    """At a random initialisation the Hessian has negative eigenvalues; the GGN's are at least the weight decay."""
+    problem = untrained.problem
+    ggn = problem.ggn(chunk_size=10)
+    assert relative_error(ggn, dense_ggn(untrained)) < 1e-12
+    assert relative_error(ggn, ggn.T) < 1e-14
+    ggn_eigenvalues = torch.linalg.eigvalsh(ggn)
+    assert float(ggn_eigenvalues[0]) > problem.weight_decay - 1e-12
+    assert float(torch.linalg.eigvalsh(problem.hessian())[0]) < 0
+
+
+def _squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return 1.5 * (outputs - targets).square().mean(dim=1)  # output Hessian 3/C I: a scale the GGN must carry
+
+
+@pytest.mark.parametrize("linear", [True, False], ids=["linear", "tanh-mlp"])
+def test_ggn_of_squared_error_is_the_scaled_jacobian_gram_and_the_hessian_of_a_linear_model(linear):
+    """Squared error: ``G = (3/C) (1/n) sum_i J_i^T J_i + weight_decay I``; for a model linear in ``theta`` that is its
+    Hessian, and for a nonlinear one it is not (the model's second derivatives are left out)."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    targets = torch.randn(12, 2, generator=generator, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        module = (nn.Linear(3, 2) if linear else nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))).double()
+    problem = Problem.from_module(module, _squared_error, x[:9], targets[:9], x[9:], targets[9:], weight_decay=0.02)
+    gram = torch.zeros(problem.n_params, problem.n_params, dtype=torch.float64)
+    for i in range(problem.n_train):
+        jacobian = torch.autograd.functional.jacobian(
+            lambda theta: problem.model(problem.unflatten(theta), problem.x_train[i : i + 1])[0], problem.theta
+        )
+        gram += jacobian.T @ jacobian
+    expected = 1.5 * 2 / 2 * gram / problem.n_train + 0.02 * torch.eye(problem.n_params, dtype=torch.float64)
+    ggn = problem.ggn()
+    assert relative_error(ggn, expected) < 1e-12
+    if linear:
+        assert relative_error(ggn, problem.hessian()) < 1e-12
+    else:
+        assert relative_error(ggn, problem.hessian()) > 1e-3
 
 
 def test_train_and_test_gradients_equal_per_example_autograd(untrained):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from benchmark.common.cache import Cache
 from benchmark.numerics.data_convolution import data_convolutions
@@ -345,6 +345,56 @@ class Problem:
             gradient = grad(part_loss)
             total = total + vmap(lambda v: jvp(gradient, (self.theta,), (v,))[1])(vectors)
         return total
+
+    def ggnvp(self, vectors: Tensor, indices: Tensor | None = None) -> Tensor:
+        """Generalised Gauss-Newton-vector products ``G v`` of the objective, one per row of ``vectors``.
+
+        ``G = (1/n) sum_i J_i^T H_i J_i + weight_decay I``, where ``J_i`` is the Jacobian of the model's outputs on
+        example ``i`` with respect to ``theta`` and ``H_i`` the Hessian of its loss with respect to those outputs
+        (for :func:`~benchmark.numerics.losses.cross_entropy` ``diag(p) - p p^T`` of the softmax ``p``; for a squared
+        error the identity times the loss's scale). ``G`` is the Hessian without the terms of the model's second
+        derivatives, so it is positive semi-definite whenever the loss is convex in the outputs (both of those), and
+        equal to the Hessian for a model linear in ``theta``.
+
+        Nothing of size ``P`` per example is formed: per pass, ``J v`` is one forward-mode pass (``jvp``) with the
+        vectors side by side (``vmap``), ``H_i`` acts on it by forward-over-reverse on the loss alone (outputs are
+        small), and ``J^T`` is one reverse pass (``vjp``) per vector through the pass's kept forward graph. Passes
+        follow :meth:`hvp`: the task's :attr:`chunk_size`, and on the CPU at most :attr:`PASS_BYTES` taking an
+        example along ``m`` vectors as ``m`` times what its gradient's graph saves.
+
+        Args:
+            vectors: ``Tensor[m, P]``.
+            indices: a minibatch of training indices (repeats count twice); the full set if ``None``.
+
+        Returns:
+            ``Tensor[m, P]``.
+        """
+        x, y = (self.x_train, self.y_train) if indices is None else (self.x_train[indices], self.y_train[indices])
+        rows = self.chunk_size or len(x)
+        if self.device.type == "cpu":
+            rows = self._pass_rows(len(vectors) * self._graph_bytes_per_example(), rows)
+        total = self.weight_decay * vectors
+        for start in range(0, len(x), rows):
+            part_x, part_y = x[start : start + rows], y[start : start + rows]
+
+            def outputs_of(theta: Tensor, part_x: Tensor = part_x) -> Tensor:
+                return self.model(self.unflatten(theta), part_x)
+
+            def summed_loss(outputs: Tensor, part_y: Tensor = part_y) -> Tensor:
+                return self.loss(outputs, part_y).sum()
+
+            forward = vjp(outputs_of, self.theta)  # (outputs, pullback); typed as if it could carry an aux output
+            outputs, pullback = forward[0], forward[1]
+            tangents = vmap(lambda v: jvp(outputs_of, (self.theta,), (v,))[1])(vectors)
+            curved = vmap(lambda u: jvp(grad(summed_loss), (outputs,), (u,))[1])(tangents)
+            total = total + vmap(pullback)(curved)[0] / len(x)
+        return total
+
+    def ggn(self, chunk_size: int = 64) -> Tensor:
+        """The dense generalised Gauss-Newton matrix ``Tensor[P, P]`` (:meth:`ggnvp`) at the optimum, in the problem's
+        dtype, from ``chunk_size`` basis vectors at a time."""
+        eye = torch.eye(self.n_params, dtype=self.dtype, device=self.device)
+        return torch.cat([self.ggnvp(eye[i : i + chunk_size]) for i in range(0, self.n_params, chunk_size)])
 
     def hessian(self, chunk_size: int = 64) -> Tensor:
         """The dense Hessian ``Tensor[P, P]`` of the objective at the optimum, in the problem's dtype.
