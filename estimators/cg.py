@@ -1,5 +1,6 @@
-"""``cg``: conjugate gradient on Hessian-vector products: several right-hand sides share one block Krylov space, and a
-randomized Nyström approximation of the Hessian can precondition every solve on an optimum."""
+"""``cg``: conjugate gradient on Hessian-vector products (or generalised Gauss-Newton-vector products): several
+right-hand sides share one block Krylov space, and a randomized Nyström approximation of the Hessian can precondition
+every solve on an optimum."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark.numerics.curvature import CURVATURES, curvature_products
 
 BLOCK_BASIS_BYTES = 2**30
 """Memory of the block Krylov basis (and its products) after which a block solve restarts from its residual."""
@@ -46,6 +48,9 @@ class CGConfig:
             one more product per right-hand side; for comparing iterates with theirs at equal iteration counts).
             From ``rhs`` the solver runs on the residual system ``(H + lambda I) d = v - (H + lambda I) v`` and
             returns ``v + d``; ``tol`` stays relative to ``||v||``.
+        curvature: the matrix ``H`` stands for, in the solves and the sketch: ``hessian`` (:meth:`Problem.hvp`), or
+            ``ggn``, the generalised Gauss-Newton matrix (:meth:`Problem.ggnvp`), positive semi-definite for
+            cross-entropy and squared error, so ``GGN + lambda I`` is positive definite for any ``lambda > 0``.
     """
 
     damping: float = 0.001
@@ -57,6 +62,7 @@ class CGConfig:
     seed: int = 0
     block: bool = True
     start: str = dataclasses.field(default="zero", metadata={"choices": ("zero", "rhs")})
+    curvature: str = dataclasses.field(default="hessian", metadata={"choices": CURVATURES})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping, sketch_size=self.sketch_size)
@@ -103,7 +109,8 @@ class NystromPreconditioner:
 
 
 class ConjugateGradient(Estimator):
-    """Solves ``(H + lambda I) t = v`` by (preconditioned) conjugate gradient; ``H v`` from :meth:`Problem.hvp`.
+    """Solves ``(H + lambda I) t = v`` by (preconditioned) conjugate gradient; ``H v`` from :meth:`Problem.hvp`
+    (``curvature: ggn``: ``H`` is the generalised Gauss-Newton matrix, its products :meth:`Problem.ggnvp`).
 
     Cost: one full-data Hessian-vector product per iteration and right-hand side; at most ``P`` iterations in exact
     arithmetic (block CG: fewer, and it keeps its basis, at most :data:`BLOCK_BASIS_BYTES` before a restart); with
@@ -145,15 +152,17 @@ class ConjugateGradient(Estimator):
         if 0 < c.sketch_size < problem.n_train:
             indices = torch.randperm(problem.n_train, generator=generator)[: c.sketch_size].to(problem.device)
         columns = test_matrix.T.to(problem.dtype).to(problem.device)
-        products = torch.cat([problem.hvp(columns[i : i + 16], indices) for i in range(0, rank, 16)])
+        product = curvature_products(problem, c.curvature)
+        products = torch.cat([product(columns[i : i + 16], indices) for i in range(0, rank, 16)])
         return NystromPreconditioner(products.T.cpu(), test_matrix, c.damping)
 
     def ihvp(self, vectors: Tensor) -> Tensor:
         problem = self._require_problem()
         damping = self.config.damping
+        product = curvature_products(problem, self.config.curvature)
 
         def apply(x: Tensor) -> Tensor:
-            return problem.hvp(x) + damping * x
+            return product(x) + damping * x
 
         tol = max(self.config.tol, 10 * torch.finfo(vectors.dtype).eps)
         relative = None

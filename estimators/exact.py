@@ -1,4 +1,5 @@
-"""``exact``: the dense Hessian of the training objective, inverted through its eigendecomposition, in float64."""
+"""``exact``: the dense Hessian (or generalised Gauss-Newton matrix) of the training objective, inverted through its
+eigendecomposition, in float64."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import Tensor
 
 from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Problem, hookimpl, non_negative, positive
-from benchmark.numerics.curvature import DenseHessian
+from benchmark.numerics.curvature import CURVATURES, DenseHessian
 
 
 @dataclasses.dataclass
@@ -24,11 +25,16 @@ class ExactConfig:
             CPU fallbacks, far slower than the float32 kernels (the Table 1 ``exact`` rows build the small CNN's
             Hessian so; float32 products differ from float64 by about 1e-5 relatively); it is then as precise as
             ``cg`` in float32.
+        curvature: the matrix inverted in place of ``H``: ``hessian``, or ``ggn``, the generalised Gauss-Newton matrix
+            ``(1/n) sum_i J_i^T H_i J_i + weight_decay I`` (:meth:`~benchmark.Problem.ggnvp`; positive
+            semi-definite for cross-entropy and squared error), built and cached on disk beside the Hessian under its
+            own key.
     """
 
     damping: float = 0.001
     max_params: int = 20_000
     hessian_dtype: str = dataclasses.field(default="float64", metadata={"choices": ("float64", "float32")})
+    curvature: str = dataclasses.field(default="hessian", metadata={"choices": CURVATURES})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping)
@@ -41,7 +47,9 @@ class Exact(Estimator):
     Cost: ``O(P^2)`` memory, ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition to prepare; each
     iHVP is then two matrix products. Fails when ``H + damping I`` is singular. Diagnostics: the top and bottom
     eigenvalues of ``H`` (without damping), so an indefinite Hessian is visible, and ``hessian_from_cache`` (then
-    the preparation time is the load of an earlier run's Hessian, not the products).
+    the preparation time is the load of an earlier run's Hessian, not the products). With ``curvature: ggn`` all of
+    this holds for the generalised Gauss-Newton matrix in place of ``H`` (its products are
+    :meth:`~benchmark.Problem.ggnvp`).
     """
 
     name = "exact"
@@ -55,7 +63,7 @@ class Exact(Estimator):
                 f"{problem.n_params} parameters exceed exact.max_params={self.config.max_params} "
                 f"(a dense Hessian would take {8 * problem.n_params**2 / 2**30:.1f} GiB)"
             )
-        self._hessian = DenseHessian.of(problem, getattr(torch, self.config.hessian_dtype))
+        self._hessian = DenseHessian.of(problem, getattr(torch, self.config.hessian_dtype), self.config.curvature)
         eigenvalues = self._hessian.eigenvalues
         self.diagnostics = {
             "top_eigenvalue": float(eigenvalues[-1]),
@@ -65,7 +73,8 @@ class Exact(Estimator):
         shifted = (eigenvalues + self.config.damping).abs()
         if float(shifted.min()) <= 1e-12 * max(1.0, float(shifted.max())):
             raise EstimatorFailed(
-                f"H + damping I is singular (smallest |eigenvalue| {float(shifted.min()):.3g}); raise exact.damping"
+                f"{'H' if self.config.curvature == 'hessian' else 'GGN'} + damping I is singular "
+                f"(smallest |eigenvalue| {float(shifted.min()):.3g}); raise exact.damping"
             )
 
     def ihvp(self, vectors: Tensor) -> Tensor:

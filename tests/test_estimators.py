@@ -21,7 +21,7 @@ from torch.func import functional_call
 import benchmark.contracts.testing as conformance
 from benchmark import Problem, Recipe
 from benchmark.common import config as configuration
-from benchmark.common.cache import Cache
+from benchmark.common.cache import Cache, digest
 from benchmark.common.errors import EstimatorFailed, EstimatorSkipped, UnknownNameError
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.numerics.curvature import DenseHessian
@@ -537,3 +537,71 @@ def test_cg_from_the_right_hand_side_follows_the_peers_iterates_and_reaches_the_
     exact = torch.linalg.solve(system, vectors.T).T
     assert float(relative_errors(cg.ihvp(vectors), exact).max()) < 1e-6 and cg.diagnostics["converged"]
     assert cg.diagnostics["relative_residual"] <= 1e-10
+
+
+# -- the generalised Gauss-Newton matrix in place of H (curvature: ggn) ----------------------------------------------
+def ggn_reference(problem: Problem, vectors: torch.Tensor, damping: float) -> torch.Tensor:
+    """``(GGN + damping I)^-1 v`` per row by a dense float64 solve (``Problem.ggn``, itself tested against per-example
+    Jacobians in test_numerics.py)."""
+    ggn = problem.to(torch.float64).ggn()
+    eye = torch.eye(problem.n_params, dtype=torch.float64)
+    return torch.linalg.solve(ggn + damping * eye, vectors.to(torch.float64).T).T
+
+
+@pytest.mark.parametrize("damping", [0.001, 0.01])
+def test_exact_and_cg_with_ggn_curvature_solve_against_the_dense_ggn(small_mlp, damping):
+    """Both invert the GGN, not H: equal to a dense GGN solve and measurably apart from the Hessian's answer."""
+    problem = small_mlp.problem.to()  # a copy: the GGN decomposition is kept on the problem object
+    vectors = problem.test_gradients(list(range(len(problem.x_test))))
+    reference = ggn_reference(problem, vectors, damping)
+    exact = Exact(ExactConfig(damping=damping, curvature="ggn"))
+    exact.prepare(problem)
+    assert exact.diagnostics["bottom_eigenvalue"] > MLP_WEIGHT_DECAY - 1e-12  # PSD data term plus the weight decay
+    exact_errors = relative_errors(exact.ihvp(vectors), reference)
+    assert float(exact_errors.max()) < 1e-10, exact_errors
+    for block in (True, False):
+        cg = ConjugateGradient(CGConfig(damping=damping, tol=1e-10, curvature="ggn", block=block))
+        cg.prepare(problem)
+        cg_errors = relative_errors(cg.ihvp(vectors), reference)
+        assert float(cg_errors.max()) < 1e-8, (block, cg_errors)
+        assert cg.diagnostics["converged"]
+    hessian = Exact(ExactConfig(damping=damping))
+    hessian.prepare(problem)
+    apart = relative_errors(hessian.ihvp(vectors), reference)
+    assert float(apart.min()) > 1e-3, apart
+    assert DenseHessian.shared(problem) is hessian._hessian  # the harness's reference stays the Hessian's
+
+
+def test_nystrom_preconditioned_cg_with_ggn_curvature_solves_against_the_dense_ggn(small_mlp):
+    problem = small_mlp.problem
+    vectors = problem.test_gradients([0, 1, 2])
+    cg = ConjugateGradient(
+        CGConfig(damping=0.01, tol=1e-10, curvature="ggn", preconditioner="nystrom", sketch_rank=20, sketch_size=20)
+    )
+    cg.prepare(problem)
+    errors = relative_errors(cg.ihvp(vectors), ggn_reference(problem, vectors, 0.01))
+    assert float(errors.max()) < 1e-8, errors
+    assert cg.diagnostics["sketch_rank"] == 20  # the GGN has no negative curvature to leave out
+
+
+def test_the_ggn_is_cached_under_its_own_key_and_the_hessian_under_its_old_one(tmp_path):
+    key = {"task": "t", "seed": 0}
+    problem = dataclasses.replace(conformance.logistic_regression_problem(), curvature_cache=(Cache(tmp_path), key))
+    hessian = DenseHessian(problem)
+    # the key the Hessian had before the GGN existed: cached Hessians of earlier runs stay valid
+    assert [p.stem for p in (tmp_path / "hessians").glob("*.pt")] == [digest({**key, "hessian_dtype": "torch.float64"})]
+    ggn = DenseHessian(dataclasses.replace(problem), curvature="ggn")
+    assert not ggn.from_cache  # not the Hessian's entry
+    assert len(list((tmp_path / "hessians").glob("*.pt"))) == 2
+    again = DenseHessian(dataclasses.replace(problem), curvature="ggn")
+    assert again.from_cache
+    torch.testing.assert_close(again.eigenvalues, ggn.eigenvalues, rtol=0, atol=0)
+    # a linear model: the GGN is the Hessian (cross-entropy's output Hessian p (1 - p) is the logistic one)
+    torch.testing.assert_close(ggn.eigenvalues, hessian.eigenvalues, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("config", [ExactConfig, CGConfig], ids=["exact", "cg"])
+def test_an_unknown_curvature_is_named_with_the_choices(config):
+    name = "exact" if config is ExactConfig else "cg"
+    with pytest.raises(UnknownNameError, match=rf"{name}.curvature 'fisher' \(choices: ggn, hessian\)"):
+        configuration.build(config, {"curvature": "fisher"}, name)
