@@ -306,6 +306,14 @@ BAD_INPUTS = {
         lambda d: ["run", "--task", "iris", "--set", "iris.activation=relu6"],
         ["'relu6'", "did you mean 'relu'?"],
     ),
+    "set-arnoldi-bad-curvature": (
+        lambda d: ["run", "--task", "iris", "--estimator", "arnoldi", "--set", "arnoldi.curvature=fisher"],
+        ["arnoldi.curvature", "'fisher'", "choices: ggn, hessian"],
+    ),
+    "set-arnoldi-rank-above-iterations": (
+        lambda d: ["run", "--task", "iris", "--estimator", "arnoldi", "--set", "arnoldi.rank=200"],
+        ["arnoldi", "rank=200 exceeds iterations=100"],
+    ),
     "set-unknown-namespace": (
         lambda d: ["run", "--task", "iris", "--set", "iirs.depth=2"],
         ["unknown task or estimator", "'iirs'", "did you mean 'iris'?"],

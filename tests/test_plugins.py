@@ -62,6 +62,7 @@ def test_builtin_plugins_listed_under_their_names(bench):
         "exact": "exact",
         "first-order": "first-order",
         "lissa": "lissa",
+        "arnoldi": "arnoldi",
     }
 
 

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "cg": "estimators.cg",
     "lissa": "estimators.lissa",
     "first-order": "estimators.first_order",
+    "arnoldi": "estimators.arnoldi",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 
