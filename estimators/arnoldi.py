@@ -80,10 +80,10 @@ class Arnoldi(Estimator):
         basis = torch.empty(steps, problem.n_params, dtype=problem.dtype, device=problem.device)
         projected = torch.zeros(steps, steps, dtype=torch.float64)
         basis[0] = random_unit(basis[:0])
-        restarts = 0
+        restarts, scale = 0, 0.0
         for k in range(steps):
             vector = product(basis[k : k + 1])[0]
-            scale = float(torch.linalg.vector_norm(vector))
+            scale = max(scale, float(torch.linalg.vector_norm(vector)))  # about ||H||: what rounding is relative to
             coefficients = torch.zeros(k + 1, dtype=torch.float64)
             for _ in range(2):  # twice is enough (Giraud et al. 2005)
                 overlap = basis[: k + 1] @ vector
@@ -93,7 +93,7 @@ class Arnoldi(Estimator):
             if k + 1 == steps:
                 break
             norm = float(torch.linalg.vector_norm(vector))
-            if norm <= 1e3 * torch.finfo(problem.dtype).eps * max(scale, 1.0):  # an invariant subspace: restart
+            if norm <= 1e3 * torch.finfo(problem.dtype).eps * scale:  # an invariant subspace (or H = 0): restart
                 basis[k + 1] = random_unit(basis[: k + 1])
                 restarts += 1
             else:

@@ -109,8 +109,10 @@ class NystromPreconditioner:
 
 
 class ConjugateGradient(Estimator):
-    """Solves ``(H + lambda I) t = v`` by (preconditioned) conjugate gradient; ``H v`` from :meth:`Problem.hvp`
-    (``curvature: ggn``: ``H`` is the generalised Gauss-Newton matrix, its products :meth:`Problem.ggnvp`).
+    """Solves ``(H + lambda I) t = v`` by (preconditioned) conjugate gradient; ``H v`` from :meth:`Problem.hvp`.
+
+    With ``curvature: ggn``, ``H`` is the generalised Gauss-Newton matrix throughout, its products
+    :meth:`Problem.ggnvp`.
 
     Cost: one full-data Hessian-vector product per iteration and right-hand side; at most ``P`` iterations in exact
     arithmetic (block CG: fewer, and it keeps its basis, at most :data:`BLOCK_BASIS_BYTES` before a restart); with
