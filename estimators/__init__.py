@@ -1,1 +1,1 @@
-"""Built-in estimator plugins: ``exact``, ``cg``, ``lissa``, ``first-order``, ``arnoldi``."""
+"""Built-in estimator plugins: ``exact``, ``cg``, ``lissa``, ``first-order``, ``arnoldi``, ``datainf``."""

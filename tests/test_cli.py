@@ -314,6 +314,10 @@ BAD_INPUTS = {
         lambda d: ["run", "--task", "iris", "--estimator", "arnoldi", "--set", "arnoldi.rank=200"],
         ["arnoldi", "rank=200 exceeds iterations=100"],
     ),
+    "set-datainf-bad-layers": (
+        lambda d: ["run", "--task", "iris", "--estimator", "datainf", "--set", "datainf.layers=foo"],
+        ["datainf.layers", "'foo'", "choices: all, last"],
+    ),
     "set-unknown-namespace": (
         lambda d: ["run", "--task", "iris", "--set", "iirs.depth=2"],
         ["unknown task or estimator", "'iirs'", "did you mean 'iris'?"],

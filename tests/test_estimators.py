@@ -29,13 +29,14 @@ from benchmark.numerics.losses import cross_entropy
 from benchmark.numerics.training import train
 from estimators.arnoldi import Arnoldi, ArnoldiConfig
 from estimators.cg import CGConfig, ConjugateGradient, NystromPreconditioner
+from estimators.datainf import DataInf, DataInfConfig
 from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder, FirstOrderConfig
 from estimators.lissa import Lissa, LissaConfig
 from tasks.iris import mlp
 from tests.conftest import one_thread
 
-BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi]
+BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf]
 
 
 def correlations(estimated: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> tuple[float, float]:
@@ -238,6 +239,7 @@ SIGN_CASES = {
     "lissa": (Lissa, LissaConfig(scale=20.0, depth=1000), 0.9, 0.8),  # 0.960, 0.898
     "first-order": (FirstOrder, None, 0.6, 0.4),  # 0.876, 0.699
     "arnoldi": (Arnoldi, None, 0.9, 0.8),  # defaults: rank 50 of 93 eigenpairs
+    "datainf": (DataInf, None, 0.6, 0.4),  # 0.891, 0.660 (the last layer alone: 0.816, 0.560)
 }
 
 
@@ -746,3 +748,127 @@ def test_arnoldi_converges_to_exact_on_iris_through_bench_run(bench, tiny, tmp_p
                     records["exact"]["metrics"][metric]["value"], abs=1e-9
                 )
     assert residuals[50] < 1e-10 < residuals[30] < residuals[10], residuals
+
+
+# -- datainf against its closed form ---------------------------------------------------------------------------------
+def hand_gradients(problem: Problem, module: nn.Module) -> torch.Tensor:
+    """Per-example training gradients ``Tensor[n, P]`` by one autograd call per example on torch's own
+    cross-entropy, independent of :meth:`Problem.train_gradients`."""
+    rows = []
+    for i in range(problem.n_train):
+        params = {name: value.clone().requires_grad_() for name, value in problem.params.items()}
+        outputs = functional_call(module, params, (problem.x_train[i : i + 1],))
+        loss = nn.functional.cross_entropy(outputs, problem.y_train[i : i + 1])
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params.values()))]))
+    return torch.stack(rows)
+
+
+def blocks_of(problem: Problem) -> dict[str, slice]:
+    out, start = {}, 0
+    for name, value in problem.params.items():
+        out[name] = slice(start, start + value.numel())
+        start += value.numel()
+    return out
+
+
+def test_datainf_equals_its_closed_form_computed_densely(small_mlp):
+    """Per parameter tensor, ``lambda_l = 0.1 mean_i mean_j g_ilj^2 + weight_decay`` (the reference code's form)
+    and ``(1/(n lambda_l)) sum_i (I - g_il g_il^T / (lambda_l + ||g_il||^2)) v`` as a dense matrix, against the
+    estimator streaming gradients in chunks of 7 (40 examples: the last chunk is short)."""
+    problem = small_mlp.problem
+    gradients = hand_gradients(problem, small_mlp.module)
+    vectors = problem.test_gradients(list(range(len(problem.x_test))))
+    datainf = DataInf(DataInfConfig(chunk_size=7))
+    datainf.prepare(problem)
+    solution = datainf.ihvp(vectors)
+    expected = torch.empty_like(vectors)
+    for name, block in blocks_of(problem).items():
+        g = gradients[:, block]
+        lam = 0.1 * float(g.square().mean(dim=1).mean()) + MLP_WEIGHT_DECAY
+        assert datainf.diagnostics["lambdas"][name] == pytest.approx(lam, rel=1e-12)
+        eye = torch.eye(g.shape[1], dtype=torch.float64)
+        terms = [eye - torch.outer(row, row) / (lam + row.dot(row)) for row in g]
+        expected[:, block] = vectors[:, block] @ (torch.stack(terms).sum(dim=0) / (problem.n_train * lam))
+    assert float(relative_errors(solution, expected).max()) < 1e-12
+    # and it is an approximation: not exact's damped inverse of the Hessian
+    assert float(relative_errors(solution, torch.linalg.solve(problem.hessian(), vectors.T).T).max()) > 0.1
+
+
+def test_datainf_with_one_training_example_is_the_exact_sherman_morrison_inverse(small_mlp):
+    """For ``n = 1`` the swap of inversion and averaging is exact: every block is ``(g g^T + lambda I)^-1 v``."""
+    problem = dataclasses.replace(
+        small_mlp.problem, x_train=small_mlp.problem.x_train[:1], y_train=small_mlp.problem.y_train[:1], weight_decay=0
+    )
+    g = hand_gradients(problem, small_mlp.module)[0]
+    vectors = problem.test_gradients([0, 1, 2])
+    datainf = DataInf()
+    datainf.prepare(problem)
+    solution = datainf.ihvp(vectors)
+    for name, block in blocks_of(problem).items():
+        lam = datainf.diagnostics["lambdas"][name]
+        assert lam == pytest.approx(0.1 * float(g[block].square().mean()), rel=1e-12)
+        matrix = torch.outer(g[block], g[block]) + lam * torch.eye(block.stop - block.start, dtype=torch.float64)
+        expected = torch.linalg.solve(matrix, vectors[:, block].T).T
+        assert float(relative_errors(solution[:, block], expected).max()) < 1e-12, name
+
+
+def test_datainf_tends_to_v_over_lambda_as_the_damping_grows(small_mlp):
+    """``(G_l + lambda_l I)^-1 v = v / lambda_l - O(||G_l|| / lambda_l^2)``: the relative gap of ``lambda_l s`` to
+    ``v`` shrinks in proportion to ``1 / damping_scale`` (without weight decay, which adds to every ``lambda_l``)."""
+    problem = dataclasses.replace(small_mlp.problem, weight_decay=0)
+    vectors = problem.test_gradients([0, 1, 2])
+    gaps = []
+    for scale in (1e4, 1e6, 1e8):  # measured gaps 6.8e-4, 7.0e-6, 7.0e-8 (at 1e2 it is 0.030, not yet first-order)
+        datainf = DataInf(DataInfConfig(damping_scale=scale))
+        datainf.prepare(problem)
+        solution = datainf.ihvp(vectors)
+        scaled = torch.empty_like(solution)
+        for name, block in blocks_of(problem).items():
+            scaled[:, block] = solution[:, block] * datainf.diagnostics["lambdas"][name]
+        gaps.append(float(relative_errors(scaled, vectors).max()))
+    assert gaps[0] > 1e-4 and all(50 < earlier / later < 200 for earlier, later in zip(gaps, gaps[1:])), gaps
+
+
+def test_datainf_on_the_last_layer_keeps_its_blocks_and_zeroes_the_rest(small_mlp):
+    problem = small_mlp.problem
+    names = list(problem.params)
+    last = [name for name in names if name.rpartition(".")[0] == names[-1].rpartition(".")[0]]
+    assert len(last) == 2 and len(names) > 2  # the last Linear's weight and bias
+    vectors = problem.test_gradients([0, 1, 2])
+    answers = {}
+    for layers in ("all", "last"):
+        datainf = DataInf(DataInfConfig(layers=layers))
+        datainf.prepare(problem)
+        answers[layers] = datainf.ihvp(vectors)
+        if layers == "last":
+            assert sorted(datainf.diagnostics["lambdas"]) == sorted(last)
+            scores = datainf.influence([small_mlp.test_index])
+            assert bool(scores.abs().max() > 0)
+    for name, block in blocks_of(problem).items():
+        if name in last:  # blocks are independent: the same answer as with every block
+            torch.testing.assert_close(answers["last"][:, block], answers["all"][:, block], rtol=1e-12, atol=0)
+            assert bool(answers["last"][:, block].abs().max() > 0)
+        else:
+            assert bool((answers["last"][:, block] == 0).all()), name
+
+
+def test_datainf_fails_on_a_block_without_gradient_or_weight_decay(small_mlp):
+    """All-zero inputs: the first weight's per-example gradients (inputs times back-propagated errors) vanish, and
+    without weight decay its ``lambda_l`` is zero."""
+    silent = dataclasses.replace(small_mlp.problem, x_train=torch.zeros_like(small_mlp.problem.x_train), weight_decay=0)
+    with pytest.raises(EstimatorFailed, match=f"block '{next(iter(silent.params))}' has lambda_l = 0"):
+        DataInf().prepare(silent)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"layers": "first"}, r"datainf.layers 'first' \(choices: all, last\)"),
+        ({"damping_scale": 0.0}, "damping_scale"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+    ids=["layers", "damping-scale-zero", "chunk-size-zero"],
+)
+def test_datainf_rejects_a_bad_config_naming_the_value(values, message):
+    with pytest.raises((UnknownNameError, UsageError), match=message):
+        configuration.build(DataInfConfig, values, "datainf")

@@ -63,6 +63,7 @@ def test_builtin_plugins_listed_under_their_names(bench):
         "first-order": "first-order",
         "lissa": "lissa",
         "arnoldi": "arnoldi",
+        "datainf": "datainf",
     }
 
 
@@ -129,7 +130,7 @@ def test_disabling_a_builtin_plugin(bench):
     result = bench("run", "--task", "iris", "-p", "no:lissa", "--estimator", "lissa")
     assert result.code == 2
     line = assert_one_line_error(result, "unknown estimator 'lissa'")
-    assert "cg, exact, first-order" in line
+    assert "(choices: arnoldi, cg, datainf, exact, first-order)" in line
 
 
 # -- entry points ----------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "lissa": "estimators.lissa",
     "first-order": "estimators.first_order",
     "arnoldi": "estimators.arnoldi",
+    "datainf": "estimators.datainf",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 
