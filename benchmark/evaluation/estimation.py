@@ -108,9 +108,18 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
     checked (:func:`check_output`); a failure or a skip is recorded on ``evaluation`` (``failure``, ``skipped``,
     ``error``), never raised. ``bench run`` and the asv suite (``asv_bench/cases.py``) evaluate through this."""
     estimator = evaluation.estimator
-    ihvp_shape = tuple(test_gradient.shape)
     influence_shape = (1, problem.n_train)
     rows = "one row per test point, one column per training point"
+
+    def checked_ihvp() -> torch.Tensor:
+        return check_output(
+            "ihvp",
+            estimator.ihvp(test_gradient),
+            tuple(test_gradient.shape),
+            test_gradient.dtype,
+            "one row per vector, one column per parameter",
+        )
+
     try:
         start = time.perf_counter()
         estimator.prepare(problem)
@@ -120,26 +129,14 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         if overrides_influence:
             scores = estimator.influence([test_index])
         else:  # the same computation as Estimator.influence, keeping the iHVP for the residual
-            evaluation.solution = check_output(
-                "ihvp",
-                estimator.ihvp(test_gradient),
-                ihvp_shape,
-                test_gradient.dtype,
-                "one row per vector, one column per parameter",
-            )
+            evaluation.solution = checked_ihvp()
             scores = estimator.influence_from_solutions(evaluation.solution)
         evaluation.timings["query_s"] = time.perf_counter() - start
         evaluation.diagnostics = dict(estimator.diagnostics)
         scores = check_output("influence", scores, influence_shape, problem.dtype, rows)[0]
         evaluation.scores = scores.detach().cpu().double().numpy()
         if overrides_influence and estimator.no_ihvp is None:  # untimed: only for the residual
-            evaluation.solution = check_output(
-                "ihvp",
-                estimator.ihvp(test_gradient),
-                ihvp_shape,
-                test_gradient.dtype,
-                "one row per vector, one column per parameter",
-            )
+            evaluation.solution = checked_ihvp()
     except Interrupted:
         raise
     except EstimatorSkipped as skip:
