@@ -24,12 +24,12 @@ def test_the_committed_readme_headline_is_fresh():
 
 def test_stale_or_missing_headline_is_caught_and_rewritten(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- headline:start -->\nold\n<!-- headline:end -->\nrest\n")
+    readme.write_text("intro\n<!-- headline:start -->\nSTALE-HEADLINE\n<!-- headline:end -->\nrest\n")
     stale = run("--check", "--readme", readme, "--results-dir", RESULTS)
     assert stale.returncode == 1 and "stale" in stale.stderr
     assert run("--readme", readme, "--results-dir", RESULTS).returncode == 0
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("rest\n") and "STALE-HEADLINE" not in text
     assert "| iris | depth 1, width 5, relu, with weight decay |" in text
     assert run("--check", "--readme", readme, "--results-dir", RESULTS).returncode == 0
     readme.write_text("no markers\n")
