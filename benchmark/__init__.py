@@ -31,7 +31,7 @@ from benchmark.common.provenance import VERSION as __version__
 from benchmark.contracts.estimator import Estimator, NoConfig
 from benchmark.contracts.hookspecs import hookimpl, hookspec
 from benchmark.contracts.task import BuildContext, Protocol, ReferenceRow, Task
-from benchmark.numerics.problem import Problem
+from benchmark.numerics.problem import Network, Problem
 from benchmark.numerics.recipes import Polish, Recipe
 from benchmark.numerics.training import StreamedBatches
 
@@ -42,6 +42,7 @@ __all__ = [
     "Estimator",
     "EstimatorFailed",
     "EstimatorSkipped",
+    "Network",
     "NoConfig",
     "Polish",
     "Problem",

@@ -383,7 +383,15 @@ class ImageNet(Task):
         x_train = ImageRows(ImageFiles(train_samples, transform), device, workers=workers, chunk_size=c.chunk_size)
         x_test = ImageRows(ImageFiles(test_samples, transform), device, workers=workers, chunk_size=c.chunk_size)
         return StreamedProblem.from_module(
-            module, cross_entropy, x_train, x_train.labels, x_test, x_test.labels, c.weight_decay, c.chunk_size
+            module,
+            cross_entropy,
+            x_train,
+            x_train.labels,
+            x_test,
+            x_test.labels,
+            c.weight_decay,
+            c.chunk_size,
+            loss_module=torch.nn.CrossEntropyLoss(),
         )
 
     def protocol(self) -> Protocol:

@@ -338,7 +338,9 @@ class Iris(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = mlp(c.depth, c.width, c.activation).to(torch.float64)
-        problem = IrisProblem.from_module(module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay)
+        problem = IrisProblem.from_module(
+            module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay, loss_module=nn.CrossEntropyLoss()
+        )
         return dataclasses.replace(problem, activation=c.activation)
 
     def train_recipe(self) -> Recipe:

@@ -211,7 +211,15 @@ class VisionTask(Task):
             module = build_model(c.model, self.channels, self.image_size)
 
         problem = Problem.from_module(
-            module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay, self.chunk_size
+            module,
+            cross_entropy,
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            c.weight_decay,
+            self.chunk_size,
+            loss_module=torch.nn.CrossEntropyLoss(),
         )
         phases = [Recipe(steps=c.train_steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum, seed=context.seed)]
         phases += [

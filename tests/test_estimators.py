@@ -32,11 +32,12 @@ from estimators.cg import CGConfig, ConjugateGradient, NystromPreconditioner
 from estimators.datainf import DataInf, DataInfConfig
 from estimators.exact import Exact, ExactConfig
 from estimators.first_order import FirstOrder, FirstOrderConfig
+from estimators.kfac import EKFAC, KFAC
 from estimators.lissa import Lissa, LissaConfig
 from tasks.iris import mlp
 from tests.conftest import one_thread
 
-BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf]
+BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf, KFAC, EKFAC]
 
 
 def correlations(estimated: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> tuple[float, float]:
@@ -108,15 +109,10 @@ def build_mlp_problem(seed: int = 1, n_train: int = 40, n_test: int = 10) -> tup
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = mlp(depth=2, width=6, activation="tanh").to(torch.float64)
-
-    def model(params, inputs):
-        return functional_call(module, params, (inputs,))
-
-    params = {k: v.detach() for k, v in module.named_parameters()}
     split = (x[:n_train], y[:n_train], x[n_train:], y[n_train:])
-    start = Problem(model, cross_entropy, params, *split, MLP_WEIGHT_DECAY)
+    start = Problem.from_module(module, cross_entropy, *split, MLP_WEIGHT_DECAY, loss_module=nn.CrossEntropyLoss())
     theta = train(start, Recipe(steps=1500, lr=0.3, momentum=0.9))
-    return Problem(model, cross_entropy, start.unflatten(theta), *split, MLP_WEIGHT_DECAY), module
+    return dataclasses.replace(start, params=start.unflatten(theta)), module
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ def logistic() -> SimpleNamespace:
         problem = logistic_regression_problem(weight_decay=0.01)
     assert list(problem.params) == ["weight", "bias"]
     x1 = torch.cat([problem.x_train, torch.ones(problem.n_train, 1, dtype=torch.float64)], dim=1)
-    p = torch.sigmoid(problem.x_train @ problem.params["weight"] + problem.params["bias"])
+    p = torch.sigmoid(problem.x_train @ problem.params["weight"][0] + problem.params["bias"][0])
     curvature = (p * (1 - p))[:, None]
     hessian = x1.T @ (x1 * curvature) / problem.n_train + 0.01 * torch.eye(x1.shape[1], dtype=torch.float64)
     return SimpleNamespace(problem=problem, hessian=hessian)

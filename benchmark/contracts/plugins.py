@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "first-order": "estimators.first_order",
     "arnoldi": "estimators.arnoldi",
     "datainf": "estimators.datainf",
+    "kfac": "estimators.kfac",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 

@@ -11,6 +11,7 @@ convention (agreement with exact leave-one-out refits on L2-regularised logistic
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -23,12 +24,9 @@ from benchmark.contracts.estimator import Estimator
 from benchmark.numerics.problem import Problem
 
 
-def _linear(params: dict[str, Tensor], x: Tensor) -> Tensor:
-    return x @ params["weight"] + params["bias"]
-
-
 def _logistic(outputs: Tensor, targets: Tensor) -> Tensor:
-    return torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets, reduction="none")
+    """Per-example logistic loss of ``[N, 1]`` logits and ``[N, 1]`` labels, ``Tensor[N]``."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets, reduction="none").sum(dim=1)
 
 
 def newton(problem: Problem, weights: Tensor | None = None, tol: float = 1e-12, max_iter: int = 100) -> Tensor:
@@ -59,19 +57,21 @@ def logistic_regression_problem(
     x = torch.randn(n_train + n_test, dim, generator=generator, dtype=torch.float64)
     w_true = torch.randn(dim, generator=generator, dtype=torch.float64)
     y = torch.bernoulli(torch.sigmoid(x @ w_true), generator=generator)
-    params = {"weight": torch.zeros(dim, dtype=torch.float64), "bias": torch.zeros((), dtype=torch.float64)}
-    problem = Problem(_linear, _logistic, params, x[:n_train], y[:n_train], x[n_train:], y[n_train:], weight_decay)
-    theta = newton(problem)
-    return Problem(
-        _linear,
+    module = torch.nn.Linear(dim, 1, dtype=torch.float64)
+    torch.nn.init.zeros_(module.weight)
+    torch.nn.init.zeros_(module.bias)
+    y = y.unsqueeze(1)
+    problem = Problem.from_module(
+        module,
         _logistic,
-        problem.unflatten(theta),
-        problem.x_train,
-        problem.y_train,
-        problem.x_test,
-        problem.y_test,
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
         weight_decay,
+        loss_module=torch.nn.BCEWithLogitsLoss(),
     )
+    return dataclasses.replace(problem, params=problem.unflatten(newton(problem)))
 
 
 def exact_loo_loss_changes(problem: Problem, test_index: int) -> Tensor:

@@ -6,6 +6,7 @@ Every piece of curvature maths in the harness goes through :class:`Problem`, wri
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -22,6 +23,21 @@ Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 """A per-example loss: ``loss(outputs, targets) -> Tensor[N]`` (no reduction)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """The ``nn.Module`` behind a problem's functional model, with its loss as a torch loss module: what estimators
+    that work layer by layer need (K-FAC and EK-FAC hook the ``Linear`` and ``Conv2d`` modules).
+
+    Attributes:
+        module: the network: ``model(params, x) == functional_call(module, params, (x,))``.
+        loss: a torch loss module (``CrossEntropyLoss``, ``BCEWithLogitsLoss``, ...) whose ``reduction="mean"`` over
+            a batch equals the mean of the problem's per-example ``loss`` over it.
+    """
+
+    module: torch.nn.Module
+    loss: torch.nn.Module
 
 
 @dataclasses.dataclass
@@ -47,6 +63,9 @@ class Problem:
             along ``m`` vectors side by side take ``chunk_size // m`` examples per pass, for the same bound.
         curvature_cache: a cache and the key of this trained problem (set by :meth:`Task.trained`), under which
             curvature that is costly to recompute (the dense Hessian) is kept on disk; ``None`` keeps nothing.
+        network: the ``nn.Module`` and torch loss behind ``model`` and ``loss`` (:meth:`from_module` with
+            ``loss_module``), read through :meth:`network_at`; ``None`` where the task states none, and then
+            estimators that need the layers fail with the reason.
     """
 
     model: Model
@@ -59,6 +78,7 @@ class Problem:
     weight_decay: float = 0.0
     chunk_size: int | None = None
     curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
+    network: Network | None = dataclasses.field(default=None, repr=False, compare=False)
 
     PASS_BYTES: ClassVar[int] = 32 * 2**20
     """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
@@ -81,14 +101,20 @@ class Problem:
         y_test: Tensor,
         weight_decay: float = 0.0,
         chunk_size: int | None = None,
+        loss_module: torch.nn.Module | None = None,
     ) -> Problem:
-        """The problem of an ``nn.Module`` at its current parameters, made functional with ``functional_call``."""
+        """The problem of an ``nn.Module`` at its current parameters, made functional with ``functional_call``.
+
+        ``loss_module``: the torch loss whose mean reduction is the mean of ``loss`` (e.g. ``nn.CrossEntropyLoss()``
+        for :func:`benchmark.numerics.losses.cross_entropy`); with it the problem keeps its :class:`Network`, which
+        layer-wise estimators read through :meth:`network_at`."""
 
         def model(params: dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(module, params, (x,))
 
         params: dict[str, Tensor] = {name: p for name, p in module.named_parameters()}
-        return cls(model, loss, params, x_train, y_train, x_test, y_test, weight_decay, chunk_size)
+        network = None if loss_module is None else Network(module, loss_module)
+        return cls(model, loss, params, x_train, y_train, x_test, y_test, weight_decay, chunk_size, network=network)
 
     def __post_init__(self) -> None:
         self.params = {k: v.detach() for k, v in self.params.items()}
@@ -139,6 +165,24 @@ class Problem:
             x_test=cast(self.x_test),
             y_test=cast(self.y_test),
         )
+
+    def network_at(self, theta: Tensor | None = None) -> Network:
+        """A copy of the problem's :class:`Network` whose module holds ``theta`` (default the optimum) as trainable
+        parameters, in the problem's dtype and on its device; the problem's own module is left as it is.
+
+        Raises:
+            NotImplementedError: the task built the problem without its network (no ``loss_module``).
+        """
+        if self.network is None:
+            raise NotImplementedError(
+                "this problem has no nn.Module: its task builds it without Problem.from_module(..., loss_module=...)"
+            )
+        module = copy.deepcopy(self.network.module).to(device=self.device, dtype=self.dtype)
+        values = self.params if theta is None else self.unflatten(theta)
+        for name, parameter in module.named_parameters():
+            parameter.data = values[name].detach().clone()
+            parameter.requires_grad_(True)
+        return Network(module, copy.deepcopy(self.network.loss))
 
     # -- losses and objective ---------------------------------------------------------------------------------------
     def losses(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
