@@ -75,7 +75,7 @@ class KFAC(Estimator):
     Cost: one pass over the training set (``C`` backward passes per batch for ``type-2``, ``C`` the outputs) and one
     eigendecomposition per factor to prepare, shared by every test point; each query two products with the factors'
     eigenvectors per layer, for all its right-hand sides at once. Diagnostics: per factored layer, the smallest and
-    largest eigenvalue of ``K``'s block.
+    largest eigenvalue of ``K``'s block and its trace.
     """
 
     name = "kfac"
@@ -128,17 +128,20 @@ class KFAC(Estimator):
         # curvlinops computes the factors, the correction and their eigenvectors lazily, on the first product: one
         # product here keeps that work in the preparation, where the harness times it
         self._inverse @ torch.zeros(len(self._columns), 1, dtype=problem.dtype, device=problem.device)
-        self.diagnostics = {"eigenvalue_range": self._spectrum(curvature.state_dict())}
+        eigenvalues = self._eigenvalues(curvature.state_dict())
+        self.diagnostics = {
+            "eigenvalue_range": {layer: [float(v.min()), float(v.max())] for layer, v in eigenvalues.items()},
+            "trace": {layer: float(values.sum()) for layer, values in eigenvalues.items()},
+        }
 
-    def _spectrum(self, state: dict[str, Any]) -> dict[str, list[float]]:
-        """Per factored layer, the smallest and largest eigenvalue of its block of ``K`` (without damping)."""
-        extremes = {}
+    def _eigenvalues(self, state: dict[str, Any]) -> dict[str, Tensor]:
+        """Per factored layer, the eigenvalues of its block of ``K`` (without damping), in float64."""
+        out = {}
         for layer, input_covariance in state["input_covariances"].items():
             values_a = torch.linalg.eigvalsh(input_covariance.double())
             values_g = torch.linalg.eigvalsh(state["gradient_covariances"][layer].double())
-            values = torch.outer(values_g, values_a)
-            extremes[layer] = [float(values.min()), float(values.max())]
-        return extremes
+            out[layer] = torch.outer(values_g, values_a).reshape(-1)
+        return out
 
     def ihvp(self, vectors: Tensor) -> Tensor:
         out = torch.zeros_like(vectors)
@@ -152,17 +155,17 @@ class EKFAC(KFAC):
     ``Lambda_G (x) Lambda_A``; the best diagonal in that basis in Frobenius norm, so never further from the GGN than
     K-FAC. Everything else (hyperparameters, scope, damping with weight decay) is :class:`KFAC`'s. Preparation costs
     one more pass over the training set, for the correction. Diagnostics: per layer the smallest and largest
-    corrected eigenvalue."""
+    corrected eigenvalue and their sum."""
 
     name = "ekfac"
     operator = "EKFACLinearOperator"
 
-    def _spectrum(self, state: dict[str, Any]) -> dict[str, list[float]]:
-        extremes = {}
+    def _eigenvalues(self, state: dict[str, Any]) -> dict[str, Tensor]:
+        out = {}
         for layer, values in state["corrected_eigenvalues"].items():
             values = values if isinstance(values, Tensor) else torch.cat([v.reshape(-1) for v in values.values()])
-            extremes[layer] = [float(values.min()), float(values.max())]
-        return extremes
+            out[layer] = values.double().reshape(-1)
+        return out
 
 
 @hookimpl

@@ -91,8 +91,9 @@ def test_ekfac_is_no_further_from_the_ggn_than_kfac_and_both_keep_its_layer_bloc
             block_mask[layer, layer] = True
         assert float(matrix[~block_mask].abs().max()) < 1e-10
         errors[cls.name] = [float(torch.linalg.matrix_norm(matrix[b, b] - ggn[b, b])) for b in layers]
-        for b, error in zip(layers, errors[cls.name]):
+        for b, error, layer in zip(layers, errors[cls.name], ("0", "2", "4")):
             assert error < float(torch.linalg.matrix_norm(ggn[b, b])), (cls.name, b)  # closer than the zero matrix
+            assert estimator.diagnostics["trace"][layer] == pytest.approx(float(matrix[b, b].trace()), rel=1e-10)
             if cls is EKFAC:  # its eigenvalues are the diagonal of Q^T GGN Q, so the trace is the GGN's
                 assert float(matrix[b, b].trace()) == pytest.approx(float(ggn[b, b].trace()), rel=1e-10)
     for kfac_error, ekfac_error in zip(errors["kfac"], errors["ekfac"]):
