@@ -790,6 +790,31 @@ def test_datainf_equals_its_closed_form_computed_densely(small_mlp):
     assert float(relative_errors(solution, torch.linalg.solve(problem.hessian(), vectors.T).T).max()) > 0.1
 
 
+def test_datainf_with_module_blocks_and_a_fixed_damping_equals_its_closed_form(small_mlp):
+    """``blocks: module`` joins each Linear's weight and bias into one block (dattri's grouping) and ``fixed_damping``
+    gives every block ``lambda = fixed_damping + weight_decay`` (dattri's ``regularization``), against the same dense
+    closed form as above."""
+    problem = small_mlp.problem
+    gradients = hand_gradients(problem, small_mlp.module)
+    vectors = problem.test_gradients([0, 1, 2])
+    datainf = DataInf(DataInfConfig(blocks="module", fixed_damping=0.05, chunk_size=7))
+    datainf.prepare(problem)
+    lam = 0.05 + MLP_WEIGHT_DECAY
+    assert datainf.diagnostics["lambdas"] == pytest.approx({"0": lam, "2": lam, "4": lam}, rel=1e-15)
+    tensors = list(blocks_of(problem).values())
+    expected = torch.empty_like(vectors)
+    for weight, bias in zip(tensors[::2], tensors[1::2]):
+        block = slice(weight.start, bias.stop)
+        g = gradients[:, block]
+        eye = torch.eye(g.shape[1], dtype=torch.float64)
+        terms = [eye - torch.outer(row, row) / (lam + row.dot(row)) for row in g]
+        expected[:, block] = vectors[:, block] @ (torch.stack(terms).sum(dim=0) / (problem.n_train * lam))
+    assert float(relative_errors(datainf.ihvp(vectors), expected).max()) < 1e-12
+    per_tensor = DataInf(DataInfConfig(fixed_damping=0.05))
+    per_tensor.prepare(problem)
+    assert float(relative_errors(per_tensor.ihvp(vectors), expected).max()) > 1e-3  # the grouping matters
+
+
 def test_datainf_with_one_training_example_is_the_exact_sherman_morrison_inverse(small_mlp):
     """For ``n = 1`` the swap of inversion and averaging is exact: every block is ``(g g^T + lambda I)^-1 v``."""
     problem = dataclasses.replace(
@@ -862,8 +887,10 @@ def test_datainf_fails_on_a_block_without_gradient_or_weight_decay(small_mlp):
         ({"layers": "first"}, r"datainf.layers 'first' \(choices: all, last\)"),
         ({"damping_scale": 0.0}, "damping_scale"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"blocks": "layer"}, r"datainf.blocks 'layer' \(choices: module, tensor\)"),
+        ({"fixed_damping": -0.1}, "fixed_damping"),
     ],
-    ids=["layers", "damping-scale-zero", "chunk-size-zero"],
+    ids=["layers", "damping-scale-zero", "chunk-size-zero", "blocks", "fixed-damping-negative"],
 )
 def test_datainf_rejects_a_bad_config_naming_the_value(values, message):
     with pytest.raises((UnknownNameError, UsageError), match=message):
