@@ -87,9 +87,7 @@ class DataInf(Estimator):
         if self.config.layers == "last":
             prefix = names[-1].rpartition(".")[0]
             groups = {block: ks for block, ks in groups.items() if names[ks[0]].rpartition(".")[0] == prefix}
-        self._blocks = [
-            (block, slice(offsets[ks[0]], offsets[ks[-1]] + sizes[ks[-1]])) for block, ks in groups.items()
-        ]
+        self._blocks = [(block, slice(offsets[ks[0]], offsets[ks[-1]] + sizes[ks[-1]])) for block, ks in groups.items()]
         self._squared_norms = torch.empty(problem.n_train, len(self._blocks), dtype=torch.float64)
         for rows, gradients in problem.iter_train_gradients(self.config.chunk_size):
             for b, (_, block) in enumerate(self._blocks):
