@@ -1,20 +1,33 @@
-"""Our ``kfac`` and ``ekfac`` against kronfluence's K-FAC and EK-FAC on the same model: agreement, time, peak memory.
+"""Our ``kfac``, ``ekfac``, ``arnoldi`` and ``datainf`` against the libraries that define them, on the same model:
+kronfluence's K-FAC and EK-FAC, dattri's ``IFAttributorArnoldi`` and ``IFAttributorDataInf``. Agreement, time, memory.
 
     python -m benchmark.peers.curvature_agreement [--models iris,small-cnn,lenet] [--data-dir DIR]
                                                   [--output leaderboards/agreement.md]
 
-Needs kronfluence 1.0.1 in **its own environment** (``pip install -e . kronfluence==1.0.1`` in a fresh venv), not in
-the one that runs this repository's tests: its wheel installs a top-level ``tests`` package, which shadows this
+Needs kronfluence 1.0.1 and dattri 0.3.0 in **their own environment** (``pip install -e . kronfluence==1.0.1
+dattri==0.3.0`` in a fresh venv), not in the one that runs this repository's tests: kronfluence's wheel installs a
+top-level ``tests`` package (dattri's: ``test``, ``examples``, ``docs``, ``experiments``), which shadows this
 repository's ``tests`` (a namespace package) and breaks ``pytest`` here.
 
-Both libraries approximate the same matrix with the same damping: the **empirical Fisher** (observed labels:
-kronfluence's ``use_empirical_fisher=True``, our ``fisher: empirical``), so the comparison is deterministic, and
-``(K + (0.01 + weight_decay) I)^-1`` in the factors' eigenbasis (kronfluence's ``damping_factor``, our ``damping``
-plus the problem's weight decay, both exact damping). Factors and scores in float64 on Iris, in the model's float32
-on MNIST, as each library does by default there. Scores: kronfluence's pairwise score of query ``q`` and training
-example ``i`` is ``g_q^T P g_i`` with per-example gradients of the summed loss; ours, the change of the test loss when
-``i`` is removed, is ``(1/n) g_q^T P g_i`` (``benchmark.Estimator.influence``), so ours is theirs over ``n`` (the
-table gives the median ratio of theirs to ``n`` times ours, 1 when the matrices agree in scale).
+Each pair approximates the same matrix with the same damping ``lambda = 0.01`` on top of the model's weight decay:
+
+* ``kfac``, ``ekfac`` against kronfluence: the **empirical Fisher** (observed labels: kronfluence's
+  ``use_empirical_fisher=True``, our ``fisher: empirical``), so the comparison is deterministic; ``(K + lambda I)^-1``
+  in the factors' eigenbasis (kronfluence's ``damping_factor``, our ``damping`` plus the weight decay, both exact);
+  factors in the model's dtype.
+* ``arnoldi`` against dattri: the Hessian of the mean training loss plus ``lambda I`` (dattri's ``regularization``),
+  the top 50 eigenpairs from 100 Hessian-vector products (on Iris 20 from 40: :data:`SMALL_RANK`; dattri's
+  ``max_iter`` counts the start vector, so one more), each from its own random start; dattri orthogonalises once per
+  step and in float32, ours twice.
+* dattri's comparisons run in float32 on every model (on Iris, a float32 copy of the float64 optimum): dattri draws
+  its Arnoldi vectors and DataInf accumulators in float32, which meet a float64 model with a dtype error.
+* ``datainf`` against dattri: one block per module (``blocks: module``, dattri's grouping) and one absolute
+  ``lambda`` for every block (``fixed_damping``, dattri's ``regularization``).
+
+Scores: ours, the change of the test loss when ``i`` is removed, is ``(1/n) g_q^T P g_i``
+(``benchmark.Estimator.influence``); kronfluence's pairwise score is ``g_q^T P g_i`` (``[m, n]``), dattri's
+``attribute`` ``g_i^T P g_q`` (``[n, m]``), both with per-example gradients, so ours is theirs over ``n`` (transposed
+for dattri). The table gives the median ratio of theirs to ``n`` times ours, 1 when the matrices agree in scale.
 
 Agreement is the Pearson correlation over the training points per test point, the worst of the 10 highest-loss test
 points; the time covers building the factors (and, for EK-FAC, the eigenvalue correction) and scoring the 10 test
@@ -56,9 +69,20 @@ from benchmark.peers.speed_vs_peers import (
     test_points,
 )
 
-STRATEGIES = ("kfac", "ekfac")
+METHODS = ("kfac", "ekfac", "arnoldi", "datainf")
+PEERS = {"kfac": "kronfluence", "ekfac": "kronfluence", "arnoldi": "dattri", "datainf": "dattri"}
 BATCH = 512
 """Training examples per batch for both libraries' factor passes."""
+RANK, ITERATIONS = 50, 100
+"""Arnoldi's kept eigenpairs and curvature-vector products, on a model of more than ``ITERATIONS`` parameters."""
+SMALL_RANK, SMALL_ITERATIONS = 20, 40
+"""The same on a smaller model (Iris, 43 parameters): below full rank, where dattri keeps the spurious negative Ritz
+values of its float32 iteration and its projection, which divides by their square roots, returns NaN."""
+
+
+def arnoldi_size(problem: Any) -> tuple[int, int]:
+    """Arnoldi's rank and iterations for ``problem`` (:data:`RANK` or :data:`SMALL_RANK`)."""
+    return (RANK, ITERATIONS) if problem.n_params > ITERATIONS else (SMALL_RANK, SMALL_ITERATIONS)
 
 
 def kronfluence_scores(strategy: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -122,12 +146,56 @@ def kronfluence_scores(strategy: str, problem: Any, test: Tensor) -> tuple[Tenso
     return scores, traces
 
 
-def our_scores(strategy: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
+def dattri_scores(method: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """dattri's scores of the test points in its ``[n, m]`` layout (no factor traces)."""
+    from dattri.algorithm.influence_function import IFAttributorArnoldi, IFAttributorDataInf
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from benchmark.numerics.losses import cross_entropy
+
+    module = problem.network_at().module.eval()
+
+    def loss_func(params: dict[str, Tensor], data: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = data
+        return cross_entropy(torch.func.functional_call(module, params, (x,)), y).mean()
+
+    task = AttributionTask(loss_func=loss_func, model=module, checkpoints=module.state_dict())
+    regularization = DAMPING + problem.weight_decay  # the weight decay's Hessian is weight_decay * I
+    n = problem.n_train
+    train = DataLoader(TensorDataset(problem.x_train, problem.y_train), batch_size=n, shuffle=False)
+    tests = DataLoader(TensorDataset(problem.x_test[test], problem.y_test[test]), batch_size=len(test), shuffle=False)
+    if method == "arnoldi":
+        rank, iterations = arnoldi_size(problem)
+        attributor: Any = IFAttributorArnoldi(
+            task=task, device="cpu", proj_dim=rank, max_iter=iterations + 1, regularization=regularization
+        )
+    else:
+        attributor = IFAttributorDataInf(task=task, device="cpu", regularization=regularization)
+    attributor.cache(train)
+    return attributor.attribute(train, tests), {}
+
+
+def peer_scores(method: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The defining library's scores in our ``[m, n]`` layout and scale, and (K-FAC) its per-module block traces."""
+    if PEERS[method] == "kronfluence":
+        scores, traces = kronfluence_scores(method, problem, test)
+        return scores / problem.n_train, traces
+    scores, traces = dattri_scores(method, problem, test)
+    return scores.T / problem.n_train, traces
+
+
+def our_scores(method: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
     """Our ``[m, n]`` influence of the test points, and per layer the trace of our K-FAC block."""
-    ours = estimator(strategy, damping=DAMPING, fisher="empirical", batch_size=BATCH)
+    options: dict[str, Any] = {
+        "kfac": {"damping": DAMPING, "fisher": "empirical", "batch_size": BATCH},
+        "arnoldi": dict(zip(("rank", "iterations"), arnoldi_size(problem)), damping=DAMPING),
+        "datainf": {"blocks": "module", "fixed_damping": DAMPING},
+    }
+    ours = estimator(method, **options["kfac" if method == "ekfac" else method])
     ours.prepare(problem)
     scores = ours.influence(test)
-    return scores, dict(ours.diagnostics["trace"]) if strategy == "kfac" else {}
+    return scores, dict(ours.diagnostics["trace"]) if method == "kfac" else {}
 
 
 def measure(function: Any, *args: Any) -> tuple[Any, float, float | None]:
@@ -142,20 +210,20 @@ def measure(function: Any, *args: Any) -> tuple[Any, float, float | None]:
     return result, seconds, peak - before if reset and peak is not None and before is not None else None
 
 
-def compare(model: str, data_dir: str | None) -> list[dict[str, Any]]:
+def compare(model: str, data_dir: str | None, methods: tuple[str, ...] = METHODS) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
-    importlib.import_module("curvlinops")  # neither library's import is part of its time
-    importlib.import_module("kronfluence.analyzer")
     _, problem = build_problem(MODELS[model], data_dir)
     test = test_points(problem)
     rows = []
-    for strategy in STRATEGIES:
-        for warm_up in (our_scores, kronfluence_scores):  # first calls pay for lazy imports and allocator growth
-            warm_up(strategy, problem, test)
-        (ours, our_traces), our_seconds, our_peak = measure(our_scores, strategy, problem, test)
-        (theirs, their_traces), their_seconds, their_peak = measure(kronfluence_scores, strategy, problem, test)
+    for method in methods:
+        # dattri draws its vectors and accumulators in float32, which meets a float64 model with a dtype error
+        setting = problem.to(torch.float32) if PEERS[method] == "dattri" else problem
+        for warm_up in (our_scores, peer_scores):  # first calls pay for lazy imports and allocator growth
+            warm_up(method, setting, test)
+        (ours, our_traces), our_seconds, our_peak = measure(our_scores, method, setting, test)
+        (theirs, their_traces), their_seconds, their_peak = measure(peer_scores, method, setting, test)
         correlation = pearson_rows(ours.double(), theirs.double())
-        ratio = float((theirs.double() / (problem.n_train * ours.double())).median())
+        ratio = float((theirs.double() / ours.double()).median().detach())
         trace_ratios = {
             layer: our_traces[layer] / their_traces[name]
             for layer in our_traces
@@ -167,7 +235,9 @@ def compare(model: str, data_dir: str | None) -> list[dict[str, Any]]:
                 "model": model,
                 "n_train": problem.n_train,
                 "n_params": problem.n_params,
-                "method": strategy,
+                "dtype": str(setting.dtype).removeprefix("torch."),
+                "method": method,
+                "peer": PEERS[method],
                 "pearson": float(correlation.min()),
                 "ratio": ratio,
                 "ours": (our_seconds, our_peak),
@@ -187,7 +257,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
         [
             row["model"],
             f"{row['n_train']:,} / {row['n_params']:,}",
+            row["dtype"],
             f"`{row['method']}`",
+            row["peer"],
             f"{row['pearson']:.6f}",
             f"{row['ratio']:.4f}",
             *cost(row["ours"]),
@@ -199,24 +271,27 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
     header = [
         "model",
         "n train / params",
+        "dtype",
         "ours",
+        "against",
         "Pearson (worst of 10)",
-        "theirs / (n x ours), median",
+        "theirs / ours, median (aligned)",
         "ours s",
         "ours +peak MiB",
-        "kronfluence s",
-        "kronfluence +peak MiB",
+        "theirs s",
+        "theirs +peak MiB",
         "K-FAC block trace, ours / theirs, by layer",
     ]
     lines = [
         "<!-- generated by `python -m benchmark.peers.curvature_agreement`, do not edit -->",
         "",
-        "# K-FAC and EK-FAC: ours against kronfluence",
+        "# Curvature estimators: ours against the libraries that define them",
         "",
-        "Both on the same trained model, training set and 10 highest-loss test points, the empirical Fisher, damping "
-        f"{DAMPING} plus the model's weight decay (exact damping in the eigenbasis); time and the rise of the peak "
+        "K-FAC and EK-FAC against kronfluence, Arnoldi and DataInf against dattri: both sides on the same trained "
+        f"model, training set and 10 highest-loss test points, damping {DAMPING} plus the model's weight decay, the "
+        "settings aligned as the module docstring states; time and the rise of the peak "
         "resident memory over the resident size before (+peak) from the model to the 10 x n scores, one torch thread, "
-        "in one process, after one untimed run of each. Conventions and why K-FAC differs on "
+        "in one process, after one untimed run of each. Conventions, and why K-FAC differs on "
         "convolutions: `benchmark/peers/curvature_agreement.py`.",
         f"{meta['device']}; {meta['versions']}; commit {meta['commit']}, {meta['date']}. Command: `{meta['command']}`.",
         "",
@@ -227,7 +302,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
 
 def environment(argv: list[str]) -> dict[str, str]:
     versions = []
-    for package in ("torch", "curvlinops-for-pytorch", "kronfluence"):
+    for package in ("torch", "curvlinops-for-pytorch", "kronfluence", "dattri"):
         try:
             versions.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -254,15 +329,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.peers.curvature_agreement", description=__doc__)
     parser.add_argument("--models", default="iris,small-cnn,lenet", help="comma-separated, of: " + ", ".join(MODELS))
     parser.add_argument("--data-dir", default=None, help="MNIST in torchvision's layout (default $BENCH_DATA_DIR)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--output", default=str(REPO / "leaderboards" / "agreement.md"))
     args = parser.parse_args(argv)
     models = [name for name in args.models.split(",") if name]
     unknown = [name for name in models if name not in MODELS]
     if unknown:
         parser.error(f"unknown model {unknown[0]!r} (choices: {', '.join(MODELS)})")
+    methods = tuple(name for name in args.methods.split(",") if name)
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r} (choices: {', '.join(METHODS)})")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        rows = [row for model in models for row in compare(model, args.data_dir)]
+        rows = [row for model in models for row in compare(model, args.data_dir, methods)]
     Path(args.output).write_text(render(rows, environment(argv)))
     print(f"wrote {args.output}")
 
