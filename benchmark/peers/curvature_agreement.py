@@ -16,11 +16,13 @@ Each pair approximates the same matrix with the same damping ``lambda = 0.01`` o
   in the factors' eigenbasis (kronfluence's ``damping_factor``, our ``damping`` plus the weight decay, both exact);
   factors in the model's dtype.
 * ``arnoldi`` against dattri: the Hessian of the mean training loss plus ``lambda I`` (dattri's ``regularization``),
-  the top 50 eigenpairs from 100 Hessian-vector products (on Iris 20 from 40: :data:`SMALL_RANK`; dattri's
-  ``max_iter`` counts the start vector, so one more), each from its own random start; dattri orthogonalises once per
-  step and in float32, ours twice.
+  the top 20 eigenpairs from 40 Hessian-vector products (:data:`RANK` says why so few; dattri's ``max_iter`` counts
+  the start vector, so one more), each from its own random start; dattri orthogonalises once per step and in
+  float32, ours twice.
 * dattri's comparisons run in float32 on every model (on Iris, a float32 copy of the float64 optimum): dattri draws
-  its Arnoldi vectors and DataInf accumulators in float32, which meet a float64 model with a dtype error.
+  its Arnoldi vectors and DataInf accumulators in float32, which meet a float64 model with a dtype error. They use
+  the first :data:`DATTRI_TRAIN` training examples (both sides: the same problem, with the Hessian and the Fisher of
+  that subset), since dattri's Arnoldi and DataInf outgrow this machine's memory on the MNIST models' 5,500.
 * ``datainf`` against dattri: one block per module (``blocks: module``, dattri's grouping) and one absolute
   ``lambda`` for every block (``fixed_damping``, dattri's ``regularization``).
 
@@ -43,6 +45,7 @@ per-example gradients in both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.metadata
 import sys
@@ -73,16 +76,15 @@ METHODS = ("kfac", "ekfac", "arnoldi", "datainf")
 PEERS = {"kfac": "kronfluence", "ekfac": "kronfluence", "arnoldi": "dattri", "datainf": "dattri"}
 BATCH = 512
 """Training examples per batch for both libraries' factor passes."""
-RANK, ITERATIONS = 50, 100
-"""Arnoldi's kept eigenpairs and curvature-vector products, on a model of more than ``ITERATIONS`` parameters."""
-SMALL_RANK, SMALL_ITERATIONS = 20, 40
-"""The same on a smaller model (Iris, 43 parameters): below full rank, where dattri keeps the spurious negative Ritz
-values of its float32 iteration and its projection, which divides by their square roots, returns NaN."""
-
-
-def arnoldi_size(problem: Any) -> tuple[int, int]:
-    """Arnoldi's rank and iterations for ``problem`` (:data:`RANK` or :data:`SMALL_RANK`)."""
-    return (RANK, ITERATIONS) if problem.n_params > ITERATIONS else (SMALL_RANK, SMALL_ITERATIONS)
+DATTRI_TRAIN = 500
+"""Training examples of the problems dattri is compared on (the first ones). dattri's DataInf ``attribute`` grows in
+memory about with the square of the training set (measured on the small CNN: 0.96 GB resident at 200 examples,
+1.30 GB at 400, past this machine's 24 GB at 5,500), and its Arnoldi keeps a full-data product graph per step."""
+RANK, ITERATIONS = 20, 40
+"""Arnoldi's kept eigenpairs and curvature-vector products. Small, for two measured reasons: dattri's iteration keeps
+every step's product graph (140 MB more resident memory per step on the small CNN with 500 training examples), and
+on Iris (43 parameters) a full-rank run keeps spurious negative Ritz values of its float32 iteration, whose square
+roots its projection divides by (NaN)."""
 
 
 def kronfluence_scores(strategy: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -162,13 +164,13 @@ def dattri_scores(method: str, problem: Any, test: Tensor) -> tuple[Tensor, dict
 
     task = AttributionTask(loss_func=loss_func, model=module, checkpoints=module.state_dict())
     regularization = DAMPING + problem.weight_decay  # the weight decay's Hessian is weight_decay * I
-    n = problem.n_train
-    train = DataLoader(TensorDataset(problem.x_train, problem.y_train), batch_size=n, shuffle=False)
+    # dattri's Arnoldi joins the batches into one for its products and its DataInf caches per-example gradients batch
+    # by batch, so batches bound only the per-example gradients' memory
+    train = DataLoader(TensorDataset(problem.x_train, problem.y_train), batch_size=BATCH, shuffle=False)
     tests = DataLoader(TensorDataset(problem.x_test[test], problem.y_test[test]), batch_size=len(test), shuffle=False)
     if method == "arnoldi":
-        rank, iterations = arnoldi_size(problem)
         attributor: Any = IFAttributorArnoldi(
-            task=task, device="cpu", proj_dim=rank, max_iter=iterations + 1, regularization=regularization
+            task=task, device="cpu", proj_dim=RANK, max_iter=ITERATIONS + 1, regularization=regularization
         )
     else:
         attributor = IFAttributorDataInf(task=task, device="cpu", regularization=regularization)
@@ -189,7 +191,7 @@ def our_scores(method: str, problem: Any, test: Tensor) -> tuple[Tensor, dict[st
     """Our ``[m, n]`` influence of the test points, and per layer the trace of our K-FAC block."""
     options: dict[str, Any] = {
         "kfac": {"damping": DAMPING, "fisher": "empirical", "batch_size": BATCH},
-        "arnoldi": dict(zip(("rank", "iterations"), arnoldi_size(problem)), damping=DAMPING),
+        "arnoldi": {"damping": DAMPING, "rank": RANK, "iterations": ITERATIONS},
         "datainf": {"blocks": "module", "fixed_damping": DAMPING},
     }
     ours = estimator(method, **options["kfac" if method == "ekfac" else method])
@@ -216,8 +218,13 @@ def compare(model: str, data_dir: str | None, methods: tuple[str, ...] = METHODS
     test = test_points(problem)
     rows = []
     for method in methods:
-        # dattri draws its vectors and accumulators in float32, which meets a float64 model with a dtype error
-        setting = problem.to(torch.float32) if PEERS[method] == "dattri" else problem
+        setting = problem
+        if PEERS[method] == "dattri":
+            # it draws its vectors and accumulators in float32, which meet a float64 model with a dtype error
+            setting = problem.to(torch.float32)
+            setting = dataclasses.replace(
+                setting, x_train=setting.x_train[:DATTRI_TRAIN], y_train=setting.y_train[:DATTRI_TRAIN]
+            )
         for warm_up in (our_scores, peer_scores):  # first calls pay for lazy imports and allocator growth
             warm_up(method, setting, test)
         (ours, our_traces), our_seconds, our_peak = measure(our_scores, method, setting, test)
@@ -233,12 +240,12 @@ def compare(model: str, data_dir: str | None, methods: tuple[str, ...] = METHODS
         rows.append(
             {
                 "model": model,
-                "n_train": problem.n_train,
-                "n_params": problem.n_params,
+                "n_train": setting.n_train,
+                "n_params": setting.n_params,
                 "dtype": str(setting.dtype).removeprefix("torch."),
                 "method": method,
                 "peer": PEERS[method],
-                "pearson": float(correlation.min()),
+                "pearson": float(correlation.min().detach()),
                 "ratio": ratio,
                 "ours": (our_seconds, our_peak),
                 "theirs": (their_seconds, their_peak),
