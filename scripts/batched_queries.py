@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+from stationarity import config_task  # a sibling script: scripts/ is on the path when one runs
 
-from benchmark.common import config as configuration
 from benchmark.common.cache import Cache, default_cache_dir
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
@@ -42,10 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     registry = Registry(plugin_manager())
-    declared = configuration.load_yaml(args.config)
-    name = declared["task"]
-    task_cls = registry.task(name)
-    task = task_cls(configuration.build(task_cls.Config, declared.get(name, {}), name))
+    task = config_task(registry, args.config)
+    name = task.name
     problem = task.build(BuildContext("cpu", 0, Cache(args.cache_dir or default_cache_dir()), progress=False))
     protocol = task.protocol()
     test = torch.argsort(problem.test_losses(), descending=True)[: args.points].tolist()

@@ -21,8 +21,8 @@ import math
 from pathlib import Path
 
 import torch
+from stationarity import config_task  # a sibling script: scripts/ is on the path when one runs
 
-from benchmark.common import config as configuration
 from benchmark.common.cache import Cache, default_cache_dir
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
@@ -59,10 +59,8 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for path in configs:
-        declared = configuration.load_yaml(path)
-        name = declared["task"]
-        task_cls = registry.task(name)
-        task = task_cls(configuration.build(task_cls.Config, declared.get(name, {}), name))
+        task = config_task(registry, path)
+        name = task.name
         problem = task.build(BuildContext("cpu", 0, cache, progress=False)).to(torch.float64)
         norm, taylor = residuals(problem)
         slope = math.log10(taylor[1] / taylor[2]) if taylor[2] > 0 else float("inf")

@@ -28,6 +28,15 @@ from benchmark.evaluation.selections import select_test_point
 from benchmark.groundtruth.engine import GroundTruth
 
 
+def config_task(registry: Registry, path: Path):
+    """The task a run config YAML declares (its ``task:`` and that task's section), as ``bench run --config`` builds
+    it; ``scripts/smoothness.py`` and ``scripts/batched_queries.py`` take their tasks from here too."""
+    declared = configuration.load_yaml(path)
+    name = declared["task"]
+    task_cls = registry.task(name)
+    return task_cls(configuration.build(task_cls.Config, declared.get(name, {}), name))
+
+
 def measure(task, cache: Cache) -> dict:
     start = time.perf_counter()
     problem = task.build(BuildContext("cpu", 0, cache, progress=False))
@@ -58,11 +67,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for path in configs:
-        declared = configuration.load_yaml(path)
-        name = declared["task"]
-        task_cls = registry.task(name)
-        polished = task_cls(configuration.build(task_cls.Config, declared.get(name, {}), name))
-        sgd_only = task_cls(dataclasses.replace(polished.config, lbfgs_steps=0))
+        polished = config_task(registry, path)
+        name = polished.name
+        sgd_only = type(polished)(dataclasses.replace(polished.config, lbfgs_steps=0))
         print(f"== {path.name}: SGD schedule", flush=True)
         before = measure(sgd_only, cache)
         print(
