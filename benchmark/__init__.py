@@ -28,14 +28,15 @@ from __future__ import annotations
 from benchmark.common.config import non_negative, positive
 from benchmark.common.errors import BenchError, DataError, EstimatorFailed, EstimatorSkipped, UsageError
 from benchmark.common.provenance import VERSION as __version__
-from benchmark.contracts.estimator import Estimator, NoConfig
+from benchmark.contracts.estimator import Estimator, NoConfig, ScopedEstimator
 from benchmark.contracts.hookspecs import hookimpl, hookspec
 from benchmark.contracts.task import BuildContext, Protocol, ReferenceRow, Task
-from benchmark.numerics.problem import Network, Problem
+from benchmark.numerics.problem import LAYERS, Network, Problem
 from benchmark.numerics.recipes import Polish, Recipe
 from benchmark.numerics.training import StreamedBatches
 
 __all__ = [
+    "LAYERS",
     "BenchError",
     "BuildContext",
     "DataError",
@@ -49,6 +50,7 @@ __all__ = [
     "Protocol",
     "Recipe",
     "ReferenceRow",
+    "ScopedEstimator",
     "StreamedBatches",
     "Task",
     "UsageError",

@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark import LAYERS, Estimator, EstimatorFailed, Problem, ScopedEstimator, hookimpl, non_negative, positive
 from benchmark.numerics.curvature import CURVATURES, curvature_products
 
 
@@ -23,6 +23,8 @@ class ArnoldiConfig:
         seed: seed of the random start vector (and of any restart after an invariant subspace is found).
         curvature: ``hessian`` (:meth:`Problem.hvp`) or ``ggn``, the generalised Gauss-Newton matrix
             (:meth:`Problem.ggnvp`).
+        layers: ``all``, or ``last``: the curvature of the last module's parameters only, the iHVP zero on every other
+            parameter (:class:`~benchmark.ScopedEstimator`).
     """
 
     rank: int = 50
@@ -30,6 +32,7 @@ class ArnoldiConfig:
     damping: float = 0.001
     seed: int = 0
     curvature: str = dataclasses.field(default="hessian", metadata={"choices": CURVATURES})
+    layers: str = dataclasses.field(default="all", metadata={"choices": LAYERS})
 
     def __post_init__(self) -> None:
         positive(rank=self.rank, iterations=self.iterations)
@@ -38,7 +41,7 @@ class ArnoldiConfig:
             raise ValueError(f"rank={self.rank} exceeds iterations={self.iterations}: at most one eigenpair per step")
 
 
-class Arnoldi(Estimator):
+class Arnoldi(ScopedEstimator):
     """iHVP in the span of the top-``p`` eigenvectors of ``H``, found by Arnoldi iteration (Schioppa et al. 2022).
 
     :meth:`prepare` runs ``n`` steps of Arnoldi iteration on curvature-vector products from a seeded random unit
@@ -63,8 +66,7 @@ class Arnoldi(Estimator):
     Config = ArnoldiConfig
     damping_field = "damping"
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         c = self.config
         product = curvature_products(problem, c.curvature)
         steps = min(c.iterations, problem.n_params)
@@ -117,7 +119,7 @@ class Arnoldi(Estimator):
                 "raise arnoldi.damping"
             )
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
         coefficients = (vectors @ self._eigenvectors).to(torch.float64)
         coefficients = coefficients / (self._eigenvalues + self.config.damping).to(coefficients.device)
         return coefficients.to(vectors.dtype) @ self._eigenvectors.T

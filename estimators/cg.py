@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark import LAYERS, Estimator, EstimatorFailed, Problem, ScopedEstimator, hookimpl, non_negative, positive
 from benchmark.numerics.curvature import CURVATURES, curvature_products
 
 BLOCK_BASIS_BYTES = 2**30
@@ -51,6 +51,8 @@ class CGConfig:
         curvature: the matrix ``H`` stands for, in the solves and the sketch: ``hessian`` (:meth:`Problem.hvp`), or
             ``ggn``, the generalised Gauss-Newton matrix (:meth:`Problem.ggnvp`), positive semi-definite for
             cross-entropy and squared error, so ``GGN + lambda I`` is positive definite for any ``lambda > 0``.
+        layers: ``all``, or ``last``: the curvature of the last module's parameters only, the iHVP zero on every other
+            parameter (:class:`~benchmark.ScopedEstimator`).
     """
 
     damping: float = 0.001
@@ -63,6 +65,7 @@ class CGConfig:
     block: bool = True
     start: str = dataclasses.field(default="zero", metadata={"choices": ("zero", "rhs")})
     curvature: str = dataclasses.field(default="hessian", metadata={"choices": CURVATURES})
+    layers: str = dataclasses.field(default="all", metadata={"choices": LAYERS})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping, sketch_size=self.sketch_size)
@@ -108,7 +111,7 @@ class NystromPreconditioner:
         return (r + (coefficients * (scale - 1.0)) @ self.basis.T).to(residuals.dtype)
 
 
-class ConjugateGradient(Estimator):
+class ConjugateGradient(ScopedEstimator):
     """Solves ``(H + lambda I) t = v`` by (preconditioned) conjugate gradient; ``H v`` from :meth:`Problem.hvp`.
 
     With ``curvature: ggn``, ``H`` is the generalised Gauss-Newton matrix throughout, its products
@@ -128,8 +131,7 @@ class ConjugateGradient(Estimator):
     Config = CGConfig
     damping_field = "damping"
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         self._preconditioner: NystromPreconditioner | None = None
         self._sketch_diagnostics: dict[str, float | int] = {}
         if self.config.preconditioner == "nystrom":
@@ -158,8 +160,8 @@ class ConjugateGradient(Estimator):
         products = torch.cat([product(columns[i : i + 16], indices) for i in range(0, rank, 16)])
         return NystromPreconditioner(products.T.cpu(), test_matrix, c.damping)
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
-        problem = self._require_problem()
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
+        problem = self.scope
         damping = self.config.damping
         product = curvature_products(problem, self.config.curvature)
 

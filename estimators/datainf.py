@@ -9,9 +9,8 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark import LAYERS, Estimator, EstimatorFailed, Problem, ScopedEstimator, hookimpl, non_negative, positive
 
-LAYERS = ("all", "last")
 BLOCKS = ("tensor", "module")
 
 
@@ -23,9 +22,9 @@ class DataInfConfig:
         damping_scale: ``c`` in the paper's per-block damping ``lambda_l = c * mean_i ||g_il||^2 / d_l`` (the mean
             squared entry of the block's per-example gradients); 0.1 as in the paper and its reference code
             (``lambda_const_param = 10`` there, a divisor).
-        layers: ``all`` blocks, or ``last``: only the parameter tensors of the model's last module (the names that
-            share the last name's prefix before its final dot, e.g. ``2.weight`` and ``2.bias``); the iHVP is zero on
-            every other block, so those parameters contribute no influence.
+        layers: ``all`` blocks, or ``last``: only the blocks of the model's last module (``2.weight`` and ``2.bias``);
+            the iHVP is zero on every other parameter, so those contribute no influence
+            (:class:`~benchmark.ScopedEstimator`).
         chunk_size: training examples whose per-example gradients are held at once (memory ``chunk_size x P``).
         blocks: ``tensor``: one block per parameter tensor, as the paper's reference code; ``module``: one per module,
             its weight and bias together (the parameters whose names share the prefix before the final dot), as
@@ -45,7 +44,7 @@ class DataInfConfig:
         non_negative(fixed_damping=self.fixed_damping)
 
 
-class DataInf(Estimator):
+class DataInf(ScopedEstimator):
     """Block-diagonal iHVP with each block's inverse in closed form, by swapping inversion and averaging (DataInf).
 
     **Blocks.** By default one block per named parameter tensor (a ``Linear``'s weight and its bias are two blocks), as
@@ -76,17 +75,13 @@ class DataInf(Estimator):
     name = "datainf"
     Config = DataInfConfig
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         names = list(problem.params)  # the order of the flat theta
         sizes = [problem.params[name].numel() for name in names]
         offsets = [sum(sizes[:k]) for k in range(len(sizes))]
         groups: dict[str, list[int]] = {}  # block name -> its tensors, consecutive in theta
         for k, name in enumerate(names):
             groups.setdefault(name if self.config.blocks == "tensor" else name.rpartition(".")[0], []).append(k)
-        if self.config.layers == "last":
-            prefix = names[-1].rpartition(".")[0]
-            groups = {block: ks for block, ks in groups.items() if names[ks[0]].rpartition(".")[0] == prefix}
         self._blocks = [(block, slice(offsets[ks[0]], offsets[ks[-1]] + sizes[ks[-1]])) for block, ks in groups.items()]
         self._squared_norms = torch.empty(problem.n_train, len(self._blocks), dtype=torch.float64)
         for rows, gradients in problem.iter_train_gradients(self.config.chunk_size):
@@ -105,8 +100,8 @@ class DataInf(Estimator):
                     f"block {name!r} has lambda_l = {float(value):.3g}: its training gradients vanish"
                 )
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
-        problem = self._require_problem()
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
+        problem = self.scope
         # (1/n) sum_i (g_il^T v) g_il / (lambda_l + ||g_il||^2), accumulated block by block over chunks of examples
         corrections = torch.zeros_like(vectors)
         for rows, gradients in problem.iter_train_gradients(self.config.chunk_size):

@@ -8,7 +8,17 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, EstimatorSkipped, Problem, hookimpl, non_negative, positive
+from benchmark import (
+    LAYERS,
+    Estimator,
+    EstimatorFailed,
+    EstimatorSkipped,
+    Problem,
+    ScopedEstimator,
+    hookimpl,
+    non_negative,
+    positive,
+)
 from benchmark.numerics.curvature import CURVATURES, DenseHessian
 
 
@@ -29,19 +39,22 @@ class ExactConfig:
             ``(1/n) sum_i J_i^T H_i J_i + weight_decay I`` (:meth:`~benchmark.Problem.ggnvp`; positive
             semi-definite for cross-entropy and squared error), built and cached on disk beside the Hessian under its
             own key.
+        layers: ``all``, or ``last``: the curvature of the last module's parameters only, the iHVP zero on every other
+            parameter (:class:`~benchmark.ScopedEstimator`).
     """
 
     damping: float = 0.001
     max_params: int = 20_000
     hessian_dtype: str = dataclasses.field(default="float64", metadata={"choices": ("float64", "float32")})
     curvature: str = dataclasses.field(default="hessian", metadata={"choices": CURVATURES})
+    layers: str = dataclasses.field(default="all", metadata={"choices": LAYERS})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping)
         positive(max_params=self.max_params)
 
 
-class Exact(Estimator):
+class Exact(ScopedEstimator):
     """Exact iHVP: ``H = V diag(e) V^T`` built densely from Hessian-vector products, solved in float64.
 
     Cost: ``O(P^2)`` memory, ``P`` Hessian-vector products plus an ``O(P^3)`` eigendecomposition to prepare; each
@@ -56,8 +69,7 @@ class Exact(Estimator):
     Config = ExactConfig
     damping_field = "damping"
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         if problem.n_params > self.config.max_params:
             raise EstimatorSkipped(
                 f"{problem.n_params} parameters exceed exact.max_params={self.config.max_params} "
@@ -77,7 +89,7 @@ class Exact(Estimator):
                 f"(smallest |eigenvalue| {float(shifted.min()):.3g}); raise exact.damping"
             )
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
         return self._hessian.solve(vectors, self.config.damping).to(vectors.dtype)
 
 

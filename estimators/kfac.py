@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark import LAYERS, Estimator, EstimatorFailed, Problem, ScopedEstimator, hookimpl, non_negative, positive
 
 FISHER_TYPES = ("type-2", "mc", "empirical")
 """``type-2``: the exact expectation over the model's predictive distribution, i.e. the generalised Gauss-Newton
@@ -26,7 +26,6 @@ matrix (one backward pass per output); ``mc``: one label sampled from it per exa
 labels' gradients (the empirical Fisher)."""
 APPROXIMATIONS = ("expand", "reduce")
 """How a layer that shares its weights (a convolution's positions) is factored (Eschenhagen et al., NeurIPS 2023)."""
-LAYERS = ("all", "last")
 
 
 @dataclasses.dataclass
@@ -37,8 +36,8 @@ class KFACConfig:
         damping: ``lambda``, added exactly to the Kronecker-factored matrix: ``(K + (lambda + weight_decay) I)^-1``.
         fisher: the curvature the factors approximate, one of :data:`FISHER_TYPES`.
         approximation: K-FAC's treatment of weight sharing, one of :data:`APPROXIMATIONS`.
-        layers: ``all`` layers, or ``last``: only the parameters of the model's last module (the names that share the
-            last name's prefix before its final dot); the iHVP is zero on every other parameter.
+        layers: ``all`` layers, or ``last``: only the model's last module is factored, the iHVP zero on every other
+            parameter (:class:`~benchmark.ScopedEstimator`).
         batch_size: training examples per pass when the factors are accumulated.
         seed: seed of the sampled labels (``fisher: mc`` only).
     """
@@ -55,7 +54,7 @@ class KFACConfig:
         positive(batch_size=self.batch_size)
 
 
-class KFAC(Estimator):
+class KFAC(ScopedEstimator):
     """iHVP with the Kronecker-factored approximation ``G_l (x) A_l`` of each layer's block of the Gauss-Newton matrix.
 
     **The matrix.** For a ``Linear`` or ``Conv2d`` layer ``l`` with inputs ``a`` (a convolution's unfolded patches)
@@ -85,23 +84,12 @@ class KFAC(Estimator):
     """The curvlinops class of the factored matrix (imported on first use: curvlinops takes half a second to import
     and warns about ``torch.jit.script`` as it does, which every ``bench`` command would otherwise pay)."""
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         c = self.config
         try:
             network = problem.network_at()
         except NotImplementedError as error:
             raise EstimatorFailed(str(error)) from error
-        names = list(problem.params)  # the order of the flat theta
-        sizes = [problem.params[name].numel() for name in names]
-        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-        kept = list(range(len(names)))
-        if c.layers == "last":
-            prefix = names[-1].rpartition(".")[0]
-            kept = [k for k in kept if names[k].rpartition(".")[0] == prefix]
-        self._columns = torch.cat(
-            [torch.arange(offsets[k], offsets[k] + sizes[k], device=problem.device) for k in kept]
-        )
         parameters = dict(network.module.named_parameters())
         data = [(problem.x_train[rows], problem.y_train[rows]) for rows in problem.train_slices(c.batch_size)]
         with warnings.catch_warnings():
@@ -111,7 +99,7 @@ class KFAC(Estimator):
             curvature = getattr(curvlinops, self.operator)(
                 network.module,
                 network.loss,
-                [parameters[names[k]] for k in kept],
+                [parameters[name] for name in problem.params],  # the order of the flat theta
                 data,
                 check_deterministic=False,
                 seed=c.seed,
@@ -127,7 +115,7 @@ class KFAC(Estimator):
         )
         # curvlinops computes the factors, the correction and their eigenvectors lazily, on the first product: one
         # product here keeps that work in the preparation, where the harness times it
-        self._inverse @ torch.zeros(len(self._columns), 1, dtype=problem.dtype, device=problem.device)
+        self._inverse @ torch.zeros(problem.n_params, 1, dtype=problem.dtype, device=problem.device)
         eigenvalues = self._eigenvalues(curvature.state_dict())
         self.diagnostics = {
             "eigenvalue_range": {layer: [float(v.min()), float(v.max())] for layer, v in eigenvalues.items()},
@@ -143,10 +131,8 @@ class KFAC(Estimator):
             out[layer] = torch.outer(values_g, values_a).reshape(-1)
         return out
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
-        out = torch.zeros_like(vectors)
-        out[:, self._columns] = (self._inverse @ vectors[:, self._columns].T).T
-        return out
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
+        return (self._inverse @ vectors.T).T
 
 
 class EKFAC(KFAC):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from benchmark import Estimator, EstimatorFailed, Problem, hookimpl, non_negative, positive
+from benchmark import LAYERS, Estimator, EstimatorFailed, Problem, ScopedEstimator, hookimpl, non_negative, positive
 from benchmark.numerics.curvature import top_eigenvalue
 
 DIVERGENCE_FACTOR = 1e3
@@ -42,6 +42,8 @@ class LissaConfig:
             Iris MLP at depth 8,000, batch 32, the correlation of 10 test points' influence with ``exact`` rose from
             0.978 (independent draws) to 0.998 (pyDVL, cycling through a data loader in order: 0.999).
         seed: seed of the minibatch sampling.
+        layers: ``all``, or ``last``: the curvature of the last module's parameters only, the iHVP zero on every other
+            parameter (:class:`~benchmark.ScopedEstimator`).
     """
 
     damping: float = 0.001
@@ -52,6 +54,7 @@ class LissaConfig:
     repeats: int = 1
     batch_size: int = 16
     seed: int = 0
+    layers: str = dataclasses.field(default="all", metadata={"choices": LAYERS})
 
     def __post_init__(self) -> None:
         non_negative(damping=self.damping, tol=self.tol)
@@ -60,7 +63,7 @@ class LissaConfig:
             positive(scale=self.scale)
 
 
-class Lissa(Estimator):
+class Lissa(ScopedEstimator):
     """LiSSA: ``h_0 = v``, ``h_j = v + h_{j-1} - (H_j + lambda I) h_{j-1} / gamma``, result ``h_J / gamma``.
 
     ``H_j`` is the Hessian of the objective on a uniformly sampled minibatch. The fixed point is
@@ -80,8 +83,7 @@ class Lissa(Estimator):
     CHECK_EVERY = 100
     SCALE_PROBES = 10
 
-    def prepare(self, problem: Problem) -> None:
-        super().prepare(problem)
+    def prepare_scope(self, problem: Problem) -> None:
         c = self.config
         if c.scale is not None:
             self.scale = c.scale
@@ -101,8 +103,8 @@ class Lissa(Estimator):
         ]
         self.scale = c.scale_margin * (max(tops) + c.damping)
 
-    def ihvp(self, vectors: Tensor) -> Tensor:
-        problem = self._require_problem()
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
+        problem = self.scope
         c = self.config
         scale = self.scale
         batch = min(c.batch_size, problem.n_train)

@@ -72,7 +72,7 @@ class StreamedProblem(Problem):
         """Model outputs on every test example, ``Tensor[m, classes]`` (for accuracies)."""
         theta = self.theta if theta is None else theta
         with torch.no_grad():
-            return torch.cat([self.model(self.unflatten(theta), x) for _, x, _ in self.x_test.passes()])
+            return torch.cat([self.model(self.model_params(theta), x) for _, x, _ in self.x_test.passes()])
 
     def gradient_norm(self) -> float:
         total = self.weight_decay * self.theta

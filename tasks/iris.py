@@ -299,6 +299,8 @@ class IrisProblem(Problem):
     activation: str = "relu"
 
     def hvp(self, vectors: Tensor, indices: Tensor | None = None) -> Tensor:
+        if self.frozen:  # mlp_hvp differentiates every layer; a restricted problem takes the generic block product
+            return super().hvp(vectors, indices)
         x, y = (self.x_train, self.y_train) if indices is None else (self.x_train[indices], self.y_train[indices])
         shapes = [tuple(v.shape) for v in self.params.values() if v.dim() == 2]
         return mlp_hvp(self.theta, shapes, self.activation, x, y, vectors.to(self.theta), self.weight_decay)

@@ -53,7 +53,7 @@ def test_vision_smoke_run_records_the_protocol_damping_and_a_set_overrides_it(be
     assert result.code == 0, result.err
     found = _hyperparameters(read_records(results, "mnist"))
     assert found["cg"]["damping"] == 0.01 and found["lissa"]["damping"] == 0.01  # the defaults are 0.001
-    assert found["first-order"] == {"scale": 1.0}  # declares no damping: nothing added
+    assert found["first-order"] == {"scale": 1.0, "layers": "all"}  # declares no damping: nothing added
 
     override = tmp_path / "override"
     result = bench(

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from benchmark.common.errors import EstimatorFailed
-from benchmark.numerics.problem import Problem
+from benchmark.numerics.problem import LAYERS, Problem
 
 
 @dataclasses.dataclass
@@ -167,6 +167,58 @@ class Estimator(abc.ABC):
         if self.problem is None:
             raise RuntimeError(f"estimator {self.name!r} used before prepare()")
         return self.problem
+
+
+class ScopedEstimator(Estimator):
+    """An iHVP estimator whose curvature may be restricted to some layers (``Config.layers``, one of
+    :data:`~benchmark.numerics.problem.LAYERS`): with ``last``, ``H`` is taken to be its block on the last module's
+    parameters and the iHVP is zero on every other parameter, so only those contribute influence (the last-layer
+    influence of Koh & Liang's and later studies; with ``all`` nothing changes).
+
+    Subclasses implement :meth:`scope_ihvp` (and :meth:`prepare_scope` where they prepare) on :attr:`scope`, the
+    :meth:`~benchmark.Problem.restricted` problem over the selected parameters, as if it were the whole problem: this
+    class restricts the problem, maps vectors in and out (zero outside the scope) and takes the influence's
+    training-gradient products on the scope only, so a last-layer run pays for last-layer gradients. Its ``Config``
+    needs the field ``layers``.
+    """
+
+    def prepare(self, problem: Problem) -> None:
+        super().prepare(problem)
+        names = problem.layer_parameters(self.config.layers)
+        self._columns = None if len(names) == len(problem.params) else problem.columns(names)
+        self.scope = problem if self._columns is None else problem.restricted(names)
+        self.prepare_scope(self.scope)
+
+    def prepare_scope(self, scope: Problem) -> None:
+        """:meth:`Estimator.prepare` on :attr:`scope`: the estimator's expensive, query-independent work (default:
+        none)."""
+
+    @abc.abstractmethod
+    def scope_ihvp(self, vectors: Tensor) -> Tensor:
+        """:meth:`Estimator.ihvp` on :attr:`scope`: ``Tensor[m, P_scope] -> Tensor[m, P_scope]``."""
+
+    def ihvp(self, vectors: Tensor) -> Tensor:
+        if self._columns is None:
+            return self.scope_ihvp(vectors)
+        out = torch.zeros_like(vectors)
+        out[:, self._columns] = self.scope_ihvp(vectors[:, self._columns]).to(vectors.dtype)
+        return out
+
+    def influence_from_solutions(self, solutions: Tensor) -> Tensor:
+        if self._columns is None:
+            return super().influence_from_solutions(solutions)
+        return self.scope.train_gradient_products(solutions[:, self._columns]) / self.scope.n_train
+
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        problems = super().contract_problems()
+        fields = [f.name for f in dataclasses.fields(cls.Config)] if dataclasses.is_dataclass(cls.Config) else []
+        if "layers" not in fields:
+            problems.append(
+                f"{cls.__name__} is a ScopedEstimator without a Config field 'layers' "
+                f'(layers: str = "all", one of {", ".join(LAYERS)})'
+            )
+        return problems
 
 
 def check_finite(name: str, tensor: Tensor) -> Tensor:

@@ -24,6 +24,10 @@ Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 Loss = Callable[[Tensor, Tensor], Tensor]
 """A per-example loss: ``loss(outputs, targets) -> Tensor[N]`` (no reduction)."""
 
+LAYERS = ("all", "last")
+"""The layer selections an estimator may restrict its curvature to (:meth:`Problem.layer_parameters`): every
+parameter, or the last module's (its weight and bias)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Network:
@@ -66,6 +70,8 @@ class Problem:
         network: the ``nn.Module`` and torch loss behind ``model`` and ``loss`` (:meth:`from_module` with
             ``loss_module``), read through :meth:`network_at`; ``None`` where the task states none, and then
             estimators that need the layers fail with the reason.
+        frozen: parameters the model takes that are held fixed, not part of ``theta`` (set by :meth:`restricted`;
+            empty for a task's problem).
     """
 
     model: Model
@@ -79,6 +85,7 @@ class Problem:
     chunk_size: int | None = None
     curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
     network: Network | None = dataclasses.field(default=None, repr=False, compare=False)
+    frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict, repr=False)
 
     PASS_BYTES: ClassVar[int] = 32 * 2**20
     """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
@@ -151,6 +158,54 @@ class Problem:
         pieces = torch.split(theta, [shape.numel() for _, shape in self._shapes])
         return {k: piece.view(shape) for (k, shape), piece in zip(self._shapes, pieces)}
 
+    def model_params(self, theta: Tensor) -> dict[str, Tensor]:
+        """Everything :attr:`model` takes at ``theta``: :meth:`unflatten` of it plus the :attr:`frozen` parameters."""
+        return {**self.frozen, **self.unflatten(theta)} if self.frozen else self.unflatten(theta)
+
+    # -- a subset of the parameters ------------------------------------------------------------------------------
+    def layer_parameters(self, layers: str) -> list[str]:
+        """The names of the parameters in ``layers`` (one of :data:`LAYERS`), in :attr:`params` order: ``all`` of
+        them, or ``last``: those of the model's last module, the names that share the last name's prefix before its
+        final dot (``2.weight`` and ``2.bias``)."""
+        names = list(self.params)
+        if layers not in LAYERS:
+            raise ValueError(f"unknown layers {layers!r} (choices: {', '.join(LAYERS)})")
+        if layers == "all":
+            return names
+        prefix = names[-1].rpartition(".")[0]
+        return [name for name in names if name.rpartition(".")[0] == prefix]
+
+    def columns(self, names: list[str]) -> Tensor:
+        """The positions in ``theta`` of the parameters ``names`` (in :attr:`params` order), ``Tensor[k]``."""
+        missing = sorted(set(names) - set(self.params))
+        if not names:
+            raise ValueError(f"no parameters selected (choices: {', '.join(self.params)})")
+        if missing:
+            raise ValueError(f"unknown parameters {', '.join(missing)} (choices: {', '.join(self.params)})")
+        pieces, offset = [], 0
+        for name, value in self.params.items():
+            if name in names:
+                pieces.append(torch.arange(offset, offset + value.numel(), device=self.device))
+            offset += value.numel()
+        return torch.cat(pieces)
+
+    def restricted(self, names: list[str]) -> Problem:
+        """The problem over the parameters ``names`` only, every other one :attr:`frozen` at the optimum.
+
+        Its gradients, Hessian and generalised Gauss-Newton matrix are the ``names`` blocks of this problem's (the
+        weight decay acts on its own parameters as before); its objective leaves out the frozen parameters' constant
+        weight-decay term. A :attr:`curvature_cache` key gains the names, so a dense Hessian of the block is cached
+        apart from the whole one. A subclass that overrides a derivative with its own code for every parameter falls
+        back to this class's where :attr:`frozen` is not empty (as the Iris task's hand-written products do).
+        """
+        self.columns(names)  # unknown names fail here
+        kept = {name: value for name, value in self.params.items() if name in names}
+        frozen = {**self.frozen, **{name: value for name, value in self.params.items() if name not in names}}
+        cache = self.curvature_cache
+        if cache is not None:
+            cache = (cache[0], {**cache[1], "parameters": list(kept)})
+        return dataclasses.replace(self, params=kept, frozen=frozen, curvature_cache=cache)
+
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
         """A copy with floating-point tensors cast (targets keep their integer dtype)."""
 
@@ -160,6 +215,7 @@ class Problem:
         return dataclasses.replace(
             self,
             params={k: cast(v) for k, v in self.params.items()},
+            frozen={k: cast(v) for k, v in self.frozen.items()},
             x_train=cast(self.x_train),
             y_train=cast(self.y_train),
             x_test=cast(self.x_test),
@@ -178,7 +234,7 @@ class Problem:
                 "this problem has no nn.Module: its task builds it without Problem.from_module(..., loss_module=...)"
             )
         module = copy.deepcopy(self.network.module).to(device=self.device, dtype=self.dtype)
-        values = self.params if theta is None else self.unflatten(theta)
+        values = self.model_params(self.theta if theta is None else theta)
         for name, parameter in module.named_parameters():
             parameter.data = values[name].detach().clone()
             parameter.requires_grad_(True)
@@ -187,7 +243,7 @@ class Problem:
     # -- losses and objective ---------------------------------------------------------------------------------------
     def losses(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """Per-example losses ``Tensor[N]`` of the model at ``theta`` on ``(x, y)``."""
-        return self.loss(self.model(self.unflatten(theta), x), y)
+        return self.loss(self.model(self.model_params(theta), x), y)
 
     def objective(self, theta: Tensor, indices: Tensor | None = None) -> Tensor:
         """The training objective ``J`` at ``theta``; over a minibatch of training ``indices`` if given."""
@@ -422,7 +478,7 @@ class Problem:
             part_x, part_y = x[start : start + rows], y[start : start + rows]
 
             def outputs_of(theta: Tensor, part_x: Tensor = part_x) -> Tensor:
-                return self.model(self.unflatten(theta), part_x)
+                return self.model(self.model_params(theta), part_x)
 
             def summed_loss(outputs: Tensor, part_y: Tensor = part_y) -> Tensor:
                 return self.loss(outputs, part_y).sum()
