@@ -20,6 +20,7 @@ from benchmark.common.errors import UsageError
 from benchmark.common.paths import published_dir, writable_directory
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry
+from benchmark.evaluation.leaderboard import preparation_cell
 from benchmark.evaluation.runner import Run
 
 log = logging.getLogger("bench")
@@ -87,7 +88,7 @@ def _summary(written: list[dict[str, Any]]) -> str:
                 "Spearman": _correlation(metrics.get("spearman")),
                 "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
                 "iHVP residual": residual_text,
-                "prepare s": _seconds(record["timings"].get("prepare_s")),
+                "prepare s": preparation_cell(record["timings"]),
                 "query s": _seconds(record["timings"].get("query_s")),
                 "status": "ok" if record["status"] == "ok" else f"{record['status']}: {record['failure']}",
             }

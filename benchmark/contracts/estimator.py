@@ -81,6 +81,10 @@ class Estimator(abc.ABC):
         self.progress = progress
         self.diagnostics: dict[str, Any] = {}
         self.problem: Problem | None = None
+        self.models: dict[str, Any] = {}
+        """What :meth:`prepare` used beyond the trained model, for cost accounting: ``kind`` (e.g. ``"trajectory"``),
+        ``count``, ``seconds`` (what producing them cost, also when they came from the cache) and ``from_cache``. The
+        harness records ``seconds`` as the ``models_s`` timing, apart from the estimator's own ``prepare_s``."""
 
     @property
     def damping(self) -> float:

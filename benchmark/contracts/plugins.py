@@ -47,6 +47,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "arnoldi": "estimators.arnoldi",
     "datainf": "estimators.datainf",
     "kfac": "estimators.kfac",
+    "tracin": "estimators.tracin",
+    "grad-cos": "estimators.grad_cos",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 

@@ -222,6 +222,9 @@ class GroundTruthInfo(TypedDict):
 class Timings(TypedDict):
     prepare_s: float | None
     query_s: float | None
+    models_s: NotRequired[float | None]
+    """What producing the extra models an estimator used (checkpoints, an ensemble) cost, also when they were loaded
+    from the cache; ``prepare_s`` is then the estimator's own preparation without it."""
 
 
 class Ceiling(TypedDict):

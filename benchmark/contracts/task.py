@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.numerics import training
 from benchmark.numerics.recipes import Polish, Recipe
+from benchmark.numerics.trajectory import TrainingRun
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -129,8 +130,14 @@ class Task(abc.ABC):
             return {"theta": current.theta}
 
         optimum = context.cache.tensors("optima", key, train_phases)["theta"]
+        sgd = [phase for phase in phases if isinstance(phase, Recipe)]
+        # a stage of polish alone keeps the run of the stage before it, whose SGD steps are the trajectory
+        run = TrainingRun(problem, sgd, context.cache, key) if sgd else problem.training_run
         return dataclasses.replace(
-            problem, params=problem.unflatten(optimum.to(problem.theta)), curvature_cache=(context.cache, key)
+            problem,
+            params=problem.unflatten(optimum.to(problem.theta)),
+            curvature_cache=(context.cache, key),
+            training_run=run,
         )
 
     def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:

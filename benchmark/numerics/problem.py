@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -17,6 +17,9 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from benchmark.common.cache import Cache
 from benchmark.numerics.data_convolution import data_convolutions
+
+if TYPE_CHECKING:
+    from benchmark.numerics.trajectory import TrainingRun, Trajectory
 
 Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
@@ -72,6 +75,8 @@ class Problem:
             estimators that need the layers fail with the reason.
         frozen: parameters the model takes that are held fixed, not part of ``theta`` (set by :meth:`restricted`;
             empty for a task's problem).
+        training_run: how the optimum was trained (set by :meth:`benchmark.Task.trained`), which
+            :meth:`trajectory` replays for checkpoints; ``None`` where the task trains otherwise (or not at all).
     """
 
     model: Model
@@ -86,6 +91,7 @@ class Problem:
     curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
     network: Network | None = dataclasses.field(default=None, repr=False, compare=False)
     frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    training_run: TrainingRun | None = dataclasses.field(default=None, repr=False, compare=False)
 
     PASS_BYTES: ClassVar[int] = 32 * 2**20
     """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
@@ -239,6 +245,22 @@ class Problem:
             parameter.data = values[name].detach().clone()
             parameter.requires_grad_(True)
         return Network(module, copy.deepcopy(self.network.loss))
+
+    def trajectory(self, count: int, progress: bool = False) -> Trajectory:
+        """``count`` evenly spaced checkpoints of the SGD run that trained this problem's optimum, with their learning
+        rates and what producing them cost (:meth:`TrainingRun.checkpoints
+        <benchmark.numerics.trajectory.TrainingRun.checkpoints>`; cached with the optimum).
+
+        Raises:
+            NotImplementedError: the problem has no :attr:`training_run` (its task does not train it through
+                :meth:`benchmark.Task.trained`, e.g. pretrained weights).
+        """
+        if self.training_run is None:
+            raise NotImplementedError(
+                "this problem has no training run to take checkpoints from: its task does not train it through "
+                "Task.trained (e.g. pretrained weights)"
+            )
+        return self.training_run.checkpoints(count, progress)
 
     # -- losses and objective ---------------------------------------------------------------------------------------
     def losses(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:

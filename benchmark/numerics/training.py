@@ -83,6 +83,7 @@ def descend(
     recipe: Recipe,
     progress: bool = False,
     description: str = "training",
+    observe: Callable[[int, Tensor], None] | None = None,
 ) -> Tensor:
     """Run ``recipe`` on ``K`` models.
 
@@ -91,6 +92,8 @@ def descend(
         thetas: ``Tensor[K, P]`` starting points.
         weights: ``Tensor[K, n]`` example weights per model (1 keeps an example, 0 removes it).
         recipe: steps, learning rate, batch size, momentum, minibatch seed.
+        observe: called after every update with the number of updates made so far and the ``[K, P]`` parameters
+            (read them, copy what is kept: the tensor is updated in place).
 
     Returns:
         ``Tensor[K, P]``: the parameters after ``recipe.steps`` updates of
@@ -114,7 +117,7 @@ def descend(
     velocity = torch.zeros_like(thetas) if recipe.momentum else None
     bar = tqdm(total=recipe.steps, desc=description, disable=not progress, leave=False, mininterval=0.5, unit="step")
     batches = list(minibatches(recipe, problem.n_train, thetas.device))
-    for batch, (x, y) in zip(batches, batch_data(problem, batches)):
+    for step, (batch, (x, y)) in enumerate(zip(batches, batch_data(problem, batches)), start=1):
         w = weights if batch is None else weights[:, batch]
         loss = batched(thetas, w, x, y).sum()
         (gradient,) = torch.autograd.grad(loss, thetas)
@@ -124,6 +127,8 @@ def descend(
             if velocity is not None:
                 gradient = velocity.mul_(recipe.momentum).add_(gradient)
             thetas.sub_(gradient, alpha=recipe.lr)
+            if observe is not None:
+                observe(step, thetas)
         bar.update()
     bar.close()
     return thetas.detach()
