@@ -56,6 +56,7 @@ from benchmark.evaluation.recording import score_selection
 from benchmark.evaluation.runner import Run, resolve_device
 from benchmark.evaluation.selections import select
 from benchmark.numerics.problem import Problem
+from benchmark.numerics.trajectory import TrainingRun
 from tasks.models import MODELS
 
 LARGE_ENV = "BENCH_ASV_LARGE"
@@ -341,6 +342,8 @@ class Prepared:
     def __init__(self, artefacts: dict[str, Any], case: str, estimator: str, size: str, prepare: bool):
         self.outcome = outcome(artefacts, case, estimator, size)
         run, self.problem, _, self.test_index = build(case, size, Path(artefacts["cache_dir"]), estimators=[estimator])
+        if not prepare:  # a timed preparation computes what it needs: no dense Hessian or checkpoints from the cache
+            self.problem = from_scratch(self.problem)
         expected = case_entry(artefacts, case, size)["test_index"]
         if self.test_index != expected:
             raise RuntimeError(f"{case} at size {size}: test point {self.test_index}, but setup_cache chose {expected}")
@@ -359,6 +362,18 @@ class Prepared:
         values = self.estimator.influence([self.test_index])
         synchronize()
         return values
+
+
+def from_scratch(problem: Problem) -> Problem:
+    """``problem`` without the disk caches an estimator's preparation reads: its dense Hessians
+    (:attr:`~benchmark.Problem.curvature_cache`, which ``setup_cache``'s evaluation of ``exact`` filled) and its
+    training run's checkpoints (which ``tracin`` then replays, so its time includes what the checkpoints cost)."""
+    run = problem.training_run
+    return dataclasses.replace(
+        problem,
+        curvature_cache=None,
+        training_run=None if run is None else TrainingRun(run.initial, run.phases),
+    )
 
 
 _PREPARED: dict[tuple[str, str, str, str], Prepared] = {}

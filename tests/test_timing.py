@@ -4,6 +4,7 @@ written in asv's own format."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import json
@@ -13,10 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from asv_bench import cases
+from benchmark import Recipe
+from benchmark.common.cache import Cache
 from benchmark.common.errors import PluginError
+from benchmark.contracts.testing import logistic_regression_problem
 from benchmark.evaluation import timing
+from benchmark.numerics.trajectory import TrainingRun
 from tests.conftest import TINY, assert_one_line_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -393,3 +399,19 @@ def test_paper_table_2_is_transcribed_whole():
     assert len(timing.TABLE2) == 11 and ("cifar", "small-cnn") not in timing.TABLE2
     assert timing.TABLE2["mnist", "small-cnn"] == (141.13, 0.51)
     assert timing.TABLE2["cifar", "resnet50"] == (3857.66, 21.6)
+
+
+def test_a_timed_preparation_reads_no_dense_hessian_or_checkpoints_from_the_cache(tmp_path):
+    """``exact``'s Hessian and ``tracin``'s checkpoints, cached by ``setup_cache``'s evaluation, would make a timed
+    preparation a disk read: the problem a ``time_prepare`` sample prepares has neither cache, and the same run."""
+    problem = logistic_regression_problem()
+    cache = Cache(tmp_path)
+    run = TrainingRun(problem, [Recipe(steps=10, lr=1.0)], cache, {"task": "test"})
+    cached = dataclasses.replace(problem, curvature_cache=(cache, {"task": "test"}), training_run=run)
+    fresh = cases.from_scratch(cached)
+    assert fresh.curvature_cache is None
+    assert fresh.training_run is not None and fresh.training_run.cache is None
+    assert fresh.training_run.phases == run.phases and fresh.training_run.initial is run.initial
+    assert torch.equal(fresh.theta, problem.theta)
+    fresh.trajectory(2)
+    assert not (tmp_path / "trajectories").exists()
