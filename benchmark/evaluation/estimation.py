@@ -152,10 +152,12 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         evaluation.failure, evaluation.error = _failure(error), error
         log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
         return
+    models = evaluation.timings.get("models_s")
     log.info(
-        "estimator %s: prepare %.2f s, query %.2f s",
+        "estimator %s: prepare %.2f s%s, query %.2f s",
         estimator.name,
         evaluation.timings["prepare_s"],
+        "" if models is None else f" (+ {models:.2f} s for its {estimator.models.get('kind', 'extra models')})",
         evaluation.timings["query_s"],
     )
 
