@@ -35,11 +35,12 @@ from estimators.first_order import FirstOrder, FirstOrderConfig
 from estimators.grad_cos import GradientCosine
 from estimators.kfac import EKFAC, KFAC
 from estimators.lissa import Lissa, LissaConfig
+from estimators.relatif import RelatIF
 from estimators.tracin import TracIn
 from tasks.iris import mlp
 from tests.conftest import one_thread
 
-BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf, KFAC, EKFAC, TracIn, GradientCosine]
+BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf, KFAC, EKFAC, TracIn, GradientCosine, RelatIF]
 MIN_CORRELATION = {"grad-cos": 0.85}
 """Conformance bars below the default 0.9, for estimators approximate by design: ``grad-cos`` scores cosines, not a
 predicted loss change (Pearson 0.887, Spearman 0.916 against the exact refits)."""
@@ -185,6 +186,23 @@ def test_exact_inverts_the_independently_computed_hessian_on_mlp(small_mlp):
     exact = Exact(ExactConfig(damping=damping))
     exact.prepare(problem)
     assert float(relative_errors(exact.ihvp(vectors), reference).max()) < 1e-9
+
+
+@pytest.mark.parametrize("layers", ["all", "last"])
+def test_relatif_divides_exact_influence_by_the_parameter_change_it_predicts(small_mlp, layers):
+    """``g_test^T A^-1 g_i / ||A^-1 g_i||`` with ``A = H + damping I`` by dense solves (on the last layer's block of
+    ``H`` with ``layers: last``)."""
+    problem, damping = small_mlp.problem, 0.01
+    keep = problem.columns(problem.layer_parameters(layers))
+    hessian = problem.hessian()[keep][:, keep]
+    matrix = hessian + damping * torch.eye(len(keep), dtype=torch.float64)
+    train = problem.train_gradients(list(range(problem.n_train)))[:, keep]
+    test = problem.test_gradients([0, 7])[:, keep]
+    changes = torch.linalg.solve(matrix, train.T).T
+    expected = (test @ changes.T) / torch.linalg.vector_norm(changes, dim=1)
+    estimator = RelatIF(ExactConfig(damping=damping, layers=layers))
+    estimator.prepare(problem)
+    torch.testing.assert_close(estimator.influence([0, 7]), expected, rtol=1e-9, atol=1e-14)
 
 
 LISSA_DEPTHS = (10, 100, 1000)

@@ -38,6 +38,7 @@ BUILTIN_ESTIMATORS = [
     "ekfac",
     "tracin",
     "grad-cos",
+    "relatif",
 ]
 TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 

@@ -49,6 +49,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "kfac": "estimators.kfac",
     "tracin": "estimators.tracin",
     "grad-cos": "estimators.grad_cos",
+    "relatif": "estimators.relatif",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 
