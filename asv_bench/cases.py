@@ -56,7 +56,6 @@ from benchmark.evaluation.recording import score_selection
 from benchmark.evaluation.runner import Run, resolve_device
 from benchmark.evaluation.selections import select
 from benchmark.numerics.problem import Problem
-from benchmark.numerics.trajectory import TrainingRun
 from tasks.models import MODELS
 
 LARGE_ENV = "BENCH_ASV_LARGE"
@@ -369,11 +368,7 @@ def from_scratch(problem: Problem) -> Problem:
     (:attr:`~benchmark.Problem.curvature_cache`, which ``setup_cache``'s evaluation of ``exact`` filled) and its
     training run's checkpoints (which ``tracin`` then replays, so its time includes what the checkpoints cost)."""
     run = problem.training_run
-    return dataclasses.replace(
-        problem,
-        curvature_cache=None,
-        training_run=None if run is None else TrainingRun(run.initial, run.phases),
-    )
+    return dataclasses.replace(problem, curvature_cache=None, training_run=None if run is None else run.without_cache())
 
 
 _PREPARED: dict[tuple[str, str, str, str], Prepared] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -18,14 +18,44 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from benchmark.common.cache import Cache
 from benchmark.numerics.data_convolution import data_convolutions
 
-if TYPE_CHECKING:
-    from benchmark.numerics.trajectory import TrainingRun, Trajectory
-
 Model = Callable[[dict[str, Tensor], Tensor], Tensor]
 """A functional model: ``model(params, x) -> outputs``, e.g. ``torch.func.functional_call(module, params, (x,))``."""
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 """A per-example loss: ``loss(outputs, targets) -> Tensor[N]`` (no reduction)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """Checkpoints of a training run (:meth:`Problem.trajectory`).
+
+    Attributes:
+        steps: the update after which each checkpoint was taken (1-based, counted over the run's SGD phases).
+        lrs: the learning rate of the update that produced each checkpoint.
+        thetas: ``Tensor[count, P]``, the parameters at each checkpoint, in the problem's dtype.
+        seconds: what replaying the run to produce the checkpoints cost when it was done (kept with them in the cache,
+            so a run that loads them still reports their cost).
+        from_cache: whether they were loaded rather than produced now.
+    """
+
+    steps: list[int]
+    lrs: list[float]
+    thetas: Tensor
+    seconds: float
+    from_cache: bool
+
+
+class CheckpointSource(Protocol):
+    """What hands out a problem's checkpoints (:class:`benchmark.numerics.trajectory.TrainingRun`)."""
+
+    def checkpoints(self, count: int, progress: bool = False) -> Trajectory:
+        """``count`` evenly spaced checkpoints of the run."""
+        ...
+
+    def without_cache(self) -> CheckpointSource:
+        """The same run, producing its checkpoints afresh on every call (for timing what they cost)."""
+        ...
+
 
 LAYERS = ("all", "last")
 """The layer selections an estimator may restrict its curvature to (:meth:`Problem.layer_parameters`): every
@@ -91,7 +121,7 @@ class Problem:
     curvature_cache: tuple[Cache, dict[str, Any]] | None = dataclasses.field(default=None, repr=False, compare=False)
     network: Network | None = dataclasses.field(default=None, repr=False, compare=False)
     frozen: dict[str, Tensor] = dataclasses.field(default_factory=dict, repr=False)
-    training_run: TrainingRun | None = dataclasses.field(default=None, repr=False, compare=False)
+    training_run: CheckpointSource | None = dataclasses.field(default=None, repr=False, compare=False)
 
     PASS_BYTES: ClassVar[int] = 32 * 2**20
     """What one pass of the in-memory products may hold per example times examples (the kept graph's pieces on the
@@ -248,8 +278,8 @@ class Problem:
 
     def trajectory(self, count: int, progress: bool = False) -> Trajectory:
         """``count`` evenly spaced checkpoints of the SGD run that trained this problem's optimum, with their learning
-        rates and what producing them cost (:meth:`TrainingRun.checkpoints
-        <benchmark.numerics.trajectory.TrainingRun.checkpoints>`; cached with the optimum).
+        rates and what producing them cost (:meth:`benchmark.numerics.trajectory.TrainingRun.checkpoints`; cached with
+        the optimum).
 
         Raises:
             NotImplementedError: the problem has no :attr:`training_run` (its task does not train it through

@@ -17,30 +17,10 @@ from torch import Tensor
 
 from benchmark.common.cache import Cache
 from benchmark.numerics import training
-from benchmark.numerics.problem import Problem
+from benchmark.numerics.problem import Problem, Trajectory
 from benchmark.numerics.recipes import Recipe
 
 log = logging.getLogger("bench")
-
-
-@dataclasses.dataclass(frozen=True)
-class Trajectory:
-    """Checkpoints of a training run.
-
-    Attributes:
-        steps: the update after which each checkpoint was taken (1-based, counted over the run's SGD phases).
-        lrs: the learning rate of the update that produced each checkpoint.
-        thetas: ``Tensor[count, P]``, the parameters at each checkpoint, in the problem's dtype.
-        seconds: what replaying the run to produce the checkpoints cost when it was done (kept with them in the cache,
-            so a run that loads them still reports their cost).
-        from_cache: whether they were loaded rather than produced now.
-    """
-
-    steps: list[int]
-    lrs: list[float]
-    thetas: Tensor
-    seconds: float
-    from_cache: bool
 
 
 class TrainingRun:
@@ -63,6 +43,10 @@ class TrainingRun:
         self.phases = list(phases)
         self.cache = cache
         self.key = key
+
+    def without_cache(self) -> TrainingRun:
+        """The same run with no cache: :meth:`checkpoints` replays it on every call."""
+        return TrainingRun(self.initial, self.phases)
 
     @property
     def total_steps(self) -> int:
