@@ -3,7 +3,8 @@
     python scripts/headline.py [--results-dir leaderboards/results] [--readme README.md] [--check]
 
 Reads the committed result records (``bench run --publish`` writes them), keeps for each task configuration the
-records of its newest run per estimator (the paper's top-k selection), and writes the table between the markers
+records of its newest run per estimator (the paper's top-k selection; whole-model runs only, not ``layers: last``
+variants, which the leaderboards list as rows of their own), and writes the table between the markers
 ``<!-- headline:start -->`` and ``<!-- headline:end -->`` of the README. ``--check`` exits 1 if the README's table
 differs from what the records give, so a stale headline is caught.
 """
@@ -34,10 +35,10 @@ def setting(record: dict[str, Any]) -> str:
 
 
 def newest_runs(found: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
-    """Per (task, configuration): the newest top-k record of each estimator."""
+    """Per (task, configuration): the newest top-k record of each estimator over the whole model."""
     out: dict[tuple, dict[str, dict[str, Any]]] = {}
     for record in sorted(found, key=lambda r: r["date"]):
-        if record["selection"]["kind"] != "top":
+        if record["selection"]["kind"] != "top" or record["estimator"]["hyperparameters"].get("layers", "all") != "all":
             continue
         config = tuple(sorted((k, repr(v)) for k, v in record["task"]["config"].items() if k not in IGNORED))
         out.setdefault((record["task"]["name"], config), {})[record["estimator"]["name"]] = record

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -35,3 +37,25 @@ def test_stale_or_missing_headline_is_caught_and_rewritten(tmp_path):
     readme.write_text("no markers\n")
     missing = run("--readme", readme, "--results-dir", RESULTS)
     assert missing.returncode == 2 and "headline:start" in missing.stderr
+
+
+def test_a_last_layer_run_does_not_replace_the_whole_model_in_the_headline(tmp_path):
+    """The headline is each estimator over the whole model: a newer ``layers: last`` record of the same estimator and
+    setting (a leaderboard row of its own) leaves its cell as it was."""
+    results = tmp_path / "results" / "iris"
+    results.mkdir(parents=True)
+    source = sorted((RESULTS / "iris").glob("*-exact-top.json"))[0]
+    shutil.copy(source, results / source.name)
+    record = json.loads(source.read_text())
+    before = float(record["metrics"]["spearman"]["value"])
+    record["date"] = "2999-01-01T00:00:00Z"
+    record["run_id"] = "29990101T000000Z-000000"
+    record["estimator"]["hyperparameters"]["layers"] = "last"
+    record["metrics"]["spearman"]["value"] = -0.5
+    (results / "29990101T000000Z-000000-exact-top.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- headline:start -->\n<!-- headline:end -->\n")
+    result = run("--readme", readme, "--results-dir", tmp_path / "results")
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| iris |"))
+    assert f"| {before:.2f} |" in row and "-0.50" not in row
