@@ -114,6 +114,27 @@ def test_grad_cos_is_the_cosine_of_the_gradients():
     torch.testing.assert_close(estimator.influence([1, 2]), expected, rtol=1e-10, atol=1e-14)
 
 
+def test_grad_cos_scores_a_vanishing_training_gradient_zero():
+    """A training point fitted exactly (squared error, residual 0) has a zero gradient: its cosine is undefined and
+    scores 0; every other score is a cosine, within [-1, 1]."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+    module = nn.Linear(3, 1, dtype=torch.float64)
+    with torch.no_grad():
+        y = torch.randn(12, 1, generator=generator, dtype=torch.float64)
+        y[0] = module(x[0:1])[0]  # the model's own prediction: residual 0
+
+    def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs - targets).square().sum(dim=1)
+
+    problem = Problem.from_module(module, squared_error, x[:10], y[:10], x[10:], y[10:])
+    estimator = GradientCosine()
+    estimator.prepare(problem)
+    scores = estimator.influence([0, 1])
+    assert bool((scores[:, 0] == 0).all()) and estimator.diagnostics == {"vanishing_gradients": 1}
+    assert float(scores.abs().max()) <= 1 + 1e-12 and bool((scores[:, 1:] != 0).all())
+
+
 def test_a_task_keeps_the_sgd_run_through_a_later_polish_stage(tmp_path):
     """A task that trains in stages (SGD, then an L-BFGS polish cached under its own key, as the vision tasks do)
     hands out the SGD stage's run: the polish has no learning rate and no checkpoints."""
