@@ -378,7 +378,7 @@ def test_list_options_says_which_tasks_protocol_sets_the_damping(bench):
     assert notes == [
         f"        ({name}.damping: a task's protocol sets it unless --set or a YAML section does (cifar: "
         "0.01, mnist: 0.01; other tasks: this default))"
-        for name in ("arnoldi", "cg", "ekfac", "exact", "kfac", "lissa")
+        for name in ("arnoldi", "cg", "ekfac", "exact", "kfac", "lissa", "relatif")
     ]
     for note in notes:  # each right below its field's line
         assert lines[lines.index(note) - 1].strip().startswith(note.strip()[1:].split(":")[0] + " = 0.001: ")
