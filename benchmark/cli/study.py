@@ -101,7 +101,8 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         for name, declared in declared_studies(pm).items():
             study = load_study(declared.path)
             runs = len(study.points()) * len(study.seeds)
-            print(f"{name:<22} {study.task:<8} {runs:>4} runs  {study.title}  [plugin {declared.plugin}]")
+            settings = "".join(f" ({e}: {len(v)} settings)" for e, v in study.variants().items())
+            print(f"{name:<22} {study.task:<8} {runs:>4} runs  {study.title}{settings}  [plugin {declared.plugin}]")
         return 0
     if not args.names:
         raise UsageError(f"no study given: bench study NAME (choices: {', '.join(declared_studies(pm))}) or --list")

@@ -54,6 +54,14 @@ def resolve_hyperparameters(cls: type[Estimator], options: dict[str, Any] | None
     return configuration.build(cls.Config, {**from_protocol, **(options or {})}, name)
 
 
+def variant_label(name: str, variant: dict[str, Any]) -> str:
+    """How a run names one setting of an estimator it evaluates under several (a study's ``estimator_sweep``):
+    ``tracin[checkpoints=5]``; the plain ``name`` where ``variant`` is empty."""
+    if not variant:
+        return name
+    return f"{name}[{','.join(f'{field}={value}' for field, value in variant.items())}]"
+
+
 @dataclasses.dataclass
 class Evaluation:
     """What one estimator produced on the problem."""
@@ -61,6 +69,9 @@ class Evaluation:
     estimator: Estimator
     plugin: str
     hyperparameters: dict[str, Any]
+    variant: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The hyperparameters that tell this evaluation apart from other settings of the same estimator in the run (a
+    study's ``estimator_sweep``; empty where the run holds one setting of it): they make its :attr:`label`."""
     failure: str | None = None
     skipped: bool = False
     """Whether :attr:`failure` is the reason the estimator does not apply (:class:`EstimatorSkipped`), not a fault."""
@@ -73,6 +84,12 @@ class Evaluation:
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
     error: BaseException | None = None
     """The exception behind :attr:`failure` (an :class:`EstimatorFailed` is a refusal; anything else a fault)."""
+
+    @property
+    def label(self) -> str:
+        """The estimator's name, with its :attr:`variant` where it has one (:func:`variant_label`): unique in a run,
+        it names the evaluation's records."""
+        return variant_label(self.estimator.name, self.variant)
 
 
 def _failure(error: BaseException) -> str:
@@ -146,16 +163,16 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         raise
     except EstimatorSkipped as skip:
         evaluation.failure, evaluation.skipped, evaluation.error = skip.reason, True, skip
-        log.info("estimator %s skipped: %s", estimator.name, skip.reason)
+        log.info("estimator %s skipped: %s", evaluation.label, skip.reason)
         return
     except PLUGIN_FAULTS as error:
         evaluation.failure, evaluation.error = _failure(error), error
-        log.warning("estimator %s failed: %s", estimator.name, evaluation.failure)
+        log.warning("estimator %s failed: %s", evaluation.label, evaluation.failure)
         return
     models = evaluation.timings.get("models_s")
     log.info(
         "estimator %s: prepare %.2f s%s, query %.2f s",
-        estimator.name,
+        evaluation.label,
         evaluation.timings["prepare_s"],
         "" if models is None else f" (+ {models:.2f} s for its {estimator.models.get('kind', 'extra models')})",
         evaluation.timings["query_s"],
@@ -184,11 +201,12 @@ def ihvp_residuals(
 
 def parameter_change(evaluation: Evaluation, chosen: dict[tuple[str, str], list[int]], problem: Problem) -> None:
     """Set ``evaluation``'s predicted parameter-change norms ``param_norms`` (the ``‖Δθ‖`` diagnostic) for every
-    training point its estimator's selections ``chosen`` score; a failure is recorded as ``param_failure``."""
-    indices = sorted({i for (name, _), idx in chosen.items() if name == evaluation.estimator.name for i in idx})
+    training point its selections ``chosen`` (by :attr:`Evaluation.label` and selection) score; a failure is recorded
+    as ``param_failure``."""
+    indices = sorted({i for (label, _), idx in chosen.items() if label == evaluation.label for i in idx})
     log.info(
         "estimator %s: parameter change of %d training points (the ‖Δθ‖ diagnostic)",
-        evaluation.estimator.name,
+        evaluation.label,
         len(indices),
     )
     try:

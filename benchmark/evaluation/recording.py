@@ -109,8 +109,9 @@ def estimator_record(
     """The record of ``evaluation``'s estimator on ``selection`` (its training points ``indices``, ``None`` where it
     failed or was skipped), given the fields ``common`` to every record of the run and the paper's figure ``paper``:
     its status, timings and diagnostics and, where it scored, its metrics against the re-trained ``effects`` (one
-    mapping per ground-truth seed) and the points behind them."""
-    name = evaluation.estimator.name
+    mapping per ground-truth seed) and the points behind them. Its estimator name is the evaluation's label: the
+    estimator's name, with the swept hyperparameters of a study's ``estimator_sweep`` (``tracin[checkpoints=5]``)."""
+    name = evaluation.label
     record = {
         **common,
         "estimator": {"name": name, "plugin": evaluation.plugin, "hyperparameters": evaluation.hyperparameters},

@@ -77,9 +77,22 @@ def _merge(failures: list[PluginHookError]) -> list[PluginHookError]:
 
 
 class Run:
-    """A ``bench run`` in progress (see the module docstring)."""
+    """A ``bench run`` in progress (see the module docstring).
 
-    def __init__(self, config: RunConfig, registry: Registry, pm: pluggy.PluginManager):
+    ``variants`` (a study's ``estimator_sweep``, see :mod:`benchmark.studies.run`): per estimator name of
+    ``config.estimators``, settings of some of its hyperparameters; the run evaluates that estimator once per setting
+    (each over its ``config.estimator_options``) on the same problem and ground truth, and names each setting's
+    records by its label, ``tracin[checkpoints=5]`` (:attr:`~benchmark.evaluation.estimation.Evaluation.label`), so
+    that a record's estimator name stays unique in the run. Without it, one evaluation per estimator name.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        registry: Registry,
+        pm: pluggy.PluginManager,
+        variants: dict[str, list[dict[str, Any]]] | None = None,
+    ):
         self.config, self.registry, self.pm = config, registry, pm
         self.device = resolve_device(config.device)
         task_cls = registry.task(config.task)
@@ -91,25 +104,36 @@ class Run:
             if name in registry.estimators:
                 raise UsageError(f"options given for estimator {name!r}, which is not in this run's --estimator list")
             raise UnknownNameError("task or estimator", name, [config.task, *registry.estimators])
+        variants = variants or {}
+        for name in variants:
+            if name not in config.estimators:
+                raise UsageError(f"settings given for estimator {name!r}, which is not in this run's --estimator list")
         protocol = self._protocol()
         self.estimators = []
         for name in config.estimators:
             cls = registry.estimator(name)
             plugin = registry.estimators[name].plugin
-            hyper = self._plugin_call(
-                f"estimator {name!r}",
-                plugin,
-                "protocol_options",
-                resolve_hyperparameters,
-                cls,
-                config.estimator_options.get(name),
-                protocol,
-                name,
-            )
-            estimator = self._plugin_call(
-                f"estimator {name!r}", plugin, "__init__", cls, hyper, progress=config.progress
-            )
-            self.estimators.append(Evaluation(estimator, plugin, dataclasses.asdict(hyper)))
+            for variant in variants.get(name) or [{}]:
+                hyper = self._plugin_call(
+                    f"estimator {name!r}",
+                    plugin,
+                    "protocol_options",
+                    resolve_hyperparameters,
+                    cls,
+                    {**config.estimator_options.get(name, {}), **variant},
+                    protocol,
+                    name,
+                )
+                estimator = self._plugin_call(
+                    f"estimator {name!r}", plugin, "__init__", cls, hyper, progress=config.progress
+                )
+                values = dataclasses.asdict(hyper)
+                # the label shows the resolved values, as the record's hyperparameters hold them
+                self.estimators.append(Evaluation(estimator, plugin, values, {k: values[k] for k in variant}))
+        labels = [evaluation.label for evaluation in self.estimators]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise UsageError(f"estimator {label!r} is evaluated twice with the same settings")
         for selection in config.selections:
             selection_description(selection)
         parse_test_point(protocol.test_point)
@@ -251,7 +275,7 @@ class Run:
         for evaluation in self.estimators:
             if evaluation.failure is None and evaluation.scores is not None:
                 for selection in config.selections:
-                    chosen[evaluation.estimator.name, selection] = select(selection, evaluation.scores, k, random_set)
+                    chosen[evaluation.label, selection] = select(selection, evaluation.scores, k, random_set)
         for evaluation in self.estimators:
             if evaluation.failure is not None:
                 continue
@@ -289,7 +313,7 @@ class Run:
                     common,
                     evaluation,
                     selection,
-                    chosen.get((evaluation.estimator.name, selection)),
+                    chosen.get((evaluation.label, selection)),
                     effects,
                     k,
                     problem_diagnostics,

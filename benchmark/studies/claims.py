@@ -271,8 +271,9 @@ def study_tables(study: Study, studies_dir: Path, results_dir: Path | None = Non
             found.append(record)
     if not found:
         return {"rows": None, "points": None}, f"{task_dir} (no record matches the study's points)"
-    rows = pd.DataFrame([record_row(r, study.name, -1) for r in found])
-    points = pd.DataFrame([p for r in found for p in record_points(r, study.name, -1, list(study.sweep))])
+    sweep, estimator_sweep = list(study.sweep), study.estimator_sweep
+    rows = pd.DataFrame([record_row(r, study.name, -1, estimator_sweep) for r in found])
+    points = pd.DataFrame([p for r in found for p in record_points(r, study.name, -1, sweep, estimator_sweep)])
     return {"rows": rows, "points": points if len(points) else None}, f"{task_dir} ({len(found)} records)"
 
 

@@ -13,8 +13,10 @@ built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`
       depth: [1, 2, 3, 4, 5, 6, 7, 8]
       activation: [relu, tanh]
     seeds: [0, 1, 2]                      # seed = data split + initialisation
-    estimators: [exact]
+    estimators: [exact, lissa]
     estimator_options: {lissa: {depth: 2000}}
+    estimator_sweep:                      # per estimator, the cartesian product of these Config fields, in this order
+      lissa: {repeats: [1, 4]}
     selections: [top]
     run: {gt_chunk_size: 64}              # options of each run: gt_chunk_size, gt_seeds, threads
     panels:                               # one figure each (see benchmark.studies.figures and benchmark.studies.claims)
@@ -30,10 +32,19 @@ built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`
           - {id: depth, section: "5.1", figure: Fig. 1c, text: Spearman falls with depth, paper: falls,
              rule: {kind: trend, direction: decreasing}}
 
+``sweep`` and ``estimator_sweep`` may each be left out, not both. Every point and seed is one run, which evaluates
+each estimator of ``estimator_sweep`` once per combination of its swept values (over its ``estimator_options``) on the
+same problem and ground truth. A swept field is a column of the study's tables named as the field (``repeats``),
+usable in a panel's ``x``, ``series``, ``facet`` and ``where`` and in a rule, like a swept task option; an
+estimator that does not sweep it has no value there (an empty cell; NaN in pandas). Several estimators may sweep a
+field of the same name: the column holds each one's own value. A swept field must be a Config field of its estimator
+(checked against the registry by :func:`check_estimator_sweep`), not fixed in ``estimator_options``, and its name no
+swept task option and no other column of the tables (checked by :func:`benchmark.studies.tables.check_columns`).
+
 How it is run: :mod:`benchmark.studies.run`; its tables: :mod:`benchmark.studies.tables`; its claims and figures:
 :mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures`. This module imports none of them.
 
-Why one module of about 500 lines: it is the declaration's checks, every field of a study, a panel, a claim and a rule,
+Why one module of about 570 lines: it is the declaration's checks, every field of a study, a panel, a claim and a rule,
 each with a one-line error naming the file and the field; they share one reader of fields (:class:`_Fields`), and the
 format they check is the one this docstring shows.
 """
@@ -57,7 +68,7 @@ from benchmark.common.errors import (
     UnknownNameError,
     UsageError,
 )
-from benchmark.contracts.plugins import plugin_manager
+from benchmark.contracts.plugins import Registry, plugin_manager
 
 PANEL_KINDS = ("line", "scatter")
 TABLES = ("rows", "points")
@@ -188,11 +199,26 @@ class Study:
     selections: list[str]
     run: dict[str, Any]
     panels: list[Panel]
+    estimator_sweep: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
 
     def points(self) -> list[dict[str, Any]]:
         """The task options of every sweep point (base options plus one combination of the swept values)."""
         keys = list(self.sweep)
         return [{**self.base, **dict(zip(keys, values))} for values in itertools.product(*self.sweep.values())]
+
+    def variants(self, estimators: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Per swept estimator (of ``estimators``, default all), the settings each run evaluates it with: every
+        combination of its swept values, in the declared order."""
+        return {
+            name: [dict(zip(fields, values)) for values in itertools.product(*fields.values())]
+            for name, fields in self.estimator_sweep.items()
+            if estimators is None or name in estimators
+        }
+
+    @property
+    def estimator_columns(self) -> list[str]:
+        """The swept estimator fields, each a column of the tables, in order of first declaration."""
+        return list(dict.fromkeys(field for fields in self.estimator_sweep.values() for field in fields))
 
     def claims(self) -> list[tuple[Panel, Claim]]:
         """Every claim, with its panel."""
@@ -355,6 +381,7 @@ def parse_study(path: Path, data: Any) -> Study:
             "seeds",
             "estimators",
             "estimator_options",
+            "estimator_sweep",
             "selections",
             "run",
             "panels",
@@ -363,9 +390,9 @@ def parse_study(path: Path, data: Any) -> Study:
     name = fields.text("name")
     if name != path.stem:
         raise fields.error("name", f"{name!r} differs from the file name {path.stem!r}")
-    sweep = fields.get("sweep", dict, required=True)
-    if not sweep:
-        raise fields.error("sweep", "must sweep at least one option")
+    sweep = fields.get("sweep", dict, {} if "estimator_sweep" in data else ...)
+    if not sweep and not fields.get("estimator_sweep", dict, {}):
+        raise fields.error("sweep", "must sweep at least one task option (or estimator_sweep an estimator's field)")
     for option, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise fields.error(f"sweep.{option}", f"expected a non-empty list of values, got {values!r}")
@@ -376,6 +403,8 @@ def parse_study(path: Path, data: Any) -> Study:
     for estimator, options in estimator_options.items():
         if not isinstance(options, dict):
             raise fields.error(f"estimator_options.{estimator}", f"expected a mapping, got {options!r}")
+    estimators = fields.names("estimators")
+    estimator_sweep = _estimator_sweep(fields, estimators, estimator_options, sweep)
     run = fields.get("run", dict, {})
     for option, value in run.items():
         if option not in RUN_FIELDS:
@@ -411,12 +440,60 @@ def parse_study(path: Path, data: Any) -> Study:
         base=dict(base),
         sweep=dict(sweep),
         seeds=list(seeds),
-        estimators=fields.names("estimators"),
+        estimators=estimators,
         estimator_options={k: dict(v) for k, v in estimator_options.items()},
         selections=fields.names("selections", ["top"]),
         run=dict(run),
         panels=panels,
+        estimator_sweep=estimator_sweep,
     )
+
+
+def _estimator_sweep(
+    fields: _Fields, estimators: list[str], options: dict[str, Any], sweep: dict[str, Any]
+) -> dict[str, dict[str, list[Any]]]:
+    """The checked ``estimator_sweep`` (what needs no registry; :func:`check_estimator_sweep` checks the rest)."""
+    declared = fields.get("estimator_sweep", dict, {})
+    out: dict[str, dict[str, list[Any]]] = {}
+    for estimator, swept in declared.items():
+        where = f"estimator_sweep.{estimator}"
+        if estimator not in estimators:
+            raise fields.error(where, f"estimator {estimator!r} is not in 'estimators' ({', '.join(estimators)})")
+        if not isinstance(swept, dict) or not swept:
+            raise fields.error(where, f"expected a mapping of its fields to lists of values, got {swept!r}")
+        for field, values in swept.items():
+            if not isinstance(values, list) or not values:
+                raise fields.error(f"{where}.{field}", f"expected a non-empty list of values, got {values!r}")
+            if not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise fields.error(f"{where}.{field}", f"expected numbers, strings or booleans, got {values!r}")
+            if len({repr(v) for v in values}) < len(values):
+                raise fields.error(f"{where}.{field}", f"a value is listed twice in {values!r}")
+            if field in (options.get(estimator) or {}):
+                raise fields.error(f"{where}.{field}", f"also fixed in 'estimator_options.{estimator}'")
+            if field in sweep:
+                raise fields.error(f"{where}.{field}", f"its column {field!r} is a swept task option too")
+        out[str(estimator)] = {str(field): list(values) for field, values in swept.items()}
+    return out
+
+
+def check_estimator_sweep(study: Study, registry: Registry, estimators: Sequence[str] | None = None) -> None:
+    """Every swept field of ``study``'s ``estimator_sweep`` (of the ``estimators`` run, default all) is a Config field
+    of its (registered) estimator, and each setting is a valid config of it (over its ``estimator_options``);
+    :class:`UsageError` naming the file and the field otherwise."""
+    for estimator, swept in study.estimator_sweep.items():
+        if estimators is not None and estimator not in estimators:
+            continue
+        config = registry.estimator(estimator).Config
+        names = [f.name for f in dataclasses.fields(config)]
+        for field in swept:
+            if field not in names:
+                unknown = UnknownNameError(f"Config field of estimator {estimator!r}", field, names)
+                raise UsageError(f"{study.path}: field 'estimator_sweep.{estimator}.{field}': {unknown}")
+        for variant in study.variants([estimator])[estimator]:
+            try:
+                configuration.build(config, {**study.estimator_options.get(estimator, {}), **variant}, estimator)
+            except UsageError as error:
+                raise UsageError(f"{study.path}: field 'estimator_sweep.{estimator}': {error}") from None
 
 
 def load_study(path: str | Path) -> Study:

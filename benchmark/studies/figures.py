@@ -2,7 +2,9 @@
 
 ``line`` panels plot the mean of ``y`` against ``x`` for each series, with error bars of one standard deviation over
 the rows at that point (the seeds); ``scatter`` panels plot one dot per row (e.g. per scored training point), with
-the diagonal ``y = x``.
+the diagonal ``y = x``. A line panel whose ``x`` is a swept estimator field (``estimator_sweep``) draws each series
+that has no value of it (an estimator that does not sweep it) as a dashed horizontal line at its mean, with a band of
+its spread over the seeds: the references the swept estimator is read against.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _positions(study: Study, column: str, values: pd.Series) -> tuple[dict[Any, 
     """x positions: the values themselves when numeric, else their order in the sweep (or sorted)."""
     if values.dtype.kind in "iuf":
         return {v: float(v) for v in values.unique()}, None
-    declared = [str(v) for v in study.sweep.get(column, [])]
+    swept = study.sweep.get(column) or [v for f in study.estimator_sweep.values() for v in f.get(column, [])]
+    declared = list(dict.fromkeys(str(v) for v in swept))
     order = [v for v in declared if v in set(values.astype(str))]
     order += sorted(set(values.astype(str)) - set(order))
     return {v: float(i) for i, v in enumerate(order)}, order
@@ -69,12 +72,15 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
     _check_columns(study, index, panel, frame, table)
     matching = select(frame, panel.where)
     data = matching[matching[panel.y].notna() & matching[panel.x].notna()]
-    left_out = _left_out(frame, panel, len(data))
+    references = _references(study, panel, matching)
+    left_out = _left_out(frame, panel, len(data) + len(references))
     keys = [()]
     if panel.series:
         keys = [k if isinstance(k, tuple) else (k,) for k, _ in matching.groupby(panel.series, sort=True)]
     plt = _pyplot()
-    facets = sorted(data[panel.facet].unique(), key=str) if panel.facet and len(data) else [None]
+    shown = len(data) + len(references)
+    facet_values = set(data[panel.facet]) | set(references[panel.facet]) if panel.facet else set()
+    facets = sorted(facet_values, key=str) if panel.facet and shown else [None]
     figure, axes = plt.subplots(1, len(facets), figsize=(5.2 * len(facets), 3.9), squeeze=False)
     for ax, facet in zip(axes[0], facets):
         part = data if facet is None else data[data[panel.facet] == facet]
@@ -108,6 +114,24 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
                 label=label,
                 **style,
             )
+        part_references = references if facet is None else references[references[panel.facet] == facet]
+        reference_groups = list(part_references.groupby(panel.series, sort=True)) if panel.series else []
+        if len(part_references) and not panel.series:
+            reference_groups = [((), part_references)]
+        for key, group in reference_groups:
+            key = key if isinstance(key, tuple) else (key,)
+            number = keys.index(key) if key in keys else 0
+            values = group[panel.y].astype(float)
+            mean = float(values.mean())
+            if panel.yscale == "log":
+                low, high = float(values.min()), float(values.max())
+            else:
+                spread_one = float(values.std()) if len(values) > 1 else 0.0
+                low, high = mean - spread_one, mean + spread_one
+            label = f"{_label(panel.series, key) or panel.y} (no {panel.x})"
+            ax.axhline(mean, color=f"C{number % 10}", linestyle="--", linewidth=1.2, label=label)
+            if high > low:
+                ax.axhspan(low, high, color=f"C{number % 10}", alpha=0.12, linewidth=0)
         if panel.kind == "scatter" and len(part):
             low = float(np.nanmin(part[[panel.x, panel.y]].to_numpy(dtype=float)))
             high = float(np.nanmax(part[[panel.x, panel.y]].to_numpy(dtype=float)))
@@ -127,7 +151,7 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
         ax.grid(True, linewidth=0.4, alpha=0.5)
         if facet is not None:
             ax.set_title(f"{panel.facet}={facet}", fontsize=10)
-        if not len(part):
+        if not len(part) and not len(part_references):
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
         elif ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, title=", ".join(panel.series) if panel.series else None, title_fontsize=7)
@@ -135,6 +159,8 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
     note = f"{len(data)} points, {seeds} seeds"
     if panel.kind == "line":
         note = f"error bars: {spread_text(panel)} over {seeds} seeds"
+        if len(references):
+            note += f"; dashed: series without a {panel.x}, mean (band: {spread_text(panel)}) over their seeds"
     if left_out:
         note += f"; {left_out}"
     title = panel.title + (f" ({panel.figure})" if panel.figure else "")
@@ -153,6 +179,20 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
     figure.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(figure)
     return path
+
+
+def _references(study: Study, panel: Panel, matching: pd.DataFrame) -> pd.DataFrame:
+    """The rows a line panel draws as horizontal references: where ``x`` is a swept estimator field, the rows with a
+    value of ``y`` but none of ``x`` in series that have no value of ``x`` at all (an estimator that does not sweep
+    it); empty otherwise."""
+    if panel.kind != "line" or panel.x not in study.estimator_columns:
+        return matching.iloc[:0]
+    rows = matching[matching[panel.y].notna() & matching[panel.x].isna()]
+    if not panel.series or not len(rows):
+        return rows if not matching[panel.x].notna().any() else rows.iloc[:0]
+    with_x = {k if isinstance(k, tuple) else (k,) for k, _ in matching[matching[panel.x].notna()].groupby(panel.series)}
+    keys = [k if isinstance(k, tuple) else (k,) for k in rows.set_index(panel.series).index]
+    return rows[[key not in with_x for key in keys]]
 
 
 def spread_text(panel: Panel) -> str:

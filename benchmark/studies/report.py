@@ -189,13 +189,23 @@ def _claims_table(verdicts: list[tuple[study_module.Study, list[Verdict]]]) -> s
     return "\n".join(out)
 
 
+def _estimators_text(study: study_module.Study) -> str:
+    """The study's estimators, each with the values of the fields it sweeps: ``tracin (checkpoints 1, 5), cg``."""
+    out = []
+    for name in study.estimators:
+        swept = study.estimator_sweep.get(name, {})
+        fields = "; ".join(f"{field} {', '.join(map(str, values))}" for field, values in swept.items())
+        out.append(f"{name} ({fields})" if fields else name)
+    return ", ".join(out)
+
+
 def _study_section(study: study_module.Study, verdicts: list[Verdict], studies_dir: Path) -> str:
     out = [
         f'<section id="study-{html.escape(study.name)}">',
         f"<h3>{html.escape(study.title)}</h3>",
         f"<p>{html.escape(study.description or '')} Paper: {html.escape(study.paper or '-')}. Reproduce: "
         f"<code>bench study {html.escape(study.name)}</code> ({len(study.points())} points x "
-        f"{len(study.seeds)} seeds; estimators {html.escape(', '.join(study.estimators))}).</p>",
+        f"{len(study.seeds)} seeds; estimators {html.escape(_estimators_text(study))}).</p>",
     ]
     for panel in study.panels:
         path = panel_path(study, panel, studies_dir)

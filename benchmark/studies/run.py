@@ -1,4 +1,4 @@
-"""``bench study NAME``: a declared sweep of task options, run point by point through
+"""``bench study NAME``: a declared sweep of task options and estimator hyperparameters, run point by point through
 :class:`~benchmark.evaluation.runner.Run`.
 
 A study is a YAML declaration shipped by a plugin (hook ``bench_studies``; the built-in ones are under
@@ -6,18 +6,23 @@ A study is a YAML declaration shipped by a plugin (hook ``bench_studies``; the b
 --list`` shows every declared study and the plugin that ships it.
 
 Every point and seed is one run: optima and leave-one-out ground truth come from the shared cache, and a finished
-run's records are kept there too (keyed by its options and a digest of the code), so a rerun after an interruption
-redoes only the runs that had not finished, and a rerun with other estimator options re-trains nothing. A task may
-offer two optional speed-ups, both declared on :class:`benchmark.Task` and used when a task overrides them:
+run's records are kept there too (keyed by its options, the settings of its swept estimators and a digest of the
+code), so a rerun after an interruption redoes only the runs that had not finished, and a rerun with other estimator
+options or settings re-trains nothing. A run evaluates each estimator of the study's ``estimator_sweep`` once per
+setting, on the one problem and ground truth it builds (``Run``'s ``variants``): each setting's records are named by
+its label, ``tracin[checkpoints=5]``, and its row of the tables has the estimator's name and the swept values in
+their columns.
+
+A task may offer two optional speed-ups, both declared on :class:`benchmark.Task` and used when a task overrides them:
 :meth:`Task.train_many <benchmark.contracts.task.Task.train_many>` trains many optima into the cache at once (each equal
 to the one its ``build`` trains), and :meth:`Task.descend <benchmark.contracts.task.Task.descend>` replaces
 :func:`benchmark.numerics.training.descend` for the leave-one-out re-training.
 
 Outputs (``--output-dir``, default ``studies/`` beside the user's results directory, ``~/.local/share/bench/studies``;
-``--publish``: the committed ``leaderboards/studies``): ``NAME.csv`` with one row per point x seed x estimator x
-selection (the resolved task config, metrics, diagnostics, commit), ``NAME-points.csv`` with one row per scored
-training point when a panel plots them, and ``NAME-PANEL.png`` per panel. The per-run JSON records go to the cache
-directory (``study-records/NAME``), not into the repository.
+``--publish``: the committed ``leaderboards/studies``): ``NAME.csv`` with one row per point x seed x estimator setting
+x selection (the resolved task config, the swept estimator fields, metrics, diagnostics, commit), ``NAME-points.csv``
+with one row per scored training point when a panel plots them, and ``NAME-PANEL.png`` per panel. The per-run JSON
+records go to the cache directory (``study-records/NAME``), not into the repository.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from benchmark.contracts.task import BuildContext
 from benchmark.evaluation.runner import Run, resolve_device
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.studies import figures
-from benchmark.studies.declaration import Study
+from benchmark.studies.declaration import Study, check_estimator_sweep
 from benchmark.studies.tables import check_columns, record_points, record_row, write_csv
 
 log = logging.getLogger("bench")
@@ -95,7 +100,8 @@ class _TaskGroundTruth(GroundTruth):
 
 class StudyRun(Run):
     """A :class:`Run` that re-trains leave-one-out models with the task's own
-    :meth:`~benchmark.contracts.task.Task.descend` when it overrides it."""
+    :meth:`~benchmark.contracts.task.Task.descend` when it overrides it (and, like any run, evaluates the settings of
+    a study's ``estimator_sweep`` given as its ``variants``)."""
 
     def ground_truths(self, problem: Any, protocol: Any, test_index: int) -> list[GroundTruth]:
         plain = super().ground_truths(problem, protocol, test_index)
@@ -158,6 +164,7 @@ def _resolved(
     estimators = options.estimators or study.estimators
     for name in estimators:
         registry.estimator(name)
+    check_estimator_sweep(study, registry, estimators)
     estimator_options = {k: dict(v) for k, v in study.estimator_options.items() if k in estimators}
     fixed: dict[str, Any] = {}
     for namespace, values in options.overrides.items():
@@ -167,6 +174,9 @@ def _resolved(
                 raise UsageError(f"--set {study.task}.{swept[0]}: {swept[0]!r} is swept by study {study.name!r}")
             fixed.update(values)
         elif namespace in registry.estimators:
+            swept = sorted(set(values) & set(study.estimator_sweep.get(namespace, {})))
+            if swept and namespace in estimators:
+                raise UsageError(f"--set {namespace}.{swept[0]}: {swept[0]!r} is swept by study {study.name!r}")
             estimator_options.setdefault(namespace, {}).update(values)
         else:
             raise UnknownNameError("task or estimator in --set", namespace, [study.task, *registry.estimators])
@@ -192,13 +202,15 @@ def code_digest(registry: Registry, estimators: Sequence[str], task: str) -> str
     return provenance.source_digest(sorted(files, key=str), root)
 
 
-def run_key(config: RunConfig, code: str) -> dict[str, Any]:
-    """What determines a run's records: its resolved options and the code (:func:`code_digest`)."""
+def run_key(config: RunConfig, code: str, variants: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """What determines a run's records: its resolved options, the settings of its swept estimators (``variants``,
+    see :class:`~benchmark.evaluation.runner.Run`) and the code (:func:`code_digest`)."""
     return {
         "task": config.task,
         "task_options": config.task_options,
         "estimators": config.estimators,
         "estimator_options": config.estimator_options,
+        "estimator_variants": variants or {},
         "seed": config.seed,
         "device": config.device,
         "selections": config.selections,
@@ -216,6 +228,8 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
     estimators, estimator_options, seeds, selections, fixed = _resolved(study, options, registry)
     for name, values in estimator_options.items():
         configuration.build(registry.estimator(name).Config, values, name)
+    variants = study.variants(estimators)
+    settings = "".join(f" ({name}: {len(v)} settings)" for name, v in variants.items())
     points = [{**point, **fixed} for point in study.points()]
     tasks = []
     for point in points:
@@ -250,12 +264,13 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
     for number, ((index, point), seed) in enumerate(itertools.product(enumerate(points), seeds), start=1):
         swept = {k: point[k] for k in study.sweep}
         log.info(
-            "study %s: run %d/%d: %s, seed %d",
+            "study %s: run %d/%d: %sseed %d%s",
             study.name,
             number,
             total,
-            ", ".join(f"{k}={v}" for k, v in swept.items()),
+            "".join(f"{k}={v}, " for k, v in swept.items()),
             seed,
+            settings,
         )
         config = RunConfig(
             task=study.task,
@@ -274,14 +289,14 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             plugins=list(options.plugins),
         )
         started = time.perf_counter()
-        key = run_key(config, code)
+        key = run_key(config, code, variants)
         path = cache.root / "study-runs" / f"{digest(key)}.json"
         stored = cache.read_json(path, key)
         if stored is not None:
             written = stored["records"]
             log.info("study %s: run %d/%d: its records are cached (same config, same code)", study.name, number, total)
         else:
-            written = StudyRun(config, registry, pm).execute()
+            written = StudyRun(config, registry, pm, variants).execute()
             cache.write_json(path, key, {"records": written})
             gt = written[0]["ground_truth"] if written else {}
             log.info(
@@ -294,9 +309,9 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
                 gt.get("cached"),
             )
         for record in written:
-            rows.append(record_row(record, study.name, index))
+            rows.append(record_row(record, study.name, index, study.estimator_sweep))
             if study.needs_points:
-                point_rows.extend(record_points(record, study.name, index, list(study.sweep)))
+                point_rows.extend(record_points(record, study.name, index, list(study.sweep), study.estimator_sweep))
     options.output_dir.mkdir(parents=True, exist_ok=True)
     files = [write_csv(options.output_dir / f"{study.name}.csv", rows)]
     if study.needs_points:

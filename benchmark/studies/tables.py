@@ -16,6 +16,7 @@ from typing import Any
 
 from benchmark.common.errors import UsageError
 from benchmark.contracts.task import Task
+from benchmark.evaluation.estimation import variant_label
 from benchmark.studies.declaration import Study
 
 ROW_COLUMNS = (
@@ -56,7 +57,8 @@ ROW_COLUMNS = (
     "dirty",
     "run_id",
 )
-"""The fixed columns of a study CSV; the task's config fields come after ``task_version``."""
+"""The fixed columns of a study CSV; the task's config fields come after ``task_version``, and after them the fields
+of the study's ``estimator_sweep`` (empty in the rows of an estimator that does not sweep them)."""
 POINT_COLUMNS = (
     "train_index",
     "estimated",
@@ -66,19 +68,31 @@ POINT_COLUMNS = (
     "abs_log_norm_ratio",
 )
 """Per-training-point columns of ``NAME-points.csv`` (after the study, point, seed, estimator, selection and the
-swept options); ``abs_log_norm_ratio`` is ``|log10(estimated / re-trained parameter-change norm)|``."""
+swept options, task and estimator ones); ``abs_log_norm_ratio`` is ``|log10(estimated / re-trained parameter-change
+norm)|``."""
+POINT_HEAD = ("study", "point", "seed", "estimator", "selection")
+"""The first columns of ``NAME-points.csv``."""
 
 
 def table_columns(study: Study, task_cls: type[Task]) -> dict[str, set[str]]:
     """The columns the study's tables will have: ``rows`` (the CSV) and ``points``."""
     config = [f.name for f in dataclasses.fields(task_cls.Config)]
     rows = set(ROW_COLUMNS) | {name if name not in ROW_COLUMNS else f"task_{name}" for name in config}
-    points = {"study", "point", "seed", "estimator", "selection", *study.sweep, *POINT_COLUMNS}
-    return {"rows": rows, "points": points}
+    points = {*POINT_HEAD, *study.sweep, *POINT_COLUMNS}
+    return {"rows": rows | set(study.estimator_columns), "points": points | set(study.estimator_columns)}
 
 
 def check_columns(study: Study, task_cls: type[Task]) -> None:
-    """Every column a panel or a claim names exists in its table; :class:`UsageError` naming the field otherwise."""
+    """Every column a panel or a claim names exists in its table, and no swept estimator field is named as another
+    column; :class:`UsageError` naming the field otherwise."""
+    plain = table_columns(dataclasses.replace(study, estimator_sweep={}), task_cls)
+    for estimator, swept in study.estimator_sweep.items():
+        for field in swept:
+            if field in plain["rows"] | plain["points"]:
+                raise UsageError(
+                    f"{study.path}: field 'estimator_sweep.{estimator}.{field}': {field!r} is already a column of the "
+                    "study's tables (a task option or a result): it cannot be swept"
+                )
     columns = table_columns(study, task_cls)
     for i, panel in enumerate(study.panels):
         named = {
@@ -116,9 +130,29 @@ def _correlation(metrics: dict[str, Any], name: str) -> tuple[float | None, floa
     return entry.get("value"), entry.get("p_value"), entry.get("undefined")
 
 
-def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]:
-    """One CSV row from a result record (see :mod:`benchmark.contracts.records`): task config, metrics, diagnostics."""
+def estimator_fields(
+    record: dict[str, Any], estimator_sweep: dict[str, dict[str, list[Any]]] | None
+) -> tuple[str, dict[str, Any]]:
+    """A record's estimator and the values of the swept estimator fields (:attr:`Study.estimator_columns
+    <benchmark.studies.declaration.Study.estimator_columns>`; ``None`` where its estimator does not sweep one): the
+    record of a swept estimator is named by its label (``tracin[checkpoints=5]``,
+    :func:`~benchmark.evaluation.estimation.variant_label`), made from its recorded hyperparameters."""
+    name, hyperparameters = record["estimator"]["name"], record["estimator"]["hyperparameters"]
+    columns = dict.fromkeys(field for fields in (estimator_sweep or {}).values() for field in fields)
+    for estimator, fields in (estimator_sweep or {}).items():
+        values = {field: hyperparameters.get(field) for field in fields}
+        if name in (estimator, variant_label(estimator, values)):
+            return estimator, {**columns, **values}
+    return name, columns
+
+
+def record_row(
+    record: dict[str, Any], study: str, point: int, estimator_sweep: dict[str, dict[str, list[Any]]] | None = None
+) -> dict[str, Any]:
+    """One CSV row from a result record (see :mod:`benchmark.contracts.records`): task config, the swept estimator
+    fields (:func:`estimator_fields`), metrics, diagnostics."""
     metrics = record.get("metrics") or {}
+    estimator, swept = estimator_fields(record, estimator_sweep)
     problem = record["diagnostics"]["problem"]
     gt = record["ground_truth"]
     pearson, pearson_p, pearson_why = _correlation(metrics, "pearson")
@@ -129,7 +163,7 @@ def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]
         "study": study,
         "point": point,
         "seed": record["seed"],
-        "estimator": record["estimator"]["name"],
+        "estimator": estimator,
         "selection": record["selection"]["kind"],
         "status": record["status"],
         "failure": record["failure"],
@@ -138,6 +172,7 @@ def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]
     }
     for key, value in sorted(record["task"]["config"].items()):  # sorted: cached records come back key-sorted
         row[key if key not in ROW_COLUMNS else f"task_{key}"] = value
+    row.update(swept)
     row.update(
         {
             "test_point_index": record["test_point"]["index"],
@@ -172,19 +207,28 @@ def record_row(record: dict[str, Any], study: str, point: int) -> dict[str, Any]
     return row
 
 
-def record_points(record: dict[str, Any], study: str, point: int, swept: list[str]) -> list[dict[str, Any]]:
-    """One row per scored training point of a record (none for a failed record)."""
+def record_points(
+    record: dict[str, Any],
+    study: str,
+    point: int,
+    swept: list[str],
+    estimator_sweep: dict[str, dict[str, list[Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per scored training point of a record (none for a failed record), with the swept task options
+    ``swept`` and the swept estimator fields (:func:`estimator_fields`)."""
     points = record.get("points")
     if not points:
         return []
     config = record["task"]["config"]
+    estimator, fields = estimator_fields(record, estimator_sweep)
     head = {
         "study": study,
         "point": point,
         "seed": record["seed"],
-        "estimator": record["estimator"]["name"],
+        "estimator": estimator,
         "selection": record["selection"]["kind"],
         **{k: config[k] for k in swept},
+        **fields,
     }
     estimated_norms = points.get("estimated_param_norm") or [None] * len(points["train_indices"])
     out = []
