@@ -21,7 +21,8 @@ from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.contracts.task import BuildContext
 from benchmark.numerics.training import descend
 from benchmark.studies.claims import check_rule, evaluate
-from benchmark.studies.declaration import available, load_study, parse_study
+from benchmark.studies.declaration import available, check_estimator_sweep, load_study, parse_study
+from benchmark.studies.tables import check_columns
 from tasks.iris import Iris, IrisConfig, layer_shapes, mlp_descend
 from tests.conftest import assert_one_line_error
 
@@ -167,20 +168,47 @@ def test_train_many_stores_the_optima_build_trains(tmp_path: Path) -> None:
 
 # -- declarations ---------------------------------------------------------------------------------------------------
 def test_declared_studies_are_valid() -> None:
-    """Every study under tasks/studies/ parses, and each of its points is a valid task config with known estimators."""
+    """Every study under tasks/studies/ parses, each of its points is a valid task config with known estimators (and
+    each swept estimator setting a valid config of its estimator), its panels name columns its tables have, and a
+    study of a paper's figures tests claims of it."""
     registry = Registry(plugin_manager())
     studies = available()
-    assert {"iris-depth", "iris-width", "iris-lissa", "mnist-test-points", "mnist-weight-decay"} <= set(studies)
+    assert {
+        "iris-depth",
+        "iris-width",
+        "iris-lissa",
+        "iris-checkpoints",
+        "mnist-test-points",
+        "mnist-weight-decay",
+        "mnist-checkpoints",
+    } <= set(studies)
     for name, path in studies.items():
         study = load_study(path)
-        assert study.name == name and study.panels and study.claims()
+        assert study.name == name and study.panels
+        assert study.claims() or not study.paper, name  # the checkpoints studies reproduce no figure of the paper
         task_cls = registry.task(study.task)
         for point in study.points():
             configuration.build(task_cls.Config, point, study.task)
         for estimator in study.estimators:
             registry.estimator(estimator)
+        check_estimator_sweep(study, registry)
+        check_columns(study, task_cls)
         for panel, claim in study.claims():
             assert check_rule(claim.rule) is None, (name, panel.name, claim.id)
+
+
+def test_checkpoints_studies_sweep_tracin() -> None:
+    """TracIn's checkpoints against flat references; MNIST in the setting of the committed leaderboard row."""
+    iris, mnist = load_study(available()["iris-checkpoints"]), load_study(available()["mnist-checkpoints"])
+    assert iris.estimator_sweep == {"tracin": {"checkpoints": [1, 2, 5, 10, 20, 50, 100]}}
+    assert iris.seeds == [0, 1, 2] and {"grad-cos", "first-order"} <= set(iris.estimators)
+    assert mnist.estimator_sweep == {"tracin": {"checkpoints": [1, 2, 5, 10, 20, 50]}}
+    assert mnist.estimators == ["tracin", "grad-cos", "first-order"] and mnist.seeds == [0]
+    board = configuration.load_yaml(Path(__file__).parent.parent / "leaderboards/configs/mnist-small-cnn-A-no-wd.yaml")
+    (point,) = mnist.points()
+    assert point == {**board["mnist"], "weight_decay": 0.0} and mnist.run["gt_seeds"] == board["gt_seeds"]
+    for study in (iris, mnist):
+        assert [p.x for p in study.panels] == ["checkpoints"] and not study.claims()
 
 
 def test_iris_studies_sweep_what_the_paper_plots() -> None:
