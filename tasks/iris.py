@@ -337,13 +337,20 @@ class Iris(Task):
         """The problem at its initialisation: the split and the initial parameters both fixed by ``seed``."""
         c = self.config
         x_train, y_train, x_test, y_test = load_iris(seed, c.test_fraction)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = mlp(c.depth, c.width, c.activation).to(torch.float64)
+        module = self._initial_module(seed)
         problem = IrisProblem.from_module(
             module, cross_entropy, x_train, y_train, x_test, y_test, c.weight_decay, loss_module=nn.CrossEntropyLoss()
         )
         return dataclasses.replace(problem, activation=c.activation)
+
+    def _initial_module(self, seed: int) -> nn.Module:
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return mlp(c.depth, c.width, c.activation).to(torch.float64)
+
+    def initial_parameters(self, seed: int) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self._initial_module(seed).parameters()])
 
     def train_recipe(self) -> Recipe:
         """Full-batch gradient descent to the optimum."""

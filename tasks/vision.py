@@ -206,10 +206,7 @@ class VisionTask(Task):
     def build(self, context: BuildContext) -> Problem:
         c = self.config
         x_train, y_train, x_test, y_test = self._data(context.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(context.seed)
-            module = build_model(c.model, self.channels, self.image_size)
-
+        module = self._initial_module(context.seed)
         problem = Problem.from_module(
             module,
             cross_entropy,
@@ -241,6 +238,14 @@ class VisionTask(Task):
         polish = Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol)
         checkpoints = {**sgd_key, "polish": "lbfgs", "history": polish.history}
         return self.trained(optimum, polish, context, checkpoint_key=checkpoints)
+
+    def _initial_module(self, seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(self.config.model, self.channels, self.image_size)
+
+    def initial_parameters(self, seed: int) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self._initial_module(seed).parameters()])
 
     def protocol(self) -> Protocol:
         """Test point, top k and leave-one-out re-training (``retrain_fraction`` of the training steps, from the

@@ -37,10 +37,24 @@ from estimators.kfac import EKFAC, KFAC
 from estimators.lissa import Lissa, LissaConfig
 from estimators.relatif import RelatIF
 from estimators.tracin import TracIn
+from estimators.trak import TRAK
 from tasks.iris import mlp
 from tests.conftest import one_thread
 
-BUILTINS = [Exact, ConjugateGradient, Lissa, FirstOrder, Arnoldi, DataInf, KFAC, EKFAC, TracIn, GradientCosine, RelatIF]
+BUILTINS = [
+    Exact,
+    ConjugateGradient,
+    Lissa,
+    FirstOrder,
+    Arnoldi,
+    DataInf,
+    KFAC,
+    EKFAC,
+    TracIn,
+    GradientCosine,
+    RelatIF,
+    TRAK,
+]
 MIN_CORRELATION = {"grad-cos": 0.85}
 """Conformance bars below the default 0.9, for estimators approximate by design: ``grad-cos`` scores cosines, not a
 predicted loss change (Pearson 0.887, Spearman 0.916 against the exact refits)."""

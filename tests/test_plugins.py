@@ -69,6 +69,7 @@ def test_builtin_plugins_listed_under_their_names(bench):
         "tracin": "tracin",
         "grad-cos": "grad-cos",
         "relatif": "relatif",
+        "trak": "trak",
     }
 
 
@@ -135,7 +136,7 @@ def test_disabling_a_builtin_plugin(bench):
     result = bench("run", "--task", "iris", "-p", "no:lissa", "--estimator", "lissa")
     assert result.code == 2
     line = assert_one_line_error(result, "unknown estimator 'lissa'")
-    assert "(choices: arnoldi, cg, datainf, ekfac, exact, first-order, grad-cos, kfac, relatif, tracin)" in line
+    assert "(choices: arnoldi, cg, datainf, ekfac, exact, first-order, grad-cos, kfac, relatif, tracin, trak)" in line
 
 
 # -- entry points ----------------------------------------------------------------------------------------------------

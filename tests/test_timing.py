@@ -39,6 +39,7 @@ BUILTIN_ESTIMATORS = [
     "tracin",
     "grad-cos",
     "relatif",
+    "trak",
 ]
 TINY_IRIS = {"train_steps": 300, "retrain_steps": 50}
 

@@ -137,16 +137,21 @@ def test_grad_cos_scores_a_vanishing_training_gradient_zero():
 
 def test_a_task_keeps_the_sgd_run_through_a_later_polish_stage(tmp_path):
     """A task that trains in stages (SGD, then an L-BFGS polish cached under its own key, as the vision tasks do)
-    hands out the SGD stage's run: the polish has no learning rate and no checkpoints."""
+    hands out the SGD stage's run (the polish has no learning rate and no checkpoints), ending at the polished optimum
+    (the first member of a whole-set ensemble)."""
     task = Iris(IrisConfig())
     context = BuildContext("cpu", 0, Cache(tmp_path), progress=False)
     problem = task.initial_problem(0)
     phases = [Recipe(steps=20, lr=0.1), Recipe(steps=10, lr=0.01)]  # Iris trains full-batch
     sgd = task.trained(problem, phases, context, key={"task": "test-stages", "stage": "sgd"})
     polished = task.trained(sgd, Polish(max_steps=5), context, key={"task": "test-stages", "stage": "polish"})
-    assert polished.training_run is sgd.training_run
-    assert polished.training_run is not None and polished.training_run.phases == phases
-    assert torch.equal(polished.training_run.initial.theta, problem.theta)
+    run, before = polished.training_run, sgd.training_run
+    assert isinstance(run, TrainingRun) and isinstance(before, TrainingRun)
+    assert run.phases == phases and run.key == before.key and run.cache is before.cache
+    assert torch.equal(run.initial.theta, problem.theta)
+    assert run.optimum is not None and torch.equal(run.optimum, polished.theta)
+    assert before.optimum is not None and torch.equal(before.optimum, sgd.theta)
+    assert not torch.equal(polished.theta, sgd.theta)
 
 
 def test_bench_run_records_tracin_with_its_checkpoints_cost_apart(bench, tiny, tmp_path, read_records):

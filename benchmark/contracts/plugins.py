@@ -50,6 +50,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "tracin": "estimators.tracin",
     "grad-cos": "estimators.grad_cos",
     "relatif": "estimators.relatif",
+    "trak": "estimators.trak",
 }
 """Short name -> module of every built-in plugin: the one place they are listed."""
 

@@ -131,14 +131,31 @@ class Task(abc.ABC):
 
         optimum = context.cache.tensors("optima", key, train_phases)["theta"]
         sgd = [phase for phase in phases if isinstance(phase, Recipe)]
+        initialize = self.initial_parameters if self.overrides("initial_parameters") else None
         # a stage of polish alone keeps the run of the stage before it, whose SGD steps are the trajectory
-        run = TrainingRun(problem, sgd, context.cache, key) if sgd else problem.training_run
+        descend = self.descend if self.overrides("descend") else training.descend
+        run = (
+            TrainingRun(problem, sgd, context.cache, key, initialize, context.seed, None, descend)
+            if sgd
+            else problem.training_run
+        )
+        if run is not None:
+            run = run.with_optimum(optimum.to(problem.theta))
         return dataclasses.replace(
             problem,
             params=problem.unflatten(optimum.to(problem.theta)),
             curvature_cache=(context.cache, key),
             training_run=run,
         )
+
+    def initial_parameters(self, seed: int) -> Tensor:
+        """Optional: the flat parameters ``theta`` (in :attr:`benchmark.Problem.theta`'s order) this task initialises
+        its model with for ``seed``, what :meth:`build` trains from.
+
+        With it, :meth:`trained` can train an ensemble like the optimum (:meth:`benchmark.Problem.ensemble`, what TRAK
+        averages over), each member from ``initial_parameters`` of its own seed; a task without it has no ensemble, and
+        estimators that ask for one record the reason as their failure."""
+        raise NotImplementedError(f"task {self.name!r} states no initialisation for other seeds")
 
     def train_from(self, problem: Problem, recipe: Recipe, progress: bool = False) -> Tensor:
         """``theta`` after training ``problem`` from its parameters with ``recipe`` (one SGD phase of :meth:`trained`;
@@ -183,8 +200,8 @@ class Task(abc.ABC):
 
     @classmethod
     def overrides(cls, method: str) -> bool:
-        """Whether this task class overrides the optional method ``method`` of :class:`Task` (``"descend"`` or
-        ``"train_many"``): the harness uses a task's own speed-up only where it has one."""
+        """Whether this task class overrides the optional method ``method`` of :class:`Task` (``"descend"``,
+        ``"train_many"`` or ``"initial_parameters"``): the harness uses a task's own speed-up only where it has one."""
         if not callable(getattr(Task, method, None)):
             raise AttributeError(f"Task has no method {method!r}")
         for klass in cls.__mro__:

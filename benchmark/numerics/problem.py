@@ -45,15 +45,45 @@ class Trajectory:
     from_cache: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """Models trained like a problem's optimum from other initialisations (:meth:`Problem.ensemble`).
+
+    Attributes:
+        seeds: each member's seed (its initialisation and minibatch order); the first is the optimum's own seed where
+            the optimum is a member (``subset_fraction`` 1).
+        subset_fraction: the share of the training set each retrained member was trained on (TRAK's ``alpha``).
+        thetas: ``Tensor[count, P]``, each member's parameters, in the problem's dtype.
+        seconds: what training the members cost when they were trained (kept with them in the cache); 0 for the
+            optimum itself, which the task paid for.
+        from_cache: how many members were loaded rather than trained now (the optimum counts as loaded).
+    """
+
+    seeds: list[int]
+    subset_fraction: float
+    thetas: Tensor
+    seconds: float
+    from_cache: int
+
+
 class CheckpointSource(Protocol):
-    """What hands out a problem's checkpoints (:class:`benchmark.numerics.trajectory.TrainingRun`)."""
+    """What hands out the models of a problem's training run (:class:`benchmark.numerics.trajectory.TrainingRun`):
+    checkpoints along it and an ensemble of runs like it."""
 
     def checkpoints(self, count: int, progress: bool = False) -> Trajectory:
         """``count`` evenly spaced checkpoints of the run."""
         ...
 
+    def ensemble(self, count: int, subset_fraction: float = 1.0, progress: bool = False) -> Ensemble:
+        """``count`` models trained like the run from other initialisations (and subsets)."""
+        ...
+
     def without_cache(self) -> CheckpointSource:
-        """The same run, producing its checkpoints afresh on every call (for timing what they cost)."""
+        """The same run, producing its checkpoints and models afresh on every call (for timing what they cost)."""
+        ...
+
+    def with_optimum(self, optimum: Tensor) -> CheckpointSource:
+        """The same run ending at ``optimum`` (after a later polish), the first member of a whole-set ensemble."""
         ...
 
 
@@ -106,7 +136,8 @@ class Problem:
         frozen: parameters the model takes that are held fixed, not part of ``theta`` (set by :meth:`restricted`;
             empty for a task's problem).
         training_run: how the optimum was trained (set by :meth:`benchmark.Task.trained`), which
-            :meth:`trajectory` replays for checkpoints; ``None`` where the task trains otherwise (or not at all).
+            :meth:`trajectory` replays for checkpoints and :meth:`ensemble` runs again from other initialisations;
+            ``None`` where the task trains otherwise (or not at all).
     """
 
     model: Model
@@ -291,6 +322,23 @@ class Problem:
                 "Task.trained (e.g. pretrained weights)"
             )
         return self.training_run.checkpoints(count, progress)
+
+    def ensemble(self, count: int, subset_fraction: float = 1.0, progress: bool = False) -> Ensemble:
+        """``count`` models trained as this problem's optimum was, each from its own initialisation and minibatch order
+        (and, with ``subset_fraction`` below 1, on its own random share of the training set), with what training them
+        cost (:meth:`benchmark.numerics.trajectory.TrainingRun.ensemble`; each member cached with the optimum, so a
+        larger ensemble trains only the members it adds).
+
+        Raises:
+            NotImplementedError: the problem has no :attr:`training_run`, or its task states no initialisation for
+                other seeds (:meth:`benchmark.Task.initial_parameters`).
+        """
+        if self.training_run is None:
+            raise NotImplementedError(
+                "this problem has no training run to train an ensemble like: its task does not train it through "
+                "Task.trained (e.g. pretrained weights)"
+            )
+        return self.training_run.ensemble(count, subset_fraction, progress)
 
     # -- losses and objective ---------------------------------------------------------------------------------------
     def losses(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:

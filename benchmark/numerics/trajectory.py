@@ -1,7 +1,9 @@
-"""The training run behind an optimum, replayed to hand out its checkpoints (what TracIn sums over).
+"""The training run behind an optimum, replayed to hand out its checkpoints (what TracIn sums over) and run again from
+other initialisations to train an ensemble (what TRAK averages over).
 
 A task that trains its optimum through :meth:`benchmark.Task.trained` gets a :class:`TrainingRun` on its problem
-(:attr:`benchmark.Problem.training_run`); estimators ask for checkpoints with :meth:`benchmark.Problem.trajectory`.
+(:attr:`benchmark.Problem.training_run`); estimators ask for checkpoints with :meth:`benchmark.Problem.trajectory` and
+for an ensemble with :meth:`benchmark.Problem.ensemble`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from torch import Tensor
 
 from benchmark.common.cache import Cache
 from benchmark.numerics import training
-from benchmark.numerics.problem import Problem, Trajectory
+from benchmark.numerics.problem import Ensemble, Problem, Trajectory
 from benchmark.numerics.recipes import Recipe
 
 log = logging.getLogger("bench")
@@ -25,17 +27,37 @@ log = logging.getLogger("bench")
 
 class TrainingRun:
     """How a problem's optimum was trained: the problem at its initialisation and the SGD phases (:class:`Recipe`) run
-    from it, optionally with a cache and the key of the trained problem, under which checkpoints are kept.
+    from it, optionally with a cache and the key of the trained problem, under which checkpoints and ensemble members
+    are kept.
 
     :meth:`checkpoints` replays the phases with :func:`benchmark.numerics.training.descend` (deterministic: the same
     minibatch order and momentum as the original run) and keeps the parameters at evenly spaced updates. A task that
     trains with its own trainer (:meth:`benchmark.Task.train_from`) gets the generic trainer's replay, the same run to
     rounding. Phases after SGD that are not gradient steps (an L-BFGS :class:`~benchmark.Polish`) have no learning rate
     and no checkpoints.
+
+    :meth:`ensemble` runs the same phases from other initialisations: ``initialize(seed)`` gives the flat initial
+    parameters the task draws for ``seed`` (:meth:`benchmark.Task.initial_parameters`; ``None`` where the task states
+    none, and then there is no ensemble), ``seed`` is the optimum's own and ``optimum`` its trained parameters (set by
+    :meth:`benchmark.Task.trained`; ``None`` trains member 0 too). Members are trained with ``descend``, the arguments
+    and result of :func:`benchmark.numerics.training.descend` (a task's faster :meth:`benchmark.Task.descend`).
     """
 
+    MEMBER_SEED_STRIDE = 10_000
+    """Member ``j`` of an ensemble uses seed ``seed + j * MEMBER_SEED_STRIDE`` (for its initialisation, its minibatch
+    order and its subset): far from the seeds the harness runs side by side (0, 1, 2, ...), whose optima would
+    otherwise share an initialisation with a member."""
+
     def __init__(
-        self, initial: Problem, phases: Sequence[Recipe], cache: Cache | None = None, key: dict[str, Any] | None = None
+        self,
+        initial: Problem,
+        phases: Sequence[Recipe],
+        cache: Cache | None = None,
+        key: dict[str, Any] | None = None,
+        initialize: Callable[[int], Tensor] | None = None,
+        seed: int = 0,
+        optimum: Tensor | None = None,
+        descend: Callable[..., Tensor] = training.descend,
     ):
         if not phases:
             raise ValueError("a training run needs at least one SGD phase")
@@ -43,10 +65,23 @@ class TrainingRun:
         self.phases = list(phases)
         self.cache = cache
         self.key = key
+        self.initialize = initialize
+        self.seed = seed
+        self.optimum = optimum
+        self.descend = descend
 
     def without_cache(self) -> TrainingRun:
-        """The same run with no cache: :meth:`checkpoints` replays it on every call."""
-        return TrainingRun(self.initial, self.phases)
+        """The same run with no cache: :meth:`checkpoints` and :meth:`ensemble` train on every call."""
+        return TrainingRun(
+            self.initial, self.phases, None, None, self.initialize, self.seed, self.optimum, self.descend
+        )
+
+    def with_optimum(self, optimum: Tensor) -> TrainingRun:
+        """The same run ending at ``optimum`` (the problem's parameters after every phase, a polish included), which a
+        whole-set :meth:`ensemble` takes as its first member."""
+        return TrainingRun(
+            self.initial, self.phases, self.cache, self.key, self.initialize, self.seed, optimum, self.descend
+        )
 
     @property
     def total_steps(self) -> int:
@@ -99,6 +134,77 @@ class TrainingRun:
         else:
             found = self.cache.tensors("trajectories", {**self.key, "checkpoints": steps}, replay)
         return Trajectory(steps, lrs, found["thetas"], float(found["seconds"]), from_cache)
+
+    def ensemble(self, count: int, subset_fraction: float = 1.0, progress: bool = False) -> Ensemble:
+        """``count`` models trained with this run's SGD phases, member ``j`` from ``initialize(seed_j)`` with minibatch
+        seeds offset by the same amount (``seed_j = seed + j *`` :attr:`MEMBER_SEED_STRIDE`).
+
+        With ``subset_fraction`` 1, member 0 is the trained optimum itself (a model trained on the whole set, as the
+        others are; where the task polished it after SGD, it is the only polished member) and the others are trained
+        on the whole set. Below 1, every member is trained, each on ``round(subset_fraction * n)`` training points
+        drawn with its seed, their losses weighted ``1 / subset_fraction`` so that each minibatch's objective stays an
+        unbiased estimate of the subset's mean loss (the subsets of TRAK's paper, ``alpha = 0.5``).
+
+        Members are cached one by one (under the optimum's key, the member's seed and the fraction), so a larger
+        ensemble trains only the members a smaller one did not have.
+        """
+        if count < 1:
+            raise ValueError(f"an ensemble needs at least one model, not {count}")
+        if not 0.0 < subset_fraction <= 1.0:
+            raise ValueError(f"subset_fraction={subset_fraction} must be in (0, 1]")
+        if self.initialize is None:
+            raise NotImplementedError(
+                "the task states no initialisation for other seeds (Task.initial_parameters), so no ensemble can be "
+                "trained like its optimum"
+            )
+        seeds = [self.seed + j * self.MEMBER_SEED_STRIDE for j in range(count)]
+        thetas, seconds, loaded = [], 0.0, 0
+        for j, seed in enumerate(seeds):
+            if j == 0 and subset_fraction == 1.0 and self.optimum is not None:
+                thetas.append(self.optimum.to(self.initial.theta))
+                loaded += 1
+                continue
+            cached = True
+
+            def train(seed: int = seed) -> dict[str, Tensor]:
+                nonlocal cached
+                cached = False
+                return self._train_member(seed, subset_fraction, progress)
+
+            if self.cache is None or self.key is None:
+                found = train()
+            else:
+                member_key = {**self.key, "member_seed": seed, "subset_fraction": subset_fraction}
+                found = self.cache.tensors("ensembles", member_key, train)
+            thetas.append(found["theta"].to(self.initial.theta))
+            seconds += float(found["seconds"])
+            loaded += int(cached)
+        return Ensemble(seeds, subset_fraction, torch.stack(thetas), seconds, loaded)
+
+    def _train_member(self, seed: int, subset_fraction: float, progress: bool) -> dict[str, Tensor]:
+        assert self.initialize is not None
+        start = time.perf_counter()
+        initial = self.initial
+        theta = self.initialize(seed).to(initial.theta).unsqueeze(0)
+        weights = torch.ones(1, initial.n_train, dtype=initial.dtype, device=initial.device)
+        if subset_fraction < 1.0:
+            generator = torch.Generator().manual_seed(seed)
+            kept = torch.randperm(initial.n_train, generator=generator)[: round(subset_fraction * initial.n_train)]
+            weights.zero_()
+            weights[0, kept.to(initial.device)] = 1.0 / subset_fraction
+        offset = seed - self.seed
+        for phase in self.phases:
+            theta = self.descend(
+                initial,
+                theta,
+                weights,
+                dataclasses.replace(phase, seed=phase.seed + offset),
+                progress,
+                f"training ensemble member (seed {seed})",
+            )
+        seconds = time.perf_counter() - start
+        log.info("ensemble: member of seed %d trained in %.1f s", seed, seconds)
+        return {"theta": theta[0], "seconds": torch.tensor(seconds, dtype=torch.float64)}
 
     def _phase_of(self, step: int) -> Recipe:
         done = 0
