@@ -69,21 +69,24 @@ class TRAK(Estimator):
     (correlations per test point are TRAK's own).
 
     **Projection.** :func:`projection_matrix`, the same matrix as ``traker``'s CPU ``BasicProjector`` for the same seed
-    and model index (``benchmark/peers`` compares the two), kept in memory per model (``P * k`` floats); the
-    projected training gradients (``n * k`` per model) are kept between queries.
+    and model index (``benchmark/peers`` compares the two), kept in memory per model (``P * k`` floats), with the
+    projected training gradients multiplied by the solve's root (``n * k`` per model), so a query costs its own
+    gradients and two products.
 
     **Ensemble.** :meth:`benchmark.Problem.ensemble`: ``models - 1`` further models trained like the optimum from other
     seeds (or ``models`` on subsets); what training them cost is reported as the ``models_s`` timing, apart from this
     estimator's own preparation. A task without an ensemble (pretrained weights, no stated initialisation) makes
     ``models > 1`` a recorded failure.
 
+    **Solve.** ``(Phi^T Phi + lambda I)^-1`` is applied as a pseudo-inverse from its eigendecomposition in the model's
+    dtype (eigenvalues below ``k * eps`` times the largest left out): the minimum-norm least-squares solution,
+    ``traker``'s inverse wherever ``Phi^T Phi`` is invertible. It is not where the margin is invariant along some
+    directions (adding one constant to every logit moves no margin, so the last layer's gradients span ``width + 1``
+    fewer dimensions than its parameters) and the gradients are not projected, as on Iris; nor, numerically, where the
+    margin gradients' spectrum decays faster than ``k`` dimensions hold (the MNIST small CNN at ``k = 2048``).
+
     Cost: per model, one pass of per-example margin gradients over the training set and their projection, a
-    ``k x k`` solve; per query, test gradients and projections per model. No iHVP.
-    **Solve.** ``(Phi^T Phi + lambda I)^-1`` is applied as a pseudo-inverse (eigenvalues below ``k * eps`` times the
-    largest left out): the minimum-norm least-squares solution, ``traker``'s inverse wherever ``Phi^T Phi`` is
-    invertible. It is not where the margin is invariant along some directions (adding one constant to every logit moves
-    no margin, so the last layer's gradients span ``width + 1`` fewer dimensions than its parameters) and the
-    gradients are not projected, as on Iris.
+    ``k x k`` eigendecomposition; per query, test gradients and projections per model. No iHVP.
 
     Diagnostics: the members' seeds, the projection used, the rank of each ``Phi^T Phi`` the solve used.
     """
@@ -92,7 +95,8 @@ class TRAK(Estimator):
     Config = TRAKConfig
     no_ihvp = "projected margin gradients with a least-squares solve per ensemble model, no Hessian"
     CHUNK_BYTES = 2**28
-    """Per-example gradients held at once before projection: 256 MiB."""
+    """Per-example gradients held at once before projection: at most 256 of them and 256 MiB (the activations
+    ``vmap`` keeps for the backward pass grow with the examples in a chunk)."""
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
@@ -127,13 +131,14 @@ class TRAK(Estimator):
                 else None
             )
             features = self._features(theta, problem.x_train, problem.y_train, matrix)
-            gram = features.T.double() @ features.double()
+            gram = features.T @ features
             gram.diagonal().add_(config.regularization)
             eigenvalues, vectors = torch.linalg.eigh(gram)
             kept = eigenvalues > eigenvalues[-1] * len(eigenvalues) * torch.finfo(problem.dtype).eps
             ranks.append(int(kept.sum()))
-            inverse = torch.where(kept, 1 / eigenvalues.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-            self._members.append((theta, matrix, features, vectors * inverse.sqrt()))
+            root = vectors[:, kept] / eigenvalues[kept].sqrt()  # root @ root.T: the pseudo-inverse of Phi^T Phi
+            self._members.append((theta, matrix, root, features @ root))
+            del features
             with torch.no_grad():
                 out_to_loss += 1 - self._margin.probability(problem, theta, problem.x_train, problem.y_train)
         self._out_to_loss = out_to_loss / len(thetas)
@@ -150,9 +155,8 @@ class TRAK(Estimator):
         indices = torch.as_tensor(test_indices, device=problem.x_test.device)
         x, y = problem.x_test[indices], problem.y_test[indices]
         scores = torch.zeros(len(indices), problem.n_train, dtype=torch.float64, device=problem.device)
-        for theta, matrix, features, root in self._members:
-            target = self._features(theta, x, y, matrix).double() @ root
-            scores += target @ (features.double() @ root).T
+        for theta, matrix, root, whitened in self._members:
+            scores += ((self._features(theta, x, y, matrix) @ root) @ whitened.T).double()
         scores = scores / len(self._members) * self._out_to_loss.double()
         with torch.no_grad():
             to_loss = 1 - self._margin.probability(problem, problem.theta, x, y)
@@ -163,7 +167,7 @@ class TRAK(Estimator):
         problem = self._require_problem()
         width = problem.n_params if matrix is None else matrix.shape[1]
         out = torch.empty(len(x), width, dtype=problem.dtype, device=problem.device)
-        rows = max(1, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size()))
+        rows = max(1, min(256, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size())))
         gradient = vmap(grad(self._margin.example(problem)), in_dims=(None, 0, 0))
         for start in range(0, len(x), rows):
             part = gradient(theta, x[start : start + rows], y[start : start + rows])
