@@ -251,3 +251,25 @@ def test_tracin_with_a_projection_is_the_projected_gradient_dot():
     full = TracIn(TracInConfig(checkpoints=3, projection_dim=43))
     full.prepare(problem)
     torch.testing.assert_close(full.influence([0, 4]), exact.influence([0, 4]), rtol=0, atol=0)
+
+
+# -- end to end --------------------------------------------------------------------------------------------------------
+def test_bench_run_records_trak_with_its_ensembles_cost_apart(bench, tiny, tmp_path, read_records):
+    common = ("--cache-dir", tmp_path / "cache", "--no-leaderboard", "--selection", "random")
+    costs = []
+    for attempt in ("first", "again"):
+        results = tmp_path / attempt
+        options = ("--set", "trak.models=3", "--set", "trak.projection_dim=20")
+        result = bench(
+            "run", "--task", "iris", "--estimators", "trak", *options, *tiny, *common, "--results-dir", results
+        )
+        assert result.code == 0, result.err
+        (record,) = read_records(results)
+        assert record["status"] == "ok", record["failure"]
+        assert record["estimator"]["hyperparameters"]["models"] == 3
+        assert record["diagnostics"]["estimator"]["seeds"] == [0, 10_000, 20_000]
+        timings = record["timings"]
+        assert timings["models_s"] > 0 and timings["prepare_s"] >= 0
+        costs.append(timings["models_s"])
+        assert "models" in next(line for line in result.out.splitlines() if line.startswith("| `trak`"))
+    assert costs[1] == pytest.approx(costs[0])  # loaded from the cache, still reported at what it cost
