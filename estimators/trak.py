@@ -139,8 +139,7 @@ class TRAK(Estimator):
             root = vectors[:, kept] / eigenvalues[kept].sqrt()  # root @ root.T: the pseudo-inverse of Phi^T Phi
             self._members.append((theta, matrix, root, features @ root))
             del features
-            with torch.no_grad():
-                out_to_loss += 1 - self._margin.probability(problem, theta, problem.x_train, problem.y_train)
+            out_to_loss += 1 - self._probabilities(theta, problem.x_train, problem.y_train)
         self._out_to_loss = out_to_loss / len(thetas)
         self.diagnostics = {
             "models": len(thetas),
@@ -158,16 +157,30 @@ class TRAK(Estimator):
         for theta, matrix, root, whitened in self._members:
             scores += ((self._features(theta, x, y, matrix) @ root) @ whitened.T).double()
         scores = scores / len(self._members) * self._out_to_loss.double()
-        with torch.no_grad():
-            to_loss = 1 - self._margin.probability(problem, problem.theta, x, y)
+        to_loss = 1 - self._probabilities(problem.theta, x, y)
         return (scores * to_loss.double().unsqueeze(1)).to(problem.dtype)
+
+    def _rows(self) -> int:
+        problem = self._require_problem()
+        return max(1, min(256, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size())))
+
+    def _probabilities(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """``p``, the probability of each example's label at ``theta``, in chunks of :meth:`_rows` examples."""
+        problem = self._require_problem()
+        rows = self._rows()
+        with torch.no_grad():
+            parts = [
+                self._margin.probability(problem, theta, x[start : start + rows], y[start : start + rows])
+                for start in range(0, len(x), rows)
+            ]
+        return torch.cat(parts)
 
     def _features(self, theta: Tensor, x: Tensor, y: Tensor, matrix: Tensor | None) -> Tensor:
         """``[N, k]`` projected margin gradients at ``theta`` (``[N, P]`` unprojected where ``matrix`` is ``None``)."""
         problem = self._require_problem()
         width = problem.n_params if matrix is None else matrix.shape[1]
         out = torch.empty(len(x), width, dtype=problem.dtype, device=problem.device)
-        rows = max(1, min(256, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size())))
+        rows = self._rows()
         gradient = vmap(grad(self._margin.example(problem)), in_dims=(None, 0, 0))
         for start in range(0, len(x), rows):
             part = gradient(theta, x[start : start + rows], y[start : start + rows])
