@@ -3,8 +3,9 @@
     python scripts/headline.py [--results-dir leaderboards/results] [--readme README.md] [--check]
 
 Reads the committed result records (``bench run --publish`` writes them), keeps for each task configuration the
-records of its newest run per estimator (the paper's top-k selection; whole-model runs only, not ``layers: last``
-variants, which the leaderboards list as rows of their own), and writes the table between the markers
+records of its newest run per built-in estimator (the paper's top-k selection; whole-model runs only, not
+``layers: last`` variants, which the leaderboards list as rows of their own; not the peer libraries' adapters or other
+plugins' estimators, which the task leaderboards list beside ours), and writes the table between the markers
 ``<!-- headline:start -->`` and ``<!-- headline:end -->`` of the README. ``--check`` exits 1 if the README's table
 differs from what the records give, so a stale headline is caught.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from benchmark.common import markdown
 from benchmark.contracts import records
+from benchmark.contracts.plugins import BUILTIN_PLUGINS
 
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 IGNORED = ("data_dir", "download")
@@ -35,10 +37,12 @@ def setting(record: dict[str, Any]) -> str:
 
 
 def newest_runs(found: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
-    """Per (task, configuration): the newest top-k record of each estimator over the whole model."""
+    """Per (task, configuration): the newest top-k record of each built-in estimator over the whole model."""
     out: dict[tuple, dict[str, dict[str, Any]]] = {}
     for record in sorted(found, key=lambda r: r["date"]):
         if record["selection"]["kind"] != "top" or record["estimator"]["hyperparameters"].get("layers", "all") != "all":
+            continue
+        if record["estimator"].get("plugin") not in BUILTIN_PLUGINS:
             continue
         config = tuple(sorted((k, repr(v)) for k, v in record["task"]["config"].items() if k not in IGNORED))
         out.setdefault((record["task"]["name"], config), {})[record["estimator"]["name"]] = record

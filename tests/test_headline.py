@@ -59,3 +59,22 @@ def test_a_last_layer_run_does_not_replace_the_whole_model_in_the_headline(tmp_p
     assert result.returncode == 0, result.stderr
     row = next(line for line in readme.read_text().splitlines() if line.startswith("| iris |"))
     assert f"| {before:.2f} |" in row and "-0.50" not in row
+
+
+def test_a_peer_adapters_run_is_not_a_headline_column(tmp_path):
+    """The headline shows the built-in estimators; a plugin's (the peer adapters') records stay in the leaderboards."""
+    results = tmp_path / "results" / "iris"
+    results.mkdir(parents=True)
+    source = sorted((RESULTS / "iris").glob("*-exact-top.json"))[0]
+    shutil.copy(source, results / source.name)
+    record = json.loads(source.read_text())
+    record["run_id"] = "29990101T000000Z-000000"
+    record["estimator"]["name"] = "dattri-explicit"
+    record["estimator"]["plugin"] = "benchmark.peers.adapters"
+    (results / "29990101T000000Z-000000-dattri-explicit-top.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- headline:start -->\n<!-- headline:end -->\n")
+    result = run("--readme", readme, "--results-dir", tmp_path / "results")
+    assert result.returncode == 0, result.stderr
+    text = readme.read_text()
+    assert "`exact`" in text and "dattri-explicit" not in text
