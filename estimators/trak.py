@@ -116,6 +116,7 @@ class TRAK(Estimator):
                 "count": config.models,
                 "seconds": ensemble.seconds,
                 "from_cache": ensemble.from_cache == config.models,
+                "seconds_now": ensemble.seconds_now,
             }
         self._projected = config.projection_dim < problem.n_params
         self._members: list[tuple[Tensor, Tensor | None, Tensor, Tensor]] = []

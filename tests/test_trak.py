@@ -103,6 +103,9 @@ def test_ensemble_members_are_cached_one_by_one(tmp_path):
     assert three.from_cache == 2  # the optimum and the member the two-model ensemble trained
     torch.testing.assert_close(three.thetas[:2], two.thetas, rtol=0, atol=0)
     assert three.seconds > two.seconds  # the cached member's cost is kept and counted again
+    assert two.seconds_now == pytest.approx(two.seconds) and three.seconds_now == pytest.approx(
+        three.seconds - two.seconds
+    )
     assert len(list((tmp_path / "ensembles").glob("*.pt"))) == 2
 
 
@@ -273,3 +276,10 @@ def test_bench_run_records_trak_with_its_ensembles_cost_apart(bench, tiny, tmp_p
         costs.append(timings["models_s"])
         assert "models" in next(line for line in result.out.splitlines() if line.startswith("| `trak`"))
     assert costs[1] == pytest.approx(costs[0])  # loaded from the cache, still reported at what it cost
+    # a larger ensemble trains only the member it adds: its own preparation excludes that training, not the cached
+    results = tmp_path / "grown"
+    options = ("--set", "trak.models=4", "--set", "trak.projection_dim=20")
+    result = bench("run", "--task", "iris", "--estimators", "trak", *options, *tiny, *common, "--results-dir", results)
+    assert result.code == 0, result.err
+    (record,) = read_records(results)
+    assert record["timings"]["models_s"] > costs[0] and 0 <= record["timings"]["prepare_s"] < costs[0]

@@ -83,8 +83,10 @@ class Estimator(abc.ABC):
         self.problem: Problem | None = None
         self.models: dict[str, Any] = {}
         """What :meth:`prepare` used beyond the trained model, for cost accounting: ``kind`` (e.g. ``"trajectory"``),
-        ``count``, ``seconds`` (what producing them cost, also when they came from the cache) and ``from_cache``. The
-        harness records ``seconds`` as the ``models_s`` timing, apart from the estimator's own ``prepare_s``."""
+        ``count``, ``seconds`` (what producing them cost, also when they came from the cache), ``from_cache`` and,
+        where some came from the cache and some were produced now, ``seconds_now`` (the part of ``seconds`` spent in
+        this :meth:`prepare`; default ``seconds``, or 0 when ``from_cache``). The harness records ``seconds`` as the
+        ``models_s`` timing and takes ``seconds_now`` out of the estimator's own ``prepare_s``."""
 
     @property
     def damping(self) -> float:

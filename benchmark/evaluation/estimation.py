@@ -142,9 +142,10 @@ def evaluate_estimator(evaluation: Evaluation, problem: Problem, test_index: int
         estimator.prepare(problem)
         prepare_s = time.perf_counter() - start
         if estimator.models:  # extra models are reported apart, at what producing them cost, cached or not
-            evaluation.timings["models_s"] = float(estimator.models["seconds"])
-            if not estimator.models.get("from_cache", False):
-                prepare_s -= float(estimator.models["seconds"])
+            used = estimator.models
+            evaluation.timings["models_s"] = float(used["seconds"])
+            fresh = 0.0 if used.get("from_cache", False) else float(used["seconds"])
+            prepare_s -= float(used.get("seconds_now", fresh))
         evaluation.timings["prepare_s"] = prepare_s
         overrides_influence = type(estimator).influence is not Estimator.influence
         start = time.perf_counter()

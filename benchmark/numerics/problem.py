@@ -57,6 +57,7 @@ class Ensemble:
         seconds: what training the members cost when they were trained (kept with them in the cache); 0 for the
             optimum itself, which the task paid for.
         from_cache: how many members were loaded rather than trained now (the optimum counts as loaded).
+        seconds_now: the part of ``seconds`` spent in this call, training the members that were not cached.
     """
 
     seeds: list[int]
@@ -64,6 +65,7 @@ class Ensemble:
     thetas: Tensor
     seconds: float
     from_cache: int
+    seconds_now: float = 0.0
 
 
 class CheckpointSource(Protocol):

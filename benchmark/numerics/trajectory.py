@@ -158,7 +158,7 @@ class TrainingRun:
                 "trained like its optimum"
             )
         seeds = [self.seed + j * self.MEMBER_SEED_STRIDE for j in range(count)]
-        thetas, seconds, loaded = [], 0.0, 0
+        thetas, seconds, seconds_now, loaded = [], 0.0, 0.0, 0
         for j, seed in enumerate(seeds):
             if j == 0 and subset_fraction == 1.0 and self.optimum is not None:
                 thetas.append(self.optimum.to(self.initial.theta))
@@ -178,8 +178,9 @@ class TrainingRun:
                 found = self.cache.tensors("ensembles", member_key, train)
             thetas.append(found["theta"].to(self.initial.theta))
             seconds += float(found["seconds"])
+            seconds_now += 0.0 if cached else float(found["seconds"])
             loaded += int(cached)
-        return Ensemble(seeds, subset_fraction, torch.stack(thetas), seconds, loaded)
+        return Ensemble(seeds, subset_fraction, torch.stack(thetas), seconds, loaded, seconds_now)
 
     def _train_member(self, seed: int, subset_fraction: float, progress: bool) -> dict[str, Tensor]:
         assert self.initialize is not None
