@@ -69,9 +69,9 @@ class TRAK(Estimator):
     (correlations per test point are TRAK's own).
 
     **Projection.** :func:`projection_matrix`, the same matrix as ``traker``'s CPU ``BasicProjector`` for the same seed
-    and model index (``benchmark/peers`` compares the two), kept in memory per model (``P * k`` floats), with the
-    projected training gradients multiplied by the solve's root (``n * k`` per model), so a query costs its own
-    gradients and two products.
+    and model index (``benchmark/peers`` compares the two), drawn whole while a model's training gradients are
+    projected and drawn again per query (``traker`` draws it again per batch and block of 100 columns); kept between
+    queries are the projected training gradients multiplied by the solve's root (``n * k`` per model).
 
     **Ensemble.** :meth:`benchmark.Problem.ensemble`: ``models - 1`` further models trained like the optimum from other
     seeds (or ``models`` on subsets); what training them cost is reported as the ``models_s`` timing, apart from this
@@ -119,18 +119,12 @@ class TRAK(Estimator):
                 "seconds_now": ensemble.seconds_now,
             }
         self._projected = config.projection_dim < problem.n_params
-        self._members: list[tuple[Tensor, Tensor | None, Tensor, Tensor]] = []
+        self._members: list[tuple[Tensor, Tensor, Tensor]] = []
         out_to_loss = torch.zeros(problem.n_train, dtype=problem.dtype, device=problem.device)
         ranks = []
         for model_id, theta in enumerate(thetas):
             theta = theta.to(problem.theta)
-            matrix = (
-                projection_matrix(problem.n_params, config.projection_dim, config.seed, model_id, config.projection).to(
-                    problem.theta
-                )
-                if self._projected
-                else None
-            )
+            matrix = self._matrix(model_id)
             features = self._features(theta, problem.x_train, problem.y_train, matrix)
             gram = features.T @ features
             gram.diagonal().add_(config.regularization)
@@ -138,8 +132,8 @@ class TRAK(Estimator):
             kept = eigenvalues > eigenvalues[-1] * len(eigenvalues) * torch.finfo(problem.dtype).eps
             ranks.append(int(kept.sum()))
             root = vectors[:, kept] / eigenvalues[kept].sqrt()  # root @ root.T: the pseudo-inverse of Phi^T Phi
-            self._members.append((theta, matrix, root, features @ root))
-            del features
+            self._members.append((theta, root, features @ root))
+            del features, matrix
             out_to_loss += 1 - self._probabilities(theta, problem.x_train, problem.y_train)
         self._out_to_loss = out_to_loss / len(thetas)
         self.diagnostics = {
@@ -155,11 +149,20 @@ class TRAK(Estimator):
         indices = torch.as_tensor(test_indices, device=problem.x_test.device)
         x, y = problem.x_test[indices], problem.y_test[indices]
         scores = torch.zeros(len(indices), problem.n_train, dtype=torch.float64, device=problem.device)
-        for theta, matrix, root, whitened in self._members:
-            scores += ((self._features(theta, x, y, matrix) @ root) @ whitened.T).double()
+        for model_id, (theta, root, whitened) in enumerate(self._members):
+            scores += ((self._features(theta, x, y, self._matrix(model_id)) @ root) @ whitened.T).double()
         scores = scores / len(self._members) * self._out_to_loss.double()
         to_loss = 1 - self._probabilities(problem.theta, x, y)
         return (scores * to_loss.double().unsqueeze(1)).to(problem.dtype)
+
+    def _matrix(self, model_id: int) -> Tensor | None:
+        """Model ``model_id``'s projection matrix (``None`` where nothing is projected), drawn anew on every call: kept,
+        it would hold ``P * k`` numbers per model between queries (1.1 GiB for three LeNets at ``k = 2048``)."""
+        problem, config = self._require_problem(), self.config
+        if not self._projected:
+            return None
+        matrix = projection_matrix(problem.n_params, config.projection_dim, config.seed, model_id, config.projection)
+        return matrix.to(problem.theta)
 
     def _rows(self) -> int:
         problem = self._require_problem()
