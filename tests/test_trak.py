@@ -22,6 +22,7 @@ from benchmark.numerics.trajectory import TrainingRun
 from estimators.tracin import TracIn, TracInConfig
 from estimators.trak import TRAK, TRAKConfig
 from tasks.iris import Iris, IrisConfig, mlp
+from tasks.vision import Mnist, VisionConfig
 
 PHASES = [
     Recipe(steps=40, lr=0.1, batch_size=8, momentum=0.9, seed=3),
@@ -283,3 +284,14 @@ def test_bench_run_records_trak_with_its_ensembles_cost_apart(bench, tiny, tmp_p
     assert result.code == 0, result.err
     (record,) = read_records(results)
     assert record["timings"]["models_s"] > costs[0] and 0 <= record["timings"]["prepare_s"] < costs[0]
+
+
+def test_the_vision_tasks_state_their_initialisation(tmp_path):
+    """``initial_parameters(seed)`` is the parameters the task trains from for that seed (the start of its training
+    run), in the problem's order; another seed draws others."""
+    task = Mnist(VisionConfig(preset="smoke", train_steps=5, polish_steps=0, lbfgs_steps=0))
+    problem = task.build(BuildContext(device="cpu", seed=1, cache=Cache(tmp_path), progress=False))
+    run = problem.training_run
+    assert isinstance(run, TrainingRun) and run.seed == 1 and run.initialize is not None
+    torch.testing.assert_close(run.initial.theta, task.initial_parameters(1), rtol=0, atol=0)
+    assert not torch.equal(task.initial_parameters(10_001), task.initial_parameters(1))
