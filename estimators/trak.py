@@ -49,7 +49,9 @@ class TRAKConfig:
 
 class TRAK(Estimator):
     """TRAK: randomly projected gradients of the margin, a least-squares solve per model, averaged over an ensemble of
-    ``M`` independently trained models ``theta_m``. The score of training point ``i`` for test point ``z``::
+    ``M`` independently trained models ``theta_m``.
+
+    The score of training point ``i`` for test point ``z``::
 
         tau(z)_i = [(1/M) sum_m phi_m(z)^T (Phi_m^T Phi_m + lambda I)^-1 phi_m(x_i)] * [(1/M) sum_m (1 - p_m(x_i))]
 
