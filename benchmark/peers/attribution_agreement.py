@@ -45,10 +45,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +56,11 @@ from torch import Tensor
 from benchmark.common import markdown
 from benchmark.peers.adapters.captum_adapters import CaptumTracIn, CaptumTracInConfig
 from benchmark.peers.adapters.dattri_adapters import DattriTracIn, DattriTracInConfig
-from benchmark.peers.curvature_agreement import measure
+from benchmark.peers.curvature_agreement import environment, measure
 from benchmark.peers.speed_vs_peers import (
     MODELS,
     REPO,
     build_problem,
-    current_commit,
     estimator,
     module_at,
     pearson_rows,
@@ -262,30 +259,6 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment(argv: list[str]) -> dict[str, str]:
-    versions = []
-    for package in ("torch", "traker", "captum", "dattri"):
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{package} missing")
-    processor = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "CPU",
-    )
-    return {
-        "command": " ".join(["python -m benchmark.peers.attribution_agreement", *argv]),
-        "device": f"CPU ({processor})",
-        "versions": ", ".join(versions),
-        "commit": current_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmark.peers.attribution_agreement", description=__doc__)
@@ -316,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             importlib.import_module(module)  # checked before anything is trained
         except ImportError:
             parser.error(f"{package} is not installed: pip install -e '.[peers]' into the peers' own environment")
-    meta = environment(argv)
+    meta = environment(argv, "benchmark.peers.attribution_agreement", ("torch", "traker", "captum", "dattri"))
     rows = []
     for model in models:
         rows += compare_trak(model, args.data_dir, sizes["ensembles"], sizes["projection_dims"])

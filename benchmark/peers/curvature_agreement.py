@@ -307,9 +307,15 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment(argv: list[str]) -> dict[str, str]:
+def environment(
+    argv: list[str],
+    module: str = "benchmark.peers.curvature_agreement",
+    packages: tuple[str, ...] = ("torch", "curvlinops-for-pytorch", "kronfluence", "dattri"),
+) -> dict[str, str]:
+    """What a comparison table's banner states: the command (``python -m module`` with ``argv``), the CPU, the
+    versions of ``packages``, the commit and the date."""
     versions = []
-    for package in ("torch", "curvlinops-for-pytorch", "kronfluence", "dattri"):
+    for package in packages:
         try:
             versions.append(f"{package} {importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
@@ -323,7 +329,7 @@ def environment(argv: list[str]) -> dict[str, str]:
         "CPU",
     )
     return {
-        "command": " ".join(["python -m benchmark.peers.curvature_agreement", *argv]),
+        "command": " ".join([f"python -m {module}", *argv]),
         "device": f"CPU ({processor})",
         "versions": ", ".join(versions),
         "commit": current_commit(),
