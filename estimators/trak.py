@@ -29,6 +29,8 @@ class TRAKConfig:
         projection: ``rademacher`` (``traker``'s default) or ``normal`` entries of the projection matrix.
         seed: the projection's seed (``traker``'s ``projector_seed``).
         regularization: ``lambda`` added to ``Phi^T Phi`` before the solve (``traker``'s ``lambda_reg``, default 0).
+        traker_rescaling: divide each model's ``(Phi^T Phi)^-1`` by the mean absolute value of its entries, as
+            ``traker`` 0.3.2 does, which weights an ensemble's models unequally (off: the paper's plain average).
     """
 
     projection_dim: int = 2048
@@ -37,6 +39,7 @@ class TRAKConfig:
     projection: str = dataclasses.field(default="rademacher", metadata={"choices": PROJECTIONS})
     seed: int = 0
     regularization: float = 0.0
+    traker_rescaling: bool = False
 
     def __post_init__(self) -> None:
         positive(projection_dim=self.projection_dim, models=self.models, subset_fraction=self.subset_fraction)
@@ -62,7 +65,8 @@ class TRAK(Estimator):
     ``Q``. The two averages are taken separately, as ``traker``'s ``finalize_scores`` does. One difference from
     ``traker`` 0.3.2: it divides each model's ``(Phi^T Phi)^-1`` by the mean absolute value of its entries ("to avoid
     numerical issues when going to float16"), which scales one model's scores by a constant and weights the models of
-    an ensemble unequally; this is the paper's unweighted average (``benchmark/peers/trak_agreement.py`` measures both).
+    an ensemble unequally; this is the paper's unweighted average unless ``traker_rescaling`` is set
+    (``benchmark/peers/attribution_agreement.py`` and ``peer_tests/test_trak_against_traker.py`` measure both).
 
     **Sign and scale.** TRAK attributes the margin: ``tau_i`` is the predicted rise of the test point's margin due to
     training point ``i``'s presence. Removing it lowers the margin by ``tau_i``, and the test loss
@@ -135,6 +139,8 @@ class TRAK(Estimator):
             kept = eigenvalues > eigenvalues[-1] * len(eigenvalues) * torch.finfo(problem.dtype).eps
             ranks.append(int(kept.sum()))
             root = vectors[:, kept] / eigenvalues[kept].sqrt()  # root @ root.T: the pseudo-inverse of Phi^T Phi
+            if config.traker_rescaling:
+                root = root / (root @ root.T).abs().mean().sqrt()
             self._members.append((theta, root, features @ root))
             del features, matrix
             out_to_loss += 1 - self._probabilities(theta, problem.x_train, problem.y_train)

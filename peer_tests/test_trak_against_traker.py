@@ -18,6 +18,7 @@ from benchmark import Problem, Recipe
 from benchmark.numerics import training
 from benchmark.numerics.losses import cross_entropy
 from benchmark.numerics.projection import projection_matrix
+from benchmark.numerics.trajectory import TrainingRun
 from benchmark.peers.attribution_agreement import traker_scores
 from benchmark.peers.speed_vs_peers import pearson_rows
 from estimators.trak import TRAK, TRAKConfig
@@ -25,19 +26,32 @@ from estimators.trak import TRAK, TRAKConfig
 pytest.importorskip("trak")
 
 
+RECIPE = Recipe(steps=300, lr=0.5)
+
+
+def make_module(seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4))
+
+
+def initialize(seed: int) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in make_module(seed).parameters()])
+
+
 def mlp_problem() -> tuple[Problem, nn.Module]:
-    """A 10-32-4 tanh MLP (484 parameters) trained on 300 synthetic examples, float32."""
+    """A 10-32-4 tanh MLP (484 parameters) trained on 300 synthetic examples, float32, with a training run that trains
+    an ensemble like it."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(320, 10, generator=generator)
     y = (x[:, :4] + 0.5 * torch.randn(320, 4, generator=generator)).argmax(dim=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 4))
+    module = make_module(0)
     problem = Problem.from_module(
         module, cross_entropy, x[:300], y[:300], x[300:], y[300:], 0.001, loss_module=nn.CrossEntropyLoss()
     )
-    theta = training.train(problem, Recipe(steps=300, lr=0.5))
-    trained = dataclasses.replace(problem, params=problem.unflatten(theta))
+    theta = training.train(problem, RECIPE)
+    run = TrainingRun(problem, [RECIPE], initialize=initialize, optimum=theta)
+    trained = dataclasses.replace(problem, params=problem.unflatten(theta), training_run=run)
     with torch.no_grad():
         for name, parameter in module.named_parameters():
             parameter.copy_(trained.params[name])
@@ -71,3 +85,21 @@ def test_trak_agrees_with_traker_on_the_same_model():
     assert float(pearson_rows(ours, aligned).min()) > 0.9999
     ratio = aligned / ours
     assert float((ratio / ratio.median()).sub(1).abs().median()) < 1e-3  # one constant: traker's rescaling
+
+
+def test_an_ensemble_agrees_with_traker_with_its_rescaling_and_not_without():
+    """traker divides each model's (Phi^T Phi)^-1 by its mean absolute entry: with ``traker_rescaling`` ours does the
+    same and agrees; the paper's plain average (our default) weights the models otherwise."""
+    problem, module = mlp_problem()
+    test = torch.arange(10)
+    theirs = traker_scores(module, problem, test, problem.ensemble(3).thetas, 128).double().T
+    with torch.no_grad():
+        p = torch.softmax(problem.model(problem.params, problem.x_test[test]), 1).gather(1, problem.y_test[test, None])
+    aligned = theirs * (1 - p.double())
+    agreement = {}
+    for rescaling in (True, False):
+        estimator = TRAK(TRAKConfig(projection_dim=128, models=3, traker_rescaling=rescaling))
+        estimator.prepare(problem)
+        agreement[rescaling] = float(pearson_rows(estimator.influence(test).double(), aligned).min())
+    assert agreement[True] > 0.9999
+    assert agreement[False] < agreement[True]

@@ -162,7 +162,9 @@ def margin_gradient(problem: Problem, module: nn.Module, theta: torch.Tensor, x,
     return torch.cat([g.reshape(-1) for g in gradients]), float(p.detach())
 
 
-def direct_trak(problem, module, thetas, tests, projection_dim: int | None) -> torch.Tensor:
+def direct_trak(
+    problem, module, thetas, tests, projection_dim: int | None, traker_rescaling: bool = False
+) -> torch.Tensor:
     scores = torch.zeros(len(tests), problem.n_train, dtype=torch.float64)
     out_to_loss = torch.zeros(problem.n_train, dtype=torch.float64)
     for model_id, theta in enumerate(thetas):
@@ -179,6 +181,8 @@ def direct_trak(problem, module, thetas, tests, projection_dim: int | None) -> t
         )
         gram = features.T @ features
         inverse = torch.linalg.pinv(gram, hermitian=True, rtol=len(gram) * torch.finfo(torch.float64).eps)
+        if traker_rescaling:
+            inverse = inverse / inverse.abs().mean()
         scores += (target @ matrix) @ inverse @ features.T
     scores = scores / len(thetas) * out_to_loss / len(thetas)
     p_test = torch.tensor(
@@ -209,6 +213,17 @@ def test_trak_is_its_formula_computed_directly(projection_dim, models):
         assert estimator.models["seconds"] > 0
     else:
         assert estimator.models == {}
+
+
+def test_trak_with_trakers_rescaling_weights_each_model_by_its_inverses_mean_absolute_entry():
+    problem, module = trained_problem()
+    estimator = TRAK(TRAKConfig(projection_dim=20, models=3, traker_rescaling=True))
+    estimator.prepare(problem)
+    expected = direct_trak(problem, module, problem.ensemble(3).thetas, [0, 4], 20, traker_rescaling=True)
+    torch.testing.assert_close(estimator.influence([0, 4]), expected, rtol=1e-7, atol=1e-12)
+    plain = TRAK(TRAKConfig(projection_dim=20, models=3))
+    plain.prepare(problem)
+    assert not torch.allclose(plain.influence([0, 4]), expected, rtol=1e-3)
 
 
 def test_trak_needs_a_classification_loss():
