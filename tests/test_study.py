@@ -197,18 +197,22 @@ def test_declared_studies_are_valid() -> None:
             assert check_rule(claim.rule) is None, (name, panel.name, claim.id)
 
 
-def test_checkpoints_studies_sweep_tracin() -> None:
-    """TracIn's checkpoints against flat references; MNIST in the setting of the committed leaderboard row."""
+def test_checkpoints_studies_sweep_tracin_and_trak() -> None:
+    """TracIn's checkpoints (and on MNIST TRAK's models) against flat references; MNIST in the setting of the committed
+    leaderboard row."""
     iris, mnist = load_study(available()["iris-checkpoints"]), load_study(available()["mnist-checkpoints"])
     assert iris.estimator_sweep == {"tracin": {"checkpoints": [1, 2, 5, 10, 20, 50, 100]}}
     assert iris.seeds == [0, 1, 2] and {"grad-cos", "first-order"} <= set(iris.estimators)
-    assert mnist.estimator_sweep == {"tracin": {"checkpoints": [1, 2, 5, 10, 20, 50]}}
-    assert mnist.estimators == ["tracin", "grad-cos", "first-order"] and mnist.seeds == [0]
+    assert mnist.estimator_sweep == {
+        "tracin": {"checkpoints": [1, 2, 5, 10, 20, 50]},
+        "trak": {"models": [1, 2, 3, 5]},
+    }
+    assert mnist.estimators == ["tracin", "trak", "grad-cos", "first-order"] and mnist.seeds == [0]
     board = configuration.load_yaml(Path(__file__).parent.parent / "leaderboards/configs/mnist-small-cnn-A-no-wd.yaml")
     (point,) = mnist.points()
     assert point == {**board["mnist"], "weight_decay": 0.0} and mnist.run["gt_seeds"] == board["gt_seeds"]
-    for study in (iris, mnist):
-        assert [p.x for p in study.panels] == ["checkpoints"] and not study.claims()
+    assert [p.x for p in iris.panels] == ["checkpoints"] and [p.x for p in mnist.panels] == ["checkpoints", "models"]
+    assert not iris.claims() and not mnist.claims()
 
 
 def test_iris_studies_sweep_what_the_paper_plots() -> None:
