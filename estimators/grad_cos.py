@@ -23,21 +23,16 @@ class GradientCosine(Estimator):
     softmax saturates) would fill the top of the ranking with points whose removal changes nothing.
 
     Cost: one pass over the per-example training gradients to prepare (their norms) and one per query, in chunks of
-    at most :attr:`CHUNK_BYTES`. No iHVP.
+    :meth:`benchmark.Problem.gradient_rows`. No iHVP.
     """
 
     name = "grad-cos"
     no_ihvp = "gradient similarity, no curvature"
-    CHUNK_BYTES = 2**28
-    """Per-example gradients held at once: 256 MiB (256 LeNet gradients; 5 of ResNet-18)."""
-
-    def _chunk(self, problem: Problem) -> int:
-        return max(1, min(256, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size())))
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
         norms = torch.empty(problem.n_train, dtype=problem.dtype, device=problem.device)
-        for rows, gradients in problem.iter_train_gradients(self._chunk(problem)):
+        for rows, gradients in problem.iter_train_gradients(problem.gradient_rows()):
             norms[rows] = torch.linalg.vector_norm(gradients, dim=1)
         floor = torch.finfo(problem.dtype).eps * float(norms.max())
         self._inverse_norms = torch.where(norms > floor, 1 / norms.clamp_min(torch.finfo(problem.dtype).tiny), 0.0)
@@ -48,7 +43,7 @@ class GradientCosine(Estimator):
         test = problem.test_gradients(test_indices)
         test = test / torch.linalg.vector_norm(test, dim=1, keepdim=True).clamp_min(torch.finfo(test.dtype).tiny)
         out = torch.empty(len(test), problem.n_train, dtype=problem.dtype, device=problem.device)
-        for rows, gradients in problem.iter_train_gradients(self._chunk(problem)):
+        for rows, gradients in problem.iter_train_gradients(problem.gradient_rows()):
             out[:, rows] = test @ gradients.T
         return out * self._inverse_norms
 

@@ -65,8 +65,6 @@ class TracIn(Estimator):
     name = "tracin"
     Config = TracInConfig
     no_ihvp = "gradient similarity summed over training checkpoints, no curvature"
-    CHUNK_BYTES = 2**28
-    """Per-example gradients held at once while projecting: 256 MiB."""
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
@@ -82,7 +80,7 @@ class TracIn(Estimator):
         self._projections: list[tuple[Tensor, Tensor]] = []
         k = self.config.projection_dim
         if 0 < k < problem.n_params:
-            rows = max(1, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size()))
+            rows = problem.gradient_rows()
             for index, checkpoint in enumerate(self._checkpoints):
                 matrix = projection_matrix(problem.n_params, k, self.config.seed, index, self.config.projection)
                 matrix = matrix.to(problem.theta) / k**0.5

@@ -101,9 +101,6 @@ class TRAK(Estimator):
     name = "trak"
     Config = TRAKConfig
     no_ihvp = "projected margin gradients with a least-squares solve per ensemble model, no Hessian"
-    CHUNK_BYTES = 2**28
-    """Per-example gradients held at once before projection: at most 256 of them and 256 MiB (the activations
-    ``vmap`` keeps for the backward pass grow with the examples in a chunk)."""
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)
@@ -173,14 +170,11 @@ class TRAK(Estimator):
         matrix = projection_matrix(problem.n_params, config.projection_dim, config.seed, model_id, config.projection)
         return matrix.to(problem.theta)
 
-    def _rows(self) -> int:
-        problem = self._require_problem()
-        return max(1, min(256, self.CHUNK_BYTES // (problem.n_params * problem.theta.element_size())))
-
     def _probabilities(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """``p``, the probability of each example's label at ``theta``, in chunks of :meth:`_rows` examples."""
+        """``p``, the probability of each example's label at ``theta``, in chunks of
+        :meth:`benchmark.Problem.gradient_rows` examples."""
         problem = self._require_problem()
-        rows = self._rows()
+        rows = problem.gradient_rows()
         with torch.no_grad():
             parts = [
                 self._margin.probability(problem, theta, x[start : start + rows], y[start : start + rows])
@@ -193,7 +187,7 @@ class TRAK(Estimator):
         problem = self._require_problem()
         width = problem.n_params if matrix is None else matrix.shape[1]
         out = torch.empty(len(x), width, dtype=problem.dtype, device=problem.device)
-        rows = self._rows()
+        rows = problem.gradient_rows()
         gradient = vmap(grad(self._margin.example(problem)), in_dims=(None, 0, 0))
         for start in range(0, len(x), rows):
             part = gradient(theta, x[start : start + rows], y[start : start + rows])

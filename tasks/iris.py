@@ -350,7 +350,7 @@ class Iris(Task):
             return mlp(c.depth, c.width, c.activation).to(torch.float64)
 
     def initial_parameters(self, seed: int) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self._initial_module(seed).parameters()])
+        return torch.nn.utils.parameters_to_vector(self._initial_module(seed).parameters()).detach()
 
     def train_recipe(self) -> Recipe:
         """Full-batch gradient descent to the optimum."""

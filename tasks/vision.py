@@ -245,7 +245,7 @@ class VisionTask(Task):
             return build_model(self.config.model, self.channels, self.image_size)
 
     def initial_parameters(self, seed: int) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self._initial_module(seed).parameters()])
+        return torch.nn.utils.parameters_to_vector(self._initial_module(seed).parameters()).detach()
 
     def protocol(self) -> Protocol:
         """Test point, top k and leave-one-out re-training (``retrain_fraction`` of the training steps, from the

@@ -37,7 +37,7 @@ def make_module(seed: int) -> nn.Module:
 
 
 def initialize(seed: int) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in make_module(seed).parameters()])
+    return nn.utils.parameters_to_vector(make_module(seed).parameters()).detach()
 
 
 def trained_problem(cache: Cache | None = None) -> tuple[Problem, nn.Module]:

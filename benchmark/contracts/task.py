@@ -129,7 +129,7 @@ class Task(abc.ABC):
                 current = dataclasses.replace(current, params=current.unflatten(theta))
             return {"theta": current.theta}
 
-        optimum = context.cache.tensors("optima", key, train_phases)["theta"]
+        optimum = context.cache.tensors("optima", key, train_phases)["theta"].to(problem.theta)
         sgd = [phase for phase in phases if isinstance(phase, Recipe)]
         initialize = self.initial_parameters if self.overrides("initial_parameters") else None
         # a stage of polish alone keeps the run of the stage before it, whose SGD steps are the trajectory
@@ -140,10 +140,10 @@ class Task(abc.ABC):
             else problem.training_run
         )
         if run is not None:
-            run = run.with_optimum(optimum.to(problem.theta))
+            run = run.with_optimum(optimum)
         return dataclasses.replace(
             problem,
-            params=problem.unflatten(optimum.to(problem.theta)),
+            params=problem.unflatten(optimum),
             curvature_cache=(context.cache, key),
             training_run=run,
         )

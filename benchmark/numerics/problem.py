@@ -165,6 +165,11 @@ class Problem:
     graph in one piece" against "kept graph in N pieces")."""
     MIN_PASS_ROWS: ClassVar[int] = 64
     """The fewest examples in such a pass, so that the per-pass overhead of autograd stays small."""
+    GRADIENT_BYTES: ClassVar[int] = 2**28
+    """What an estimator's per-example gradients held at once may take (:meth:`gradient_rows`): 256 MiB."""
+    MAX_GRADIENT_ROWS: ClassVar[int] = 256
+    """The most per-example gradients held at once (:meth:`gradient_rows`): the activations ``vmap`` keeps for their
+    backward pass grow with the examples in a chunk."""
 
     @classmethod
     def from_module(
@@ -401,6 +406,12 @@ class Problem:
         """The training set cut into consecutive chunks of at most ``chunk_size`` (default :attr:`chunk_size`)."""
         size = chunk_size or self.chunk_size or self.n_train
         return [slice(start, min(start + size, self.n_train)) for start in range(0, self.n_train, size)]
+
+    def gradient_rows(self) -> int:
+        """How many per-example gradients (``P`` numbers each) an estimator that streams them (``grad-cos``, ``tracin``,
+        ``trak``) holds at once: at most :attr:`MAX_GRADIENT_ROWS` and :attr:`GRADIENT_BYTES` of them, at least one."""
+        fitting = self.GRADIENT_BYTES // (self.n_params * self.theta.element_size())
+        return max(1, min(self.MAX_GRADIENT_ROWS, fitting))
 
     def iter_train_gradients(self, chunk_size: int = 1024) -> Iterator[tuple[slice, Tensor]]:
         """All training gradients in chunks of at most ``chunk_size`` rows, so ``n x P`` is never held at once."""

@@ -8,6 +8,7 @@ for an ensemble with :meth:`benchmark.Problem.ensemble`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -72,16 +73,16 @@ class TrainingRun:
 
     def without_cache(self) -> TrainingRun:
         """The same run with no cache: :meth:`checkpoints` and :meth:`ensemble` train on every call."""
-        return TrainingRun(
-            self.initial, self.phases, None, None, self.initialize, self.seed, self.optimum, self.descend
-        )
+        run = copy.copy(self)
+        run.cache, run.key = None, None
+        return run
 
     def with_optimum(self, optimum: Tensor) -> TrainingRun:
         """The same run ending at ``optimum`` (the problem's parameters after every phase, a polish included), which a
         whole-set :meth:`ensemble` takes as its first member."""
-        return TrainingRun(
-            self.initial, self.phases, self.cache, self.key, self.initialize, self.seed, optimum, self.descend
-        )
+        run = copy.copy(self)
+        run.optimum = optimum
+        return run
 
     @property
     def total_steps(self) -> int:

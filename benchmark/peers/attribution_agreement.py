@@ -56,7 +56,7 @@ from torch import Tensor
 from benchmark.common import markdown
 from benchmark.peers.adapters.captum_adapters import CaptumTracIn, CaptumTracInConfig
 from benchmark.peers.adapters.dattri_adapters import DattriTracIn, DattriTracInConfig
-from benchmark.peers.curvature_agreement import environment, measure
+from benchmark.peers.curvature_agreement import cost, environment, measure
 from benchmark.peers.speed_vs_peers import (
     MODELS,
     REPO,
@@ -206,10 +206,6 @@ def compare_tracin(model: str, data_dir: str | None, checkpoints: int) -> list[d
 
 
 def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
-    def cost(pair: tuple[float, float | None]) -> list[str]:
-        seconds, peak = pair
-        return [f"{seconds:.2f}", "n/a" if peak is None else f"{peak:.0f}"]
-
     table = [
         [
             row["model"],

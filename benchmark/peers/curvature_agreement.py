@@ -255,11 +255,13 @@ def compare(model: str, data_dir: str | None, methods: tuple[str, ...] = METHODS
     return rows
 
 
-def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
-    def cost(pair: tuple[float, float | None]) -> list[str]:
-        seconds, peak = pair
-        return [f"{seconds:.2f}", "n/a" if peak is None else f"{peak:.0f}"]
+def cost(pair: tuple[float, float | None]) -> list[str]:
+    """A measurement's table cells: seconds and the peak memory's rise in MiB (``n/a`` where not measurable)."""
+    seconds, peak = pair
+    return [f"{seconds:.2f}", "n/a" if peak is None else f"{peak:.0f}"]
 
+
+def render(rows: list[dict[str, Any]], meta: dict[str, str]) -> str:
     table = [
         [
             row["model"],
