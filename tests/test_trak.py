@@ -12,8 +12,9 @@ from torch import nn
 from torch.func import functional_call
 
 from benchmark import BuildContext, Problem, Recipe
+from benchmark.common import config as configuration
 from benchmark.common.cache import Cache
-from benchmark.common.errors import EstimatorFailed
+from benchmark.common.errors import EstimatorFailed, UnknownNameError
 from benchmark.contracts import testing as conformance
 from benchmark.numerics import training
 from benchmark.numerics.losses import cross_entropy
@@ -23,6 +24,7 @@ from estimators.tracin import TracIn, TracInConfig
 from estimators.trak import TRAK, TRAKConfig
 from tasks.iris import Iris, IrisConfig, mlp
 from tasks.vision import Mnist, VisionConfig
+from tests.conftest import assert_one_line_error
 
 PHASES = [
     Recipe(steps=40, lr=0.1, batch_size=8, momentum=0.9, seed=3),
@@ -310,3 +312,36 @@ def test_the_vision_tasks_state_their_initialisation(tmp_path):
     assert isinstance(run, TrainingRun) and run.seed == 1 and run.initialize is not None
     torch.testing.assert_close(run.initial.theta, task.initial_parameters(1), rtol=0, atol=0)
     assert not torch.equal(task.initial_parameters(10_001), task.initial_parameters(1))
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------------
+def test_bad_trak_and_tracin_settings_are_named_with_their_choices(bench, tiny, tmp_path):
+    with pytest.raises(UnknownNameError, match=r"trak.projection 'gaussian' \(choices: normal, rademacher\)"):
+        configuration.build(TRAKConfig, {"projection": "gaussian"}, "trak")
+    with pytest.raises(UnknownNameError, match=r"tracin.projection 'gaussian' \(choices: normal, rademacher\)"):
+        configuration.build(TracInConfig, {"projection": "gaussian"}, "tracin")
+    for options, message in (
+        ({"subset_fraction": 1.5}, "subset_fraction=1.5 must be at most 1"),
+        ({"models": 0}, "models"),
+        ({"projection_dim": 0}, "projection_dim"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TRAKConfig(**options)
+    with pytest.raises(ValueError, match="projection_dim"):
+        TracInConfig(projection_dim=-1)
+    result = bench(
+        "run",
+        "--task",
+        "iris",
+        "--estimators",
+        "trak",
+        "--set",
+        "trak.models=0",
+        *tiny,
+        "--cache-dir",
+        tmp_path / "cache",
+        "--results-dir",
+        tmp_path / "results",
+        "--no-leaderboard",
+    )
+    assert_one_line_error(result, "models")
