@@ -236,6 +236,9 @@ class Outcome:
         spearman_undefined: why the correlation is undefined (constant values).
         residual: ``|s - s*| / |s*|`` of its test iHVP ``s`` against the dense float64 solve ``s*`` where one
             exists (as in ``bench run``).
+        models_s: what the extra models its preparation used (``tracin``'s checkpoints, ``trak``'s ensemble) cost
+            to produce, as ``bench run`` records it; ``None`` for an estimator that uses none. Such an estimator's
+            preparation is also timed with its models taken from the cache (:func:`own_preparation`).
     """
 
     status: str
@@ -243,6 +246,7 @@ class Outcome:
     spearman: float | None = None
     spearman_undefined: str | None = None
     residual: float | None = None
+    models_s: float | None = None
 
 
 def evaluate(
@@ -267,7 +271,7 @@ def evaluate(
     for evaluation in run.estimators:
         name, error = evaluation.estimator.name, evaluation.error
         if evaluation.failure is None:
-            outcomes[name] = Outcome("ok", residual=evaluation.residual)
+            outcomes[name] = Outcome("ok", residual=evaluation.residual, models_s=evaluation.timings.get("models_s"))
         elif isinstance(error, EstimatorFailed):  # a refusal (skipped, diverged): its timings are skipped
             outcomes[name] = Outcome("declined", error.reason)
         else:  # a bug, not a refusal: the timings of this pair will fail and show it
@@ -338,11 +342,13 @@ def outcome(artefacts: dict[str, Any], case: str, estimator: str, size: str) -> 
 class Prepared:
     """A problem built for one benchmark process (its optimum comes from the suite's cache) and a new estimator."""
 
-    def __init__(self, artefacts: dict[str, Any], case: str, estimator: str, size: str, prepare: bool):
+    def __init__(
+        self, artefacts: dict[str, Any], case: str, estimator: str, size: str, prepare: bool, models: bool = False
+    ):
         self.outcome = outcome(artefacts, case, estimator, size)
         run, self.problem, _, self.test_index = build(case, size, Path(artefacts["cache_dir"]), estimators=[estimator])
         if not prepare:  # a timed preparation computes what it needs: no dense Hessian or checkpoints from the cache
-            self.problem = from_scratch(self.problem)
+            self.problem = from_scratch(self.problem, keep_models=models)
         expected = case_entry(artefacts, case, size)["test_index"]
         if self.test_index != expected:
             raise RuntimeError(f"{case} at size {size}: test point {self.test_index}, but setup_cache chose {expected}")
@@ -363,12 +369,15 @@ class Prepared:
         return values
 
 
-def from_scratch(problem: Problem) -> Problem:
+def from_scratch(problem: Problem, keep_models: bool = False) -> Problem:
     """``problem`` without the disk caches an estimator's preparation reads: its dense Hessians
-    (:attr:`~benchmark.Problem.curvature_cache`, which ``setup_cache``'s evaluation of ``exact`` filled) and its
-    training run's checkpoints (which ``tracin`` then replays, so its time includes what the checkpoints cost)."""
+    (:attr:`~benchmark.Problem.curvature_cache`, which ``setup_cache``'s evaluation of ``exact`` filled) and, unless
+    ``keep_models``, its training run's cache of checkpoints and ensemble members (which ``tracin`` then replays and
+    ``trak`` trains, so its time includes what its extra models cost)."""
     run = problem.training_run
-    return dataclasses.replace(problem, curvature_cache=None, training_run=None if run is None else run.without_cache())
+    if keep_models or run is None:
+        return dataclasses.replace(problem, curvature_cache=None)
+    return dataclasses.replace(problem, curvature_cache=None, training_run=run.without_cache())
 
 
 _PREPARED: dict[tuple[str, str, str, str], Prepared] = {}
@@ -387,3 +396,14 @@ def unprepared(artefacts: str, case: str, estimator: str, size: str) -> Prepared
     """A fresh problem and a new estimator, for timing a preparation from scratch (``exact`` keeps its Hessian on
     the problem, so a problem is never prepared twice)."""
     return Prepared(load_artefacts(artefacts), case, estimator, size, prepare=False)
+
+
+def own_preparation(artefacts: str, case: str, estimator: str, size: str) -> Prepared:
+    """As :func:`unprepared`, but the extra models (checkpoints, ensemble members) come from the cache that
+    ``setup_cache``'s evaluation filled: timing it gives the estimator's own preparation, and the difference from
+    a preparation from scratch what producing its models costs. ``NotImplementedError`` (asv: skipped) for an
+    estimator that uses no extra models, whose own preparation is its whole preparation."""
+    data = load_artefacts(artefacts)
+    if outcome(data, case, estimator, size).get("models_s") is None:
+        raise NotImplementedError(f"{estimator} uses no extra models on {case}: its preparation is time_prepare")
+    return Prepared(data, case, estimator, size, prepare=False, models=True)

@@ -211,6 +211,19 @@ def test_suite_end_to_end_on_tiny_iris(suite_env, tmp_path):
     assert values.shape == (1, 120)
     bench.time_influence(*args)
     bench.peakmem_influence(*args)
+    with pytest.raises(NotImplementedError, match="cg uses no extra models"):
+        influence.OwnPreparation().setup(*args)
+    tracin = (artefacts, "iris", "tracin", "small")
+    assert data["cases"]["iris|small"]["estimators"]["tracin"]["models_s"] > 0
+    own = influence.OwnPreparation()
+    own.setup(*tracin)
+    assert own.prepared.problem.curvature_cache is None and own.prepared.problem.training_run.cache is not None
+    own.time_prepare_own(*tracin)
+    assert own.prepared.estimator.models["from_cache"]  # its checkpoints: read back, not replayed
+    scratch = influence.Prepare()
+    scratch.setup(*tracin)
+    scratch.time_prepare(*tracin)
+    assert not scratch.prepared.estimator.models["from_cache"]
     spearman = influence.Spearman()
     spearman.setup(*args)
     assert spearman.track_spearman(*args) == data["cases"]["iris|small"]["estimators"]["cg"]["spearman"]
@@ -239,7 +252,7 @@ def test_suite_end_to_end_on_tiny_iris(suite_env, tmp_path):
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER = "fedcba9876543210fedcba9876543210fedcba98"
 CASES = ["iris", "mnist/small-cnn", "mnist/vgg13"]
-ESTIMATORS = ["exact", "cg"]
+ESTIMATORS = ["exact", "cg", "tracin"]
 SIZES = ["small", "cpu"]
 NAN = math.nan
 VALUES = {  # (case, estimator, size) -> value; absent: NaN (skipped)
@@ -248,12 +261,20 @@ VALUES = {  # (case, estimator, size) -> value; absent: NaN (skipped)
         ("iris", "cg", "small"): 1e-5,
         ("mnist/small-cnn", "exact", "small"): 80.0,
         ("mnist/small-cnn", "cg", "cpu"): 2e-5,
+        ("iris", "tracin", "small"): 22.0,
+        ("mnist/small-cnn", "tracin", "small"): 0.3,
+    },
+    timing.OWN_PREPARE: {  # tracin alone uses extra models; on the small CNN its models cost less than the noise
+        ("iris", "tracin", "small"): 0.04,
+        ("mnist/small-cnn", "tracin", "small"): 0.31,
     },
     timing.QUERY: {
         ("iris", "exact", "small"): 0.01,
         ("iris", "cg", "small"): 0.25,
         ("mnist/small-cnn", "exact", "small"): 0.02,
         ("mnist/small-cnn", "cg", "cpu"): None,
+        ("iris", "tracin", "small"): 0.01,
+        ("mnist/small-cnn", "tracin", "small"): 0.02,
     },
     timing.PEAKMEM: {("iris", "exact", "small"): 800 * 2**20, ("iris", "cg", "small"): 810 * 2**20},
     timing.SPEARMAN: {
@@ -345,23 +366,26 @@ def test_bench_timing_renders_table_2(bench, tmp_path):
     assert "machine `vm` (AMD EPYC, 2 CPUs, 24.0 GiB RAM, Linux 6.18); device: **CPU**" in text
     assert "commit `01234567`, environment `virtualenv-py3.11`" in text
     assert "- Clock: the CPU time of each benchmark process (`BENCH_ASV_TIMER=process`)" in text
-    header = "| task | architecture | training points | parameters | torch threads | paper, Table 2 (s) | exact | cg |"
+    header = "| task | architecture | training points | parameters | torch threads | paper, Table 2 (s) | exact |"
+    header += " cg | tracin |"
     assert header in lines
     small = lines.index("## Size `small`")
     cpu = lines.index("## Size `cpu`")
     assert small < cpu
     table = lines[small:cpu]
-    assert "| Iris | MLP (depth 1, width 5) | 120 | 43 | 1 | - | 0.51 | 0.25 |" in table
-    assert "| MNIST | small CNN | 128 | 2,616 | 1 | 141.13 ± 0.51 | 80.02 | declined |" in table
-    assert "| MNIST | VGG13 | - | - | - | 3,886.23 ± 3.45 | - | - |" in table
-    assert "| Iris | MLP (depth 1, width 5) | exact | 0.5 | 0.01 | 800 | - | 0.99 | 0.0e+00 |" in table
-    assert "| Iris | MLP (depth 1, width 5) | cg | 1e-05 | 0.25 | 810 | - | 0.99 | 4.9e-11 |" in table
-    assert "| MNIST | small CNN | exact | 80.00 | 0.02 | - | - | -0.17 | - |" in table
-    assert "| MNIST | small CNN | cg | declined | declined | - | - | - | - |" in table
+    # tracin: its own preparation and query, then what replaying the training run for its checkpoints cost
+    assert "| Iris | MLP (depth 1, width 5) | 120 | 43 | 1 | - | 0.51 | 0.25 | 0.05 + 21.96 models |" in table
+    assert "| MNIST | small CNN | 128 | 2,616 | 1 | 141.13 ± 0.51 | 80.02 | declined | 0.32 + 0 models |" in table
+    assert "| MNIST | VGG13 | - | - | - | 3,886.23 ± 3.45 | - | - | - |" in table
+    assert "| Iris | MLP (depth 1, width 5) | exact | 0.5 | - | 0.01 | 800 | - | 0.99 | 0.0e+00 |" in table
+    assert "| Iris | MLP (depth 1, width 5) | cg | 1e-05 | - | 0.25 | 810 | - | 0.99 | 4.9e-11 |" in table
+    assert "| Iris | MLP (depth 1, width 5) | tracin | 22.00 | 21.96 | 0.01 | - | - | - | - |" in table
+    assert "| MNIST | small CNN | exact | 80.00 | - | 0.02 | - | - | -0.17 | - |" in table
+    assert "| MNIST | small CNN | cg | declined | - | declined | - | - | - | - |" in table
     assert not any(line.startswith("| MNIST | VGG13 | exact") for line in table)  # not run: no detail rows
     rest = lines[cpu:]
-    assert "| MNIST | small CNN | 5,500 | 2,616 | 1 | 141.13 ± 0.51 | declined | failed |" in rest
-    assert "| MNIST | small CNN | cg | 2e-05 | failed | - | - | - | - |" in rest
+    assert "| MNIST | small CNN | 5,500 | 2,616 | 1 | 141.13 ± 0.51 | declined | failed | declined |" in rest
+    assert "| MNIST | small CNN | cg | 2e-05 | - | failed | - | - | - | - |" in rest
     assert not any(line.startswith("| Iris | MLP (depth 1, width 5) | exact") for line in rest)
 
 
