@@ -108,6 +108,52 @@ def memory_per_model(problem: Problem, batch_size: int | None) -> int:
     return itemsize * (4 * problem.n_params + 8 * outputs * batch + problem.x_train[:1].numel() * batch)
 
 
+def fastest_chunk_size(
+    problem: Problem,
+    recipe: Recipe,
+    n_models: int,
+    train: Callable[..., Tensor] = descend,
+    what: str = "leave-one-out",
+) -> int:
+    """How many of ``n_models`` models to train at once with ``train`` (:func:`benchmark.numerics.training.descend`'s
+    arguments, or a task's faster equivalent): the fastest per model among powers of two that fit in memory, timed
+    on a few steps of ``recipe`` (stacking never pays less than one at a time, since 1 is a candidate)."""
+    per_model = memory_per_model(problem, recipe.batch_size)
+    cap = max(1, min(n_models, int(MEMORY_FRACTION * free_memory(problem.device)) // per_model))
+    candidates = sorted({min(cap, 2**k) for k in range(0, 12)})
+    probe_steps = 3
+    if cap == 1 or recipe.steps < 10 * probe_steps:
+        return cap
+    probe = dataclasses.replace(recipe, steps=probe_steps)
+    best, best_time = 1, float("inf")
+    for k in candidates:
+        weights = torch.ones(k, problem.n_train, dtype=problem.dtype, device=problem.device)
+        start = problem.theta.unsqueeze(0).expand(k, -1)
+        try:
+            train(problem, start, weights, dataclasses.replace(probe, steps=1))  # warm-up
+            _synchronize(problem)
+            begin = time.perf_counter()
+            train(problem, start, weights, probe)
+            _synchronize(problem)
+        except torch.OutOfMemoryError:
+            # The planning estimate undercounts convolutional activations: the first size that does not fit
+            # ends the search, and larger ones would not fit either.
+            del weights, start
+            torch.cuda.empty_cache()
+            log.info("%s chunk size %d does not fit in memory", what, k)
+            break
+        per_model_time = (time.perf_counter() - begin) / k
+        if per_model_time < best_time:
+            best, best_time = k, per_model_time
+    log.info("%s chunk size %d (of %s, timed %d steps each)", what, best, candidates, probe_steps)
+    return best
+
+
+def _synchronize(problem: Problem) -> None:
+    if problem.device.type == "cuda":
+        torch.cuda.synchronize(problem.device)
+
+
 class GroundTruth:
     """Leave-one-out effects on one test point, for one trained problem and re-training recipe.
 
@@ -256,41 +302,10 @@ class GroundTruth:
         return computed
 
     def choose_chunk_size(self, n_models: int) -> int:
-        """How many models to stack: the fastest per model among powers of two that fit in memory, timed on a few
-        steps (stacking never pays less than one at a time, since 1 is a candidate)."""
-        if self.chunk_size is not None:
-            return self.chunk_size
-        per_model = memory_per_model(self.problem, self.recipe.batch_size)
-        cap = max(1, min(n_models, int(MEMORY_FRACTION * free_memory(self.problem.device)) // per_model))
-        candidates = sorted({min(cap, 2**k) for k in range(0, 12)})
-        probe_steps = 3
-        if cap == 1 or self.recipe.steps < 10 * probe_steps:
-            self.chunk_size = cap
-            return cap
-        probe = dataclasses.replace(self.recipe, steps=probe_steps)
-        best, best_time = 1, float("inf")
-        for k in candidates:
-            weights = torch.ones(k, self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
-            start = self.problem.theta.unsqueeze(0).expand(k, -1)
-            try:
-                descend(self.problem, start, weights, dataclasses.replace(probe, steps=1))  # warm-up
-                self._synchronize()
-                begin = time.perf_counter()
-                descend(self.problem, start, weights, probe)
-                self._synchronize()
-            except torch.OutOfMemoryError:
-                # The planning estimate undercounts convolutional activations: the first size that does not fit
-                # ends the search, and larger ones would not fit either.
-                del weights, start
-                torch.cuda.empty_cache()
-                log.info("leave-one-out chunk size %d does not fit in memory", k)
-                break
-            per_model_time = (time.perf_counter() - begin) / k
-            if per_model_time < best_time:
-                best, best_time = k, per_model_time
-        log.info("leave-one-out chunk size %d (of %s, timed %d steps each)", best, candidates, probe_steps)
-        self.chunk_size = best
-        return best
+        """How many models to stack (:func:`fastest_chunk_size`; fixed where ``chunk_size`` was given)."""
+        if self.chunk_size is None:
+            self.chunk_size = fastest_chunk_size(self.problem, self.recipe, n_models)
+        return self.chunk_size
 
     # -- re-training -------------------------------------------------------------------------------------------------
     def _compute_chunks(self, indices: list[int], reference: Reference, on_chunk: Callable[[int], None] | None) -> int:
@@ -320,10 +335,6 @@ class GroundTruth:
         """
         start = self.problem.theta.unsqueeze(0).expand(len(weights), -1)
         return descend(self.problem, start, weights, self.recipe, self.progress, description)
-
-    def _synchronize(self) -> None:
-        if self.problem.device.type == "cuda":
-            torch.cuda.synchronize(self.problem.device)
 
     def _test_losses(self, thetas: Tensor) -> Tensor:
         x = self.problem.x_test[self.test_index : self.test_index + 1]

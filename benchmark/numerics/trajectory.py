@@ -184,29 +184,42 @@ class TrainingRun:
         return Ensemble(seeds, subset_fraction, torch.stack(thetas), seconds, loaded, seconds_now)
 
     def _train_member(self, seed: int, subset_fraction: float, progress: bool) -> dict[str, Tensor]:
-        assert self.initialize is not None
-        start = time.perf_counter()
         initial = self.initial
-        theta = self.initialize(seed).to(initial.theta).unsqueeze(0)
+        start = time.perf_counter()
         weights = torch.ones(1, initial.n_train, dtype=initial.dtype, device=initial.device)
         if subset_fraction < 1.0:
             generator = torch.Generator().manual_seed(seed)
             kept = torch.randperm(initial.n_train, generator=generator)[: round(subset_fraction * initial.n_train)]
             weights.zero_()
             weights[0, kept.to(initial.device)] = 1.0 / subset_fraction
-        offset = seed - self.seed
-        for phase in self.phases:
-            theta = self.descend(
-                initial,
-                theta,
-                weights,
-                dataclasses.replace(phase, seed=phase.seed + offset),
-                progress,
-                f"training ensemble member (seed {seed})",
-            )
+        theta = self.train_from_scratch(weights, seed, progress, f"training ensemble member (seed {seed})")
         seconds = time.perf_counter() - start
         log.info("ensemble: member of seed %d trained in %.1f s", seed, seconds)
         return {"theta": theta[0], "seconds": torch.tensor(seconds, dtype=torch.float64)}
+
+    def train_from_scratch(
+        self, weights: Tensor, seed: int, progress: bool = False, description: str = "training from scratch"
+    ) -> Tensor:
+        """One model per row of ``weights`` (``Tensor[K, n_train]``, each training point's weight in that model's
+        objective, 0 leaving it out), all trained from ``initialize(seed)`` with this run's SGD phases, their
+        minibatch seeds offset by ``seed - self.seed``: stacked, through :attr:`descend`. Returns ``Tensor[K, P]``.
+
+        The rows share the initialisation and the minibatch order, so they differ only by their data: what an
+        ensemble member (one row) and the subset models of the linear datamodeling score (many rows) are.
+        """
+        if self.initialize is None:
+            raise NotImplementedError(
+                "the task states no initialisation for other seeds (Task.initial_parameters), so no model can be "
+                "trained from scratch like its optimum"
+            )
+        initial = self.initial
+        theta = self.initialize(seed).to(initial.theta).unsqueeze(0).expand(len(weights), -1)
+        offset = seed - self.seed
+        for phase in self.phases:
+            theta = self.descend(
+                initial, theta, weights, dataclasses.replace(phase, seed=phase.seed + offset), progress, description
+            )
+        return theta
 
     def _phase_of(self, step: int) -> Recipe:
         done = 0
