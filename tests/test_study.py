@@ -252,6 +252,14 @@ MALFORMED = {
         TINY_STUDY.format(name="bad").replace("gt_chunk_size: 64", "gt_chunk: 64"),
         ["bad.yaml", "'run.gt_chunk'"],
     ),
+    "run-truth": (
+        TINY_STUDY.format(name="bad").replace("gt_chunk_size: 64", "truths: [loo, lsd]"),
+        ["bad.yaml", "'run.truths'", "'lsd'", "loo, lds"],
+    ),
+    "run-lds-fraction": (
+        TINY_STUDY.format(name="bad").replace("gt_chunk_size: 64", "lds_fraction: 1.5"),
+        ["bad.yaml", "'run.lds_fraction'", "1.5", "between 0 and 1"],
+    ),
     "unknown-task-option": (
         TINY_STUDY.format(name="bad").replace("depth: [1, 2]", "dept: [1, 2]"),
         ["bad.yaml", "'dept'", "did you mean 'depth'?"],

@@ -1,5 +1,6 @@
-"""``bench gt``: compute or top up the leave-one-out ground truth of a task's problem in the cache, without running
-an estimator; ``--status``: summarise what the cache holds."""
+"""``bench gt``: compute or top up the ground truth of a task's problem in the cache, without running an estimator
+(``--truth loo``: leave-one-out models for ``--points``; ``--truth lds``: the datamodeling score's subset models);
+``--status``: summarise what the cache holds."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from benchmark.common.paths import writable_directory
 from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.evaluation.runner import Run
-from benchmark.groundtruth.status import cache_status
+from benchmark.groundtruth.status import cache_status, subset_status
 
 HELP = "compute or top up ground truth, or summarise the cache"
 
@@ -38,12 +39,16 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
     if args.status:
         cache = Cache(args.cache_dir)
         writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
-        rows = cache_status(cache)
-        if not rows:
-            print(f"no ground truth under {cache.root / 'loo'}")
+        rows, subsets = cache_status(cache), subset_status(cache)
+        if not rows and not subsets:
+            print(f"no ground truth under {cache.root}")
             return 0
-        print(f"ground truth under {cache.root / 'loo'}:")
-        print(pd.DataFrame(rows).to_markdown(index=False))
+        if rows:
+            print(f"leave-one-out ground truth under {cache.root / 'loo'}:")
+            print(pd.DataFrame(rows).to_markdown(index=False))
+        if subsets:
+            print(f"linear-datamodeling subset models under {cache.root / 'lds'}:")
+            print(pd.DataFrame(subsets).to_markdown(index=False))
         return 0
     if not (args.points in ("all", "random") or (args.points.isdigit() and int(args.points) > 0)):
         raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
@@ -55,6 +60,19 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
 
 def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
     problem, protocol, test_index, _ = run.build_problem()
+    if "lds" in config.truths:
+        for subsets in run.subset_ground_truths(problem):
+            missing = subsets.missing()
+            executor = run.executor()
+            start = subsets.stats
+            computed = (subsets.compute(missing) if executor is None else executor(subsets, missing)) if missing else 0
+            print(
+                f"lds seed {subsets.train_seed}: {subsets.design.subsets} subset models of {subsets.design.fraction:g} "
+                f"of the training set: {subsets.design.subsets - len(missing)} cached, {computed} trained, "
+                f"{start.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
+            )
+        if "loo" not in config.truths:
+            return 0
     order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
     if args.points == "all":
         points = list(range(problem.n_train))

@@ -16,7 +16,7 @@ from benchmark.common import config as configuration
 from benchmark.common.errors import BenchError, UnknownNameError, UsageError
 from benchmark.common.paths import RESULTS_ENV, default_results_dir, published_dir
 from benchmark.contracts.plugins import Registry
-from benchmark.contracts.run_config import DEFAULT_SELECTIONS, DEVICES, RunConfig
+from benchmark.contracts.run_config import DEFAULT_SELECTIONS, DEVICES, TRUTHS, RunConfig
 from benchmark.groundtruth.executors import EXECUTORS
 
 DEFAULT_RESULTS_HELP = f"${RESULTS_ENV}, else $XDG_DATA_HOME/bench/results or ~/.local/share/bench/results"
@@ -30,6 +30,10 @@ RUN_OPTIONS = (
     "results_dir",
     "gt_chunk_size",
     "gt_seeds",
+    "truths",
+    "lds_subsets",
+    "lds_fraction",
+    "lds_test_points",
     "executor",
     "workers",
     "ray_address",
@@ -71,6 +75,19 @@ def add_problem_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="ground-truth repeats with different re-training seeds "
         "(default 1; 2+ give the noise ceiling and bootstrap intervals)",
+    )
+    parser.add_argument(
+        "--truth",
+        "--truths",
+        dest="truths",
+        type=configuration.split_names,
+        help=f"ground truths, comma-separated: {', '.join(TRUTHS)} (default loo): leave-one-out re-training, and "
+        "the linear datamodeling score over models trained from scratch on random subsets",
+    )
+    parser.add_argument("--lds-subsets", type=int, help="lds: random training subsets (default 100)")
+    parser.add_argument("--lds-fraction", type=float, help="lds: share of the training set per subset (default 0.5)")
+    parser.add_argument(
+        "--lds-test-points", type=int, help="lds: test points scored, a random sample (default 100, or all if fewer)"
     )
     parser.add_argument("--executor", help=f"where re-training runs: {', '.join(EXECUTORS)} (default local)")
     parser.add_argument("--workers", type=int, help="processes of --executor process (default: CPU count)")
@@ -156,6 +173,18 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
     cache_dir = option("cache_dir", None, directory, "a directory")
     results_dir = option("results_dir", None, directory, "a directory")
     gt_seeds = option("gt_seeds", 1, integer(1), "a positive integer")
+    truths = option("truths", ["loo"], names, "names, comma-separated or a list")
+    for truth in truths:
+        if truth not in TRUTHS:
+            raise UnknownNameError("ground truth", truth, TRUTHS)
+    lds_subsets = option("lds_subsets", 100, integer(3), "an integer of at least 3")
+    lds_fraction = option(
+        "lds_fraction",
+        0.5,
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+        "a number strictly between 0 and 1",
+    )
+    lds_test_points = option("lds_test_points", 100, integer(1), "a positive integer")
     executor = option("executor", "local", text, f"one of {', '.join(EXECUTORS)}")
     workers = option("workers", None, integer(1), "a positive integer")
     ray_address = option("ray_address", None, text, "a Ray address")
@@ -173,6 +202,10 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         progress=not args.no_progress,
         gt_chunk_size=chunk,
         gt_seeds=gt_seeds,
+        truths=list(dict.fromkeys(truths)),
+        lds_subsets=lds_subsets,
+        lds_fraction=float(lds_fraction),
+        lds_test_points=lds_test_points,
         executor=executor,
         workers=workers,
         ray_address=ray_address,

@@ -198,12 +198,26 @@ class RecipeInfo(TypedDict):
 
 
 class GroundTruthInfo(TypedDict):
+    """What the records of a run were scored against: leave-one-out re-training (``kind`` absent or ``loo``) or the
+    linear datamodeling score (``kind`` ``lds``: ``subsets``, ``fraction``, ``phases``, ``test_points``; no
+    reference and no re-training recipe)."""
+
     protocol: str
-    reference: str
-    reference_drift: float
-    """The change of the test loss from re-training on all points (mean over ground-truth seeds)."""
     points: int
-    recipe: RecipeInfo
+    """Leave-one-out: training points re-trained; ``lds``: subset models per seed."""
+    reference: NotRequired[str]
+    reference_drift: NotRequired[float]
+    """The change of the test loss from re-training on all points (mean over ground-truth seeds)."""
+    recipe: NotRequired[RecipeInfo]
+    kind: NotRequired[Literal["loo", "lds"]]
+    subsets: NotRequired[int]
+    fraction: NotRequired[float]
+    design_seed: NotRequired[int]
+    phases: NotRequired[list[RecipeInfo]]
+    """``lds``: the task's training phases each subset model was trained with from scratch."""
+    test_points: NotRequired[int]
+    models_per_minute: NotRequired[float | None]
+    """``lds``: subset models trained per minute in this run (``None`` where all came from the cache)."""
     seeds: NotRequired[int]
     drift_to_effect: NotRequired[float | None]
     """``|reference_drift|`` over the median |leave-one-out effect| (see :data:`DRIFT_DOMINATED`)."""
@@ -222,6 +236,8 @@ class GroundTruthInfo(TypedDict):
 class Timings(TypedDict):
     prepare_s: float | None
     query_s: float | None
+    lds_query_s: NotRequired[float | None]
+    """The estimator's influence on the linear datamodeling score's test points (batched calls)."""
     models_s: NotRequired[float | None]
     """What producing the extra models an estimator used (checkpoints, an ensemble) cost, also when they were loaded
     from the cache; ``prepare_s`` is then the estimator's own preparation without it."""
@@ -234,6 +250,16 @@ class Ceiling(TypedDict):
     spearman: NotRequired[Correlation | None]
 
 
+class LdsDetails(TypedDict):
+    """A linear-datamodeling record's score per test point."""
+
+    test_indices: list[int]
+    per_point: list[float | None]
+    """Spearman over the subsets at each test point (``None`` where undefined)."""
+    undefined_points: dict[str, str]
+    """Test index -> why its correlation is undefined (constant responses or predictions)."""
+
+
 class Metrics(TypedDict):
     pearson: NotRequired[Correlation | None]
     spearman: NotRequired[Correlation | None]
@@ -243,6 +269,8 @@ class Metrics(TypedDict):
     ihvp_residual_undefined: NotRequired[str]
     """Why there is no iHVP residual (an estimator without an iHVP)."""
     ceiling: NotRequired[Ceiling | None]
+    lds: NotRequired[LdsDetails | None]
+    """Records of selection ``lds``: each test point's score (``spearman`` and ``pearson`` are their means)."""
 
 
 class Points(TypedDict):

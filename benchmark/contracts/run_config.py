@@ -19,6 +19,10 @@ from benchmark.common.paths import default_results_dir
 DEFAULT_SELECTIONS = ("top", "random")
 """The selections of a run that names none (see :data:`benchmark.evaluation.selections.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
+TRUTHS = ("loo", "lds")
+"""Ground truths a run can score against: ``loo``, leave-one-out re-training from the optimum for each selected
+training point (:mod:`benchmark.groundtruth.engine`); ``lds``, the linear datamodeling score over models trained from
+scratch on random subsets (:mod:`benchmark.groundtruth.lds`)."""
 
 
 @dataclasses.dataclass
@@ -37,7 +41,13 @@ class RunConfig:
         results_dir: where result records are written (default :func:`benchmark.common.paths.default_results_dir`).
         progress: show progress bars.
         gt_chunk_size: leave-one-out models re-trained at once (``None``: chosen by timing).
-        gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+).
+        gt_seeds: ground-truth repeats with different re-training seeds (noise ceiling and intervals need 2+); for
+            ``lds``, the training seeds of the subset models.
+        truths: which ground truths to score against (:data:`TRUTHS`), in order.
+        lds_subsets: ``lds``: how many random subsets (each trained from scratch, once per ``gt_seeds``).
+        lds_fraction: ``lds``: the share of the training set each subset keeps.
+        lds_test_points: ``lds``: how many test points are scored (a random sample drawn with ``seed``; all of
+            them if the test set is smaller).
         executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
         workers: processes of the ``process`` executor (default: the CPU count).
         ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
@@ -60,6 +70,10 @@ class RunConfig:
     progress: bool = True
     gt_chunk_size: int | None = None
     gt_seeds: int = 1
+    truths: list[str] = dataclasses.field(default_factory=lambda: ["loo"])
+    lds_subsets: int = 100
+    lds_fraction: float = 0.5
+    lds_test_points: int = 100
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None

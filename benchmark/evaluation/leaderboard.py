@@ -81,12 +81,55 @@ def _group_key(record: Mapping[str, Any], defaults: Mapping[str, Any] | None = N
             task,
             record["seed"],
             record["device"]["type"],
-            record["test_point"]["rule"],
-            record["ground_truth"]["recipe"],
+            *_truth_key(record),
         ],
         sort_keys=True,
         default=str,
     )
+
+
+def _truth_key(record: Mapping[str, Any]) -> list[Any]:
+    """What tells ground truths apart in a section's key: leave-one-out's test point and re-training recipe, or the
+    datamodeling design (subsets, fraction, test points, training phases)."""
+    gt = record["ground_truth"]
+    if gt.get("kind") == "lds":
+        return ["lds", gt["subsets"], gt["fraction"], gt.get("test_points"), gt.get("phases")]
+    return [record["test_point"]["rule"], gt["recipe"]]
+
+
+def _lds_lines(first: Mapping[str, Any]) -> list[str]:
+    """A datamodeling section's test-point and ground-truth lines."""
+    gt = first["ground_truth"]
+    steps = sum(phase["steps"] for phase in gt.get("phases") or [])
+    rate = gt.get("models_per_minute")
+    return [
+        f"- Test points: {gt.get('test_points', '?')}, a random sample of the test set (seed {first['seed']})",
+        f"- Ground truth: **linear datamodeling score** (LDS): {gt['subsets']} random subsets of {gt['fraction']:g} "
+        f"of the training set, each trained from scratch with the task's recipe ({steps} SGD steps), "
+        f"{gt.get('seeds', 1)} training seed(s); the score is the Spearman correlation over the subsets between the "
+        "summed predicted loss changes of the points each subset leaves out and the measured test loss, averaged "
+        "over the test points; [a, b] resamples subsets and test points"
+        + (f"; {rate:.1f} subset models trained per minute" if rate else ""),
+    ]
+
+
+def _loo_lines(first: Mapping[str, Any]) -> list[str]:
+    """A leave-one-out section's test-point and ground-truth lines."""
+    gt = first["ground_truth"]
+    recipe = gt["recipe"]
+    return [
+        f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
+        f"{first['test_point']['loss']:.4g})",
+        f"- Ground truth: {gt['protocol']}, {recipe['steps']} steps, lr {recipe['lr']}, batch "
+        f"{recipe['batch_size'] or 'full'}, {gt.get('seeds', 1)} seed(s); against {gt['reference']} (drift of "
+        f"the test loss {gt['reference_drift']:.2e}"
+        + (
+            f", {gt['drift_to_effect']:.2g} x the median |leave-one-out effect|"
+            if gt.get("drift_to_effect") is not None
+            else ""
+        )
+        + f"); {gt['points']} points",
+    ]
 
 
 def _command(record: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> str:
@@ -234,7 +277,6 @@ def render(
         config = first["task"]["config"]
         problem = first["diagnostics"]["problem"]
         gt = first["ground_truth"]
-        recipe = gt["recipe"]
         commits = sorted({(r["commit"] or "unknown")[:10] + ("+dirty" if r.get("dirty") else "") for r in shown})
         converged = "converged" if problem["converged"] else f"NOT converged (tolerance {problem['convergence_tol']})"
         drift = drift_dominated(gt)
@@ -249,17 +291,7 @@ def render(
             f"{problem['weight_decay']}; optimum gradient norm {problem['gradient_norm']:.2e} ({converged}); Hessian "
             f"top eigenvalue {problem['top_eigenvalue']:.4g}"
             + (f", bottom {problem['bottom_eigenvalue']:.3g}" if "bottom_eigenvalue" in problem else ""),
-            f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
-            f"{first['test_point']['loss']:.4g})",
-            f"- Ground truth: {gt['protocol']}, {recipe['steps']} steps, lr {recipe['lr']}, batch "
-            f"{recipe['batch_size'] or 'full'}, {gt.get('seeds', 1)} seed(s); against {gt['reference']} (drift of "
-            f"the test loss {gt['reference_drift']:.2e}"
-            + (
-                f", {gt['drift_to_effect']:.2g} x the median |leave-one-out effect|"
-                if gt.get("drift_to_effect") is not None
-                else ""
-            )
-            + f"); {gt['points']} points",
+            *(_lds_lines(first) if gt.get("kind") == "lds" else _loo_lines(first)),
             *(
                 [
                     f"- **Drift-dominated ground truth** (drift {drift:.2g} x the median |leave-one-out effect|, above "
@@ -276,7 +308,14 @@ def render(
     lines += _not_run(records, reference_rows)
     lines += [
         "Columns: *selection* `top k` = each estimator's own top k by |estimated influence| (the paper's protocol), "
-        "`random k` = the same k random training points for every estimator; *paper Pearson/Spearman* = the "
+        "`random k` = the same k random training points for every estimator"
+        + (
+            ", `lds M` = the linear datamodeling score over M subsets (its Pearson and Spearman are the "
+            "per-test-point correlations averaged)"
+            if any(r["selection"]["kind"] == "lds" for r in records)
+            else ""
+        )
+        + "; *paper Pearson/Spearman* = the "
         "paper's figure for this setting, where the paper has one; *‖Δθ‖ Spearman* = "
         "predicted against re-trained parameter-change norms (not computed where the task turns it off for cost); "
         "*iHVP residual* = ‖s - s_exact‖ / ‖s_exact‖ for the test gradient against a dense float64 solve at the "

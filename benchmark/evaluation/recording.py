@@ -12,9 +12,10 @@ import numpy as np
 
 from benchmark.contracts.task import Protocol
 from benchmark.evaluation.estimation import Evaluation, no_ihvp_reason
-from benchmark.evaluation.scoring import bootstrap_interval, correlations, repeat_ceiling
+from benchmark.evaluation.scoring import bootstrap_interval, correlations, datamodeling_score, repeat_ceiling
 from benchmark.evaluation.selections import selection_description
 from benchmark.groundtruth.engine import GroundTruth, LooEffect
+from benchmark.groundtruth.lds import SubsetGroundTruth
 from benchmark.numerics.curvature import DenseHessian, top_eigenvalue
 from benchmark.numerics.problem import Problem
 
@@ -160,4 +161,94 @@ def estimator_record(
     if evaluation.estimator.no_ihvp is not None:
         record["metrics"]["ihvp_residual_undefined"] = no_ihvp_reason(evaluation.estimator)
     record["points"] = points
+    return record
+
+
+def lds_summary(ground_truths: list[SubsetGroundTruth], test_indices: list[int], executor: str) -> dict[str, Any]:
+    """The ``ground_truth`` field of a run's linear-datamodeling records: the design, the training phases, how many
+    subset models were cached or trained, in how long (and how many models per minute were trained)."""
+    first = ground_truths[0]
+    design = first.design
+    computed = sum(g.stats.computed for g in ground_truths)
+    seconds = sum(g.stats.seconds for g in ground_truths)
+    phases = [dataclasses.asdict(phase) for phase in first.run.phases]
+    return {
+        "kind": "lds",
+        "protocol": (
+            f"linear datamodeling: {design.subsets} random subsets of {design.fraction:g} of the training set, each "
+            "trained from scratch with the task's recipe"
+        ),
+        "subsets": design.subsets,
+        "fraction": design.fraction,
+        "design_seed": design.seed,
+        "phases": phases,
+        "seeds": len(ground_truths),
+        "test_points": len(test_indices),
+        "points": design.subsets,
+        "cached": sum(g.stats.cached for g in ground_truths),
+        "computed": computed,
+        "corrupt_recomputed": sum(g.stats.corrupt for g in ground_truths),
+        "seconds": seconds,
+        "models_per_minute": 60.0 * computed / seconds if computed and seconds > 0 else None,
+        "chunk_size": first.stats.chunk_size,
+        "executor": executor,
+        "cache_key": first.key,
+    }
+
+
+def lds_record(
+    common: dict[str, Any],
+    evaluation: Evaluation,
+    scores: tuple[np.ndarray | None, str | None],
+    masks: np.ndarray,
+    measured: np.ndarray,
+    test_indices: list[int],
+    problem_diagnostics: dict[str, Any],
+    task_diagnostics: dict[str, Any],
+    paper: dict[str, float] | None,
+) -> dict[str, Any]:
+    """The linear-datamodeling record of ``evaluation``'s estimator: selection ``lds``, its ``spearman`` and
+    ``pearson`` the linear datamodeling score (:func:`benchmark.evaluation.scoring.datamodeling_score`: the mean
+    over ``test_indices`` of the correlation over subsets), its ceiling from the training seeds, and under
+    ``metrics.lds`` each test point's score. ``scores``: the estimator's ``[T, n]`` influence on the test points, or
+    ``None`` and why it failed on them."""
+    values, failure = scores
+    failure = evaluation.failure or failure
+    subsets, fraction = common["ground_truth"]["subsets"], common["ground_truth"]["fraction"]
+    record = {
+        **common,
+        "estimator": {
+            "name": evaluation.label,
+            "plugin": evaluation.plugin,
+            "hyperparameters": evaluation.hyperparameters,
+        },
+        "selection": {
+            "kind": "lds",
+            "size": subsets,
+            "description": (
+                f"linear datamodeling score: {subsets} subsets of {fraction:g} of the training set, "
+                f"{len(test_indices)} test points"
+            ),
+        },
+        "status": ("skipped" if evaluation.skipped else "failed") if failure else "ok",
+        "failure": failure,
+        "timings": evaluation.timings,
+        "diagnostics": {"problem": problem_diagnostics, "estimator": evaluation.diagnostics, "task": task_diagnostics},
+        "paper": paper,
+        "metrics": None,
+        "points": None,
+    }
+    if failure is not None or values is None:
+        return record
+    result = datamodeling_score(values, masks, measured)
+    record["metrics"] = {
+        "spearman": result["spearman"],
+        "pearson": result["pearson"],
+        "ceiling": result["ceiling"],
+        "lds": {
+            "test_indices": test_indices,
+            "per_point": result["per_point"],
+            "undefined_points": {str(test_indices[t]): reason for t, reason in result["undefined_points"].items()},
+        },
+    }
     return record

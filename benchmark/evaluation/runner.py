@@ -1,11 +1,18 @@
-"""One ``bench run``: build the task's problem, run every estimator, compute the shared ground truth, score, record.
+"""One ``bench run``: build the task's problem, run every estimator, compute the shared ground truths, score, record.
 
 Each estimator is evaluated on the trained problem (:mod:`benchmark.evaluation.estimation`: timed, its outputs
 checked; a failing estimator becomes a failed record with its reason, one that does not apply to the problem a
-skipped one, and the run goes on); each selection picks the training points it scores
-(:mod:`benchmark.evaluation.selections`); the leave-one-out ground truth is computed once for the union of those
-points, from the shared cache (:mod:`benchmark.groundtruth`); and every estimator and selection becomes one record
-(:mod:`benchmark.evaluation.recording`), written under the results directory and handed to the reporting hooks.
+skipped one, and the run goes on). Then each ground truth the run asks for (``truths``):
+
+- ``loo``: each selection picks the training points it scores (:mod:`benchmark.evaluation.selections`); the
+  leave-one-out ground truth is computed once for the union of those points, from the shared cache
+  (:mod:`benchmark.groundtruth.engine`); every estimator and selection becomes one record;
+- ``lds``: every estimator scores a sample of test points in batched calls, the subset models trained from scratch
+  come from the shared cache (:mod:`benchmark.groundtruth.lds`), and every estimator becomes one record of selection
+  ``lds`` whose correlations are the linear datamodeling score.
+
+Records (:mod:`benchmark.evaluation.recording`) are written under the results directory and handed to the reporting
+hooks.
 """
 
 from __future__ import annotations
@@ -38,13 +45,14 @@ from benchmark.common.errors import (
 from benchmark.common.paths import RESULTS_ENV, writable_directory
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, call_each
-from benchmark.contracts.run_config import DEVICES, RunConfig
+from benchmark.contracts.run_config import DEVICES, TRUTHS, RunConfig
 from benchmark.contracts.task import BuildContext, Protocol, Task
 from benchmark.evaluation import recording
 from benchmark.evaluation.estimation import (
     Evaluation,
     evaluate_estimator,
     ihvp_residuals,
+    influence_rows,
     no_ihvp_reason,
     parameter_change,
     resolve_hyperparameters,
@@ -52,6 +60,7 @@ from benchmark.evaluation.estimation import (
 from benchmark.evaluation.selections import parse_test_point, select, select_test_point, selection_description
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.groundtruth.executors import EXECUTORS, WorkerSpec, make_executor
+from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
 from benchmark.numerics.problem import Problem
 
 log = logging.getLogger("bench")
@@ -139,6 +148,16 @@ class Run:
         parse_test_point(protocol.test_point)
         if config.executor not in EXECUTORS:
             raise UnknownNameError("executor", config.executor, EXECUTORS)
+        for truth in config.truths:
+            if truth not in TRUTHS:
+                raise UnknownNameError("ground truth", truth, TRUTHS)
+        if "lds" in config.truths and not self.task.overrides("initial_parameters"):
+            capable = sorted(name for name in registry.tasks if registry.task(name).overrides("initial_parameters"))
+            raise UsageError(
+                f"ground truth 'lds' trains models from scratch, and task {config.task!r} states no initialisation "
+                f"for other seeds (Task.initial_parameters); tasks that do: {', '.join(capable) or 'none'}"
+            )
+        self.lds_design = SubsetDesign(config.lds_subsets, config.lds_fraction, config.seed)
         self.cache = Cache(config.cache_dir)
         if not writable_directory(config.results_dir, "results directory"):
             raise UsageError(
@@ -212,22 +231,41 @@ class Run:
             for s in range(self.config.gt_seeds)
         ]
 
-    def executor(self) -> Callable[[GroundTruth, list[int]], int] | None:
-        """The configured executor (``None``: in this process)."""
+    def subset_ground_truths(self, problem: Problem) -> list[SubsetGroundTruth]:
+        """The subset models of the linear datamodeling score, one set per training seed (``gt_seeds``)."""
+        return [
+            SubsetGroundTruth(
+                problem,
+                self.lds_design,
+                self.cache,
+                self.task.problem_key(self.config.seed),
+                train_seed,
+                self.config.gt_chunk_size,
+                self.config.progress,
+            )
+            for train_seed in range(self.config.gt_seeds)
+        ]
+
+    def executor(self) -> Callable[[Any, list[int]], int] | None:
+        """The configured executor (``None``: in this process), for both ground truths."""
         config = self.config
 
-        def spec_for(ground_truth: GroundTruth) -> WorkerSpec:
+        def spec_for(ground_truth: GroundTruth | SubsetGroundTruth) -> WorkerSpec:
+            common: dict[str, Any] = {
+                "plugins": list(config.plugins),
+                "task": config.task,
+                "task_options": dict(config.task_options),
+                "seed": config.seed,
+                "device": self.device,
+                "cache_dir": str(self.cache.root),
+                "chunk_size": config.gt_chunk_size,
+                "threads": config.threads,
+            }
+            if isinstance(ground_truth, SubsetGroundTruth):
+                design = dataclasses.asdict(ground_truth.design)
+                return WorkerSpec(**common, truth="lds", lds={"design": design, "train_seed": ground_truth.train_seed})
             return WorkerSpec(
-                plugins=list(config.plugins),
-                task=config.task,
-                task_options=dict(config.task_options),
-                seed=config.seed,
-                device=self.device,
-                cache_dir=str(self.cache.root),
-                test_index=ground_truth.test_index,
-                recipe=dataclasses.asdict(ground_truth.recipe),
-                chunk_size=config.gt_chunk_size,
-                threads=config.threads,
+                **common, test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe)
             )
 
         return make_executor(config.executor, spec_for, config.workers, config.ray_address)
@@ -261,15 +299,52 @@ class Run:
     def _execute(self) -> list[dict[str, Any]]:
         config = self.config
         problem, protocol, test_index, test_loss = self.build_problem()
-        k = min(protocol.eval_size, problem.n_train)
         test_gradient = problem.test_gradients([test_index])
         problem.warm_up()
         for evaluation in self.estimators:
             evaluate_estimator(evaluation, problem, test_index, test_gradient)
         dense = ihvp_residuals(self.estimators, problem, test_gradient)
-        problem_diagnostics = recording.problem_diagnostics(problem, dense, self.task.eigenvalue_iterations)
-        task_diagnostics = self.task.diagnostics(problem)
+        diagnostics = (
+            recording.problem_diagnostics(problem, dense, self.task.eigenvalue_iterations),
+            self.task.diagnostics(problem),
+        )
+        base = {
+            "schema": records.SCHEMA_VERSION,
+            "run_id": records.new_run_id(),
+            "date": records.now(),
+            **self.environment,
+            "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
+            "seed": config.seed,
+            "command": config.command,
+            "threads": torch.get_num_threads(),
+            "test_point": {"rule": protocol.test_point, "index": test_index, "loss": test_loss},
+        }
+        out: list[dict[str, Any]] = []
+        hook_failures: list[PluginHookError] = []
+        for truth in config.truths:
+            if truth == "loo":
+                made = self._loo_records(problem, protocol, test_index, base, diagnostics)
+            else:
+                made = self._lds_records(problem, base, diagnostics)
+            for record in made:
+                self.written.append(records.write(record, config.results_dir))
+                hook_failures += call_each(self.pm.hook.bench_report_result, record=record)
+            out += made
+        hook_failures += call_each(self.pm.hook.bench_run_finished, records=out)
+        self.hook_failures = _merge(hook_failures)
+        return out
 
+    def _loo_records(
+        self,
+        problem: Problem,
+        protocol: Protocol,
+        test_index: int,
+        base: dict[str, Any],
+        diagnostics: tuple[dict[str, Any], dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """The leave-one-out records: each estimator on each selection of the run's test point."""
+        config = self.config
+        k = min(protocol.eval_size, problem.n_train)
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
         chosen: dict[tuple[str, str], list[int]] = {}
         for evaluation in self.estimators:
@@ -291,38 +366,62 @@ class Run:
         log.info("ground truth: %d leave-one-out models needed, %d seed(s)", len(needed), len(ground_truths))
         executor = self.executor()
         effects = [ground_truth.effects(needed, executor) if needed else {} for ground_truth in ground_truths]
-        gt_summary = recording.ground_truth_summary(ground_truths, effects, protocol, needed, config.executor)
-
         common = {
-            "schema": records.SCHEMA_VERSION,
-            "run_id": records.new_run_id(),
-            "date": records.now(),
-            **self.environment,
-            "task": {"name": self.task.name, "version": self.task.version, "config": self.task.describe()},
-            "seed": config.seed,
-            "command": config.command,
-            "threads": torch.get_num_threads(),
-            "test_point": {"rule": protocol.test_point, "index": test_index, "loss": test_loss},
-            "ground_truth": gt_summary,
+            **base,
+            "ground_truth": recording.ground_truth_summary(ground_truths, effects, protocol, needed, config.executor),
         }
-        out = []
-        hook_failures: list[PluginHookError] = []
+        return [
+            recording.estimator_record(
+                common,
+                evaluation,
+                selection,
+                chosen.get((evaluation.label, selection)),
+                effects,
+                k,
+                *diagnostics,
+                self.task.paper_reference(evaluation.estimator.name, selection),
+            )
+            for evaluation in self.estimators
+            for selection in config.selections
+        ]
+
+    def lds_test_points(self, problem: Problem) -> list[int]:
+        """The test points the linear datamodeling score averages over: ``lds_test_points`` of them drawn with the
+        run's seed (all, where the test set is smaller), in increasing order."""
+        n_test = int(problem.x_test.shape[0])
+        order = torch.randperm(n_test, generator=torch.Generator().manual_seed(self.config.seed))
+        return sorted(order[: min(self.config.lds_test_points, n_test)].tolist())
+
+    def _lds_records(
+        self, problem: Problem, base: dict[str, Any], diagnostics: tuple[dict[str, Any], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The linear-datamodeling records: each estimator scored on many test points against the subset models."""
+        test_indices = self.lds_test_points(problem)
+        scores: dict[str, Any] = {}
         for evaluation in self.estimators:
-            for selection in config.selections:
-                record = recording.estimator_record(
-                    common,
-                    evaluation,
-                    selection,
-                    chosen.get((evaluation.label, selection)),
-                    effects,
-                    k,
-                    problem_diagnostics,
-                    task_diagnostics,
-                    self.task.paper_reference(evaluation.estimator.name, selection),
-                )
-                self.written.append(records.write(record, config.results_dir))
-                hook_failures += call_each(self.pm.hook.bench_report_result, record=record)
-                out.append(record)
-        hook_failures += call_each(self.pm.hook.bench_run_finished, records=out)
-        self.hook_failures = _merge(hook_failures)
-        return out
+            if evaluation.failure is None:
+                scores[evaluation.label] = influence_rows(evaluation, problem, test_indices)
+        ground_truths = self.subset_ground_truths(problem)
+        log.info(
+            "ground truth: %d subset models per seed, %d seed(s), %d test points",
+            self.lds_design.subsets,
+            len(ground_truths),
+            len(test_indices),
+        )
+        executor = self.executor()
+        measured = torch.stack([truth.test_losses(test_indices, executor) for truth in ground_truths]).numpy()
+        common = {**base, "ground_truth": recording.lds_summary(ground_truths, test_indices, self.config.executor)}
+        masks = ground_truths[0].masks.numpy()
+        return [
+            recording.lds_record(
+                common,
+                evaluation,
+                scores.get(evaluation.label, (None, None)),
+                masks,
+                measured,
+                test_indices,
+                *diagnostics,
+                self.task.paper_reference(evaluation.estimator.name, "lds"),
+            )
+            for evaluation in self.estimators
+        ]

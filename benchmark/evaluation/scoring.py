@@ -121,3 +121,105 @@ def repeat_ceiling(method: str, retrained: np.ndarray) -> dict[str, Any]:
     r = min(max(agreement, 0.0), 1.0)
     reliability = seeds * r / (1 + (seeds - 1) * r) if r > 0 else 0.0
     return {"value": float(np.sqrt(reliability)), "agreement": agreement, "seeds": seeds, "n": y.shape[1]}
+
+
+def subset_predictions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The additive prediction of each subset's test losses: ``Tensor[M, T]``, the sum of an estimator's predicted
+    loss changes (``scores``, ``[T, n]``, this harness's sign convention) over the training points each subset
+    leaves out (``masks``, ``[M, n]``, true where kept). Up to a constant per test point (the full-data loss,
+    irrelevant to a rank correlation over subsets), this is the predicted test loss of the model trained on the
+    subset."""
+    left_out = (~np.asarray(masks, dtype=bool)).astype(np.float64)
+    return left_out @ np.asarray(scores, dtype=np.float64).T
+
+
+def datamodeling_score(
+    scores: np.ndarray,
+    masks: np.ndarray,
+    measured: np.ndarray,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The linear datamodeling score (LDS; Park et al., 2023) of an estimator over ``T`` test points.
+
+    Per test point: the Spearman (and Pearson) correlation over the ``M`` subsets between the additive prediction
+    (:func:`subset_predictions`) and the measured test loss of the models trained on them (the mean over the ``R``
+    training seeds). The LDS is its mean over the test points where it is defined; a test point whose measured
+    losses or predictions are constant over the subsets is left out with its reason (under ``undefined_points``).
+
+    Args:
+        scores: ``[T, n]``, the estimator's influence of every training point on each test point.
+        masks: ``[M, n]``, true where subset ``m`` keeps training point ``i``.
+        measured: ``[R, M, T]``, the test losses of the subset models of each training seed.
+        resamples, level, seed: the percentile bootstrap interval, resampling subsets and test points.
+
+    Returns:
+        ``{"spearman", "pearson"}``: correlation records (value = the mean over test points, ``n`` = how many were
+        defined, ``interval``), ``"ceiling"``: the noise ceiling of each (:func:`repeat_ceiling` over the seeds, per
+        test point, averaged; undefined with one seed), ``"per_point"``: each test point's Spearman (``None`` where
+        undefined), and ``"undefined_points"``: ``{position: reason}``.
+    """
+    predicted = subset_predictions(scores, masks)
+    y_seeds = np.asarray(measured, dtype=np.float64)
+    if y_seeds.ndim != 3 or y_seeds.shape[1:] != predicted.shape:
+        raise ValueError(f"measured losses of shape {y_seeds.shape}, expected [seeds, {predicted.shape}]")
+    y = y_seeds.mean(axis=0)
+    subsets, points = predicted.shape
+    result: dict[str, Any] = {"per_point": [], "undefined_points": {}}
+    per_method: dict[str, list[float]] = {method: [] for method in METHODS}
+    for t in range(points):
+        entries = {method: correlation(method, predicted[:, t].tolist(), y[:, t].tolist()) for method in METHODS}
+        if entries["spearman"]["value"] is None:
+            result["undefined_points"][t] = entries["spearman"]["undefined"]
+            result["per_point"].append(None)
+            continue
+        result["per_point"].append(entries["spearman"]["value"])
+        for method, point in entries.items():
+            if point["value"] is not None:
+                per_method[method].append(point["value"])
+    defined = [t for t in range(points) if result["per_point"][t] is not None]
+    rng = np.random.default_rng(seed)
+    for method, values in per_method.items():
+        if not values:
+            reasons = sorted(set(result["undefined_points"].values()))
+            result[method] = {"value": None, "undefined": f"undefined at every test point ({'; '.join(reasons)})"}
+            continue
+        entry: dict[str, Any] = {"value": float(np.mean(values)), "n": len(values), "subsets": subsets}
+        if len(defined) >= 2 and subsets >= 3:
+            rows = rng.integers(0, subsets, size=(resamples, subsets))
+            cols = rng.choice(defined, size=(resamples, len(defined)))
+            means = np.empty(resamples)
+            for b in range(resamples):
+                x_b = predicted[np.ix_(rows[b], cols[b])].T
+                y_b = y[np.ix_(rows[b], cols[b])].T
+                means[b] = np.nanmean(_rowwise(method, x_b, y_b))
+            means = means[np.isfinite(means)]
+            tail = (1 - level) / 2 * 100
+            entry["interval"] = (
+                [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+                if len(means) >= resamples / 2
+                else None
+            )
+        else:
+            entry["interval"] = None
+        result[method] = entry
+    ceilings: dict[str, Any] = {}
+    for method in METHODS:
+        if len(y_seeds) < 2:
+            ceilings[method] = {"value": None, "undefined": "one ground-truth seed (use --gt-seeds 2 or more)"}
+            continue
+        per_point = [repeat_ceiling(method, y_seeds[:, :, t]) for t in range(points)]
+        values = [c["value"] for c in per_point if c["value"] is not None]
+        if not values:
+            ceilings[method] = {"value": None, "undefined": per_point[0].get("undefined", "undefined")}
+            continue
+        agreements = [c["agreement"] for c in per_point if c["value"] is not None]
+        ceilings[method] = {
+            "value": float(np.mean(values)),
+            "agreement": float(np.mean(agreements)),
+            "seeds": len(y_seeds),
+            "n": len(values),
+        }
+    result["ceiling"] = ceilings
+    return result

@@ -1,9 +1,11 @@
-"""Where leave-one-out re-training runs: in this process (default), a local process pool, or a Ray cluster.
+"""Where ground-truth models are trained: in this process (default), a local process pool, or a Ray cluster.
 
 Remote workers receive a :class:`WorkerSpec` (plain data, no pickled models), rebuild the problem from the task and
-its cached optimum, and write entries into the shared cache directory through :meth:`GroundTruth.compute`, which
-claims each entry with a file lock. The driver then reads the entries back, so every executor produces the same
-ground truth, and a worker killed mid-shard loses only the models in flight.
+its cached optimum, and write entries into the shared cache directory through the ground truth's ``compute``
+(:meth:`GroundTruth.compute`: leave-one-out models, one per removed point; :meth:`SubsetGroundTruth.compute`: the
+linear datamodeling score's subset models, one per subset), which claims each entry with a file lock. The driver
+then reads the entries back, so every executor produces the same ground truth, and a worker killed mid-shard loses
+only the models in flight.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ class WorkerSpec:
     seed: int
     device: str
     cache_dir: str
-    test_index: int
-    recipe: dict[str, Any]
     chunk_size: int | None
     threads: int | None = None
+    truth: str = "loo"
+    """``loo``: the shard's indices are removed training points; ``lds``: subsets."""
+    test_index: int | None = None
+    """``loo``: the test point."""
+    recipe: dict[str, Any] | None = None
+    """``loo``: the re-training recipe."""
+    lds: dict[str, Any] | None = None
+    """``lds``: ``{"design": SubsetDesign fields, "train_seed": r}``."""
 
 
 def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
@@ -49,6 +57,7 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     from benchmark.contracts.plugins import Registry, plugin_manager
     from benchmark.contracts.task import BuildContext
     from benchmark.groundtruth.engine import GroundTruth
+    from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
     from benchmark.numerics.recipes import Recipe
 
     registry = Registry(plugin_manager(spec.plugins))
@@ -59,9 +68,14 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
         torch.set_num_threads(threads)
     cache = Cache(spec.cache_dir)
     problem = task.build(BuildContext(spec.device, spec.seed, cache, progress=False))
-    ground_truth = GroundTruth(
-        problem, Recipe(**spec.recipe), cache, task.problem_key(spec.seed), spec.test_index, spec.chunk_size
-    )
+    key = task.problem_key(spec.seed)
+    if spec.truth == "lds":
+        assert spec.lds is not None
+        design = SubsetDesign(**spec.lds["design"])
+        subsets = SubsetGroundTruth(problem, design, cache, key, spec.lds["train_seed"], spec.chunk_size)
+        return subsets.compute(indices)
+    assert spec.recipe is not None and spec.test_index is not None
+    ground_truth = GroundTruth(problem, Recipe(**spec.recipe), cache, key, spec.test_index, spec.chunk_size)
     return ground_truth.compute(indices)
 
 
@@ -96,7 +110,7 @@ class ProcessPool:
                 for shard in shards(missing, self.workers, self.shard_size)
             }
             with tqdm(
-                total=len(missing), desc="leave-one-out (processes)", unit="model", disable=not ground_truth.progress
+                total=len(missing), desc="ground truth (processes)", unit="model", disable=not ground_truth.progress
             ) as bar:
                 try:
                     for future in concurrent.futures.as_completed(futures):
@@ -138,7 +152,7 @@ class RayCluster:
         pending = {task.remote(spec, shard): len(shard) for shard in shards(missing, workers, self.shard_size)}
         computed = 0
         with tqdm(
-            total=len(missing), desc="leave-one-out (ray)", unit="model", disable=not ground_truth.progress
+            total=len(missing), desc="ground truth (ray)", unit="model", disable=not ground_truth.progress
         ) as bar:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

@@ -1,6 +1,7 @@
-"""What a cache holds of leave-one-out ground truth (``bench gt --status``): one row per ground truth, with its task,
-configuration, test point and re-training recipe, read from the keys its entries were written under, and how many of
-its entries are intact.
+"""What a cache holds of ground truth (``bench gt --status``): for leave-one-out, one row per ground truth, with its
+task, configuration, test point and re-training recipe, read from the keys its entries were written under, and how
+many of its entries are intact; for the linear datamodeling score, one row per set of subset models (task,
+configuration, fraction, training seed) with how many models it holds.
 
 An entry counts as corrupt where :class:`~benchmark.groundtruth.engine.GroundTruth` would find it corrupt and
 recompute it: damaged, or intact but filed under another index or another ground truth's directory.
@@ -54,3 +55,32 @@ def _entry_key_if_valid(cache: Cache, directory: Path, path: Path) -> dict[str, 
     if key.pop("removed", None) != int(path.stem) or digest(key) != directory.name:
         return None
     return entry["key"]
+
+
+def subset_status(cache: Cache) -> list[dict[str, Any]]:
+    """One summary row per set of linear-datamodeling subset models in ``cache`` (a task configuration, a fraction,
+    a design seed and a training seed): how many models it holds, and how many entries are corrupt."""
+    groups: dict[str, dict[str, Any]] = {}
+    for meta in sorted((cache.root / "lds").glob("*.json")):
+        entry = cache.verified_entry(meta)
+        key = entry.get("key") if entry is not None else None
+        if not isinstance(key, dict) or "subset" not in key:
+            groups.setdefault("?", {"task": "?", "models": 0, "corrupt": 0})["corrupt"] += 1
+            continue
+        group = {k: v for k, v in key.items() if k != "subset"}
+        row = groups.setdefault(
+            digest(group),
+            {
+                "task": f"{key['task']} v{key['version']}",
+                "config": ", ".join(f"{k}={v}" for k, v in key["config"].items()),
+                "seed": key["seed"],
+                "fraction": key["fraction"],
+                "design seed": key["design_seed"],
+                "training seed": key["train_seed"],
+                "models": 0,
+                "corrupt": 0,
+            },
+        )
+        intact = meta.with_suffix(".pt").exists()
+        row["models" if intact else "corrupt"] += 1
+    return list(groups.values())

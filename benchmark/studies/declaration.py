@@ -18,7 +18,8 @@ built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`
     estimator_sweep:                      # per estimator, the cartesian product of these Config fields, in this order
       lissa: {repeats: [1, 4]}
     selections: [top]
-    run: {gt_chunk_size: 64}              # options of each run: gt_chunk_size, gt_seeds, threads
+    run: {gt_chunk_size: 64}              # options of each run: gt_chunk_size, gt_seeds, threads, truths,
+                                          # lds_subsets, lds_fraction, lds_test_points
     panels:                               # one figure each (see benchmark.studies.figures and benchmark.studies.claims)
       - name: spearman
         title: Spearman against depth
@@ -69,10 +70,30 @@ from benchmark.common.errors import (
     UsageError,
 )
 from benchmark.contracts.plugins import Registry, plugin_manager
+from benchmark.contracts.run_config import TRUTHS
 
 PANEL_KINDS = ("line", "scatter")
 TABLES = ("rows", "points")
-RUN_FIELDS = {"gt_chunk_size": int, "gt_seeds": int, "threads": int}
+RUN_FIELDS = {
+    "gt_chunk_size": "a positive integer",
+    "gt_seeds": "a positive integer",
+    "threads": "a positive integer",
+    "truths": f"a list of ground truths ({', '.join(TRUTHS)})",
+    "lds_subsets": "an integer of at least 3",
+    "lds_fraction": "a number strictly between 0 and 1",
+    "lds_test_points": "a positive integer",
+}
+"""The ``run`` options a study may set (those of :class:`~benchmark.contracts.run_config.RunConfig`), with what each
+takes."""
+
+
+def _run_option_valid(option: str, value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option == "truths":
+        return isinstance(value, list) and bool(value) and all(v in TRUTHS for v in value)
+    if option == "lds_fraction":
+        return number and 0 < value < 1
+    return number and isinstance(value, int) and value >= (3 if option == "lds_subsets" else 1)
 
 # -- rules ------------------------------------------------------------------------------------------------------
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -409,8 +430,8 @@ def parse_study(path: Path, data: Any) -> Study:
     for option, value in run.items():
         if option not in RUN_FIELDS:
             raise fields.error(f"run.{option}", f"unknown run option (choices: {', '.join(RUN_FIELDS)})")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise fields.error(f"run.{option}", f"expected a positive integer, got {value!r}")
+        if not _run_option_valid(option, value):
+            raise fields.error(f"run.{option}", f"expected {RUN_FIELDS[option]}, got {value!r}")
     panels_data = fields.get("panels", list, [])
     panels = [_panel(path, f"panels[{i}]", p) for i, p in enumerate(panels_data)]
     seen: set[str] = set()

@@ -216,6 +216,8 @@ def run_key(config: RunConfig, code: str, variants: dict[str, list[dict[str, Any
         "selections": config.selections,
         "gt_seeds": config.gt_seeds,
         "gt_chunk_size": config.gt_chunk_size,
+        "truths": config.truths,
+        "lds": [config.lds_subsets, config.lds_fraction, config.lds_test_points] if "lds" in config.truths else None,
         "plugins": config.plugins,
         "code": code,
     }
@@ -285,6 +287,10 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             progress=options.progress,
             gt_chunk_size=study.run.get("gt_chunk_size"),
             gt_seeds=study.run.get("gt_seeds", 1),
+            truths=list(study.run.get("truths", ["loo"])),
+            lds_subsets=study.run.get("lds_subsets", 100),
+            lds_fraction=float(study.run.get("lds_fraction", 0.5)),
+            lds_test_points=study.run.get("lds_test_points", 100),
             threads=options.threads or study.run.get("threads"),
             plugins=list(options.plugins),
         )
