@@ -95,6 +95,7 @@ def _run_option_valid(option: str, value: Any) -> bool:
         return number and 0 < value < 1
     return number and isinstance(value, int) and value >= (3 if option == "lds_subsets" else 1)
 
+
 # -- rules ------------------------------------------------------------------------------------------------------
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "trend": (("x", "y", "direction"), ("where", "by", "min_rho", "table")),
