@@ -58,6 +58,8 @@ def test_builtin_plugins_listed_under_their_names(bench):
         "mnist": "vision",
         "cifar": "vision",
         "imagenet": "imagenet",
+        "mnist-lr": "mnist-dattri",
+        "mnist-mlp": "mnist-dattri",
         "cg": "cg",
         "exact": "exact",
         "first-order": "first-order",

@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "iris": "tasks.iris",
     "vision": "tasks.vision",
     "imagenet": "tasks.imagenet",
+    "mnist-dattri": "tasks.mnist_dattri",
     "exact": "estimators.exact",
     "cg": "estimators.cg",
     "lissa": "estimators.lissa",

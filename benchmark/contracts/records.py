@@ -287,8 +287,12 @@ class Points(TypedDict):
 
 
 class Paper(TypedDict):
+    """The published figure for this setting: the paper's, or another system's where ``source`` names it (e.g.
+    dattri's linear datamodeling scores)."""
+
     pearson: NotRequired[float | None]
     spearman: NotRequired[float | None]
+    source: NotRequired[str]
 
 
 class Record(TypedDict):

@@ -226,8 +226,10 @@ class Task(abc.ABC):
         """The paper's settings for this task (its leaderboard lists those without results as not run)."""
         return []
 
-    def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:
-        """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none."""
+    def paper_reference(self, estimator: str, selection: str) -> dict[str, Any] | None:
+        """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none;
+        a figure another system publishes names it under ``source`` (``{"spearman": 0.8, "source": "dattri"}``).
+        ``selection`` is ``lds`` for a linear-datamodeling record."""
         return None
 
     def describe(self) -> dict[str, Any]:

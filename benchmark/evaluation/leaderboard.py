@@ -187,7 +187,10 @@ def _table(shown: list[dict[str, Any]]) -> pd.DataFrame:
                 "Spearman": _correlation(metrics.get("spearman")),
                 "Spearman ceiling": _ceiling((metrics.get("ceiling") or {}).get("spearman")),
                 "paper Pearson": _number(paper.get("pearson"), 3) if paper.get("pearson") is not None else "-",
-                "paper Spearman": _number(paper.get("spearman"), 3) if paper.get("spearman") is not None else "-",
+                "paper Spearman": _number(paper.get("spearman"), 3)
+                + (f" ({paper['source']})" if paper.get("source") else "")
+                if paper.get("spearman") is not None
+                else "-",
                 "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
                 "iHVP residual": _residual(metrics),
                 "prepare s": preparation_cell(record["timings"]),
