@@ -230,3 +230,31 @@ def test_real_loader_on_generated_files_and_too_few_images(bench, tmp_path, read
     assert result.code == 0, result.err
     record = read_records(tmp_path / "results", "mnist-lr")[0]
     assert record["diagnostics"]["problem"]["n_train"] == 32 and record["status"] == "ok"
+
+
+def test_dattris_published_scores_are_the_reference_of_lds_rows_at_its_settings():
+    from tasks.mnist_dattri import DATTRI_LDS, DattriConfig, MnistLR, MnistMLP
+
+    assert MnistLR(DattriConfig()).paper_reference("cg", "lds") == {"spearman": 0.80, "source": "dattri"}
+    assert MnistMLP(DattriConfig()).paper_reference("trak", "lds") == {"spearman": 0.45, "source": "dattri, TRAK-50"}
+    assert MnistLR(DattriConfig()).paper_reference("cg", "top") is None  # dattri publishes no leave-one-out figure
+    assert MnistLR(DattriConfig(weight_decay=0.01)).paper_reference("cg", "lds") is None  # not dattri's setting
+    assert MnistLR(DattriConfig(preset="smoke")).paper_reference("cg", "lds") is None
+    assert MnistMLP(DattriConfig()).paper_reference("exact", "lds") is None
+    assert set(DATTRI_LDS) == {"mnist-lr", "mnist-mlp"}
+
+
+def test_the_leaderboard_shows_a_references_source():
+    from benchmark.evaluation.leaderboard import _table
+
+    record = {
+        "estimator": {"name": "cg", "hyperparameters": {}},
+        "selection": {"kind": "lds", "size": 100},
+        "metrics": {"spearman": {"value": 0.75, "interval": [0.7, 0.8]}},
+        "paper": {"spearman": 0.8, "source": "dattri"},
+        "timings": {"prepare_s": 0.1, "query_s": 0.01},
+        "status": "ok",
+        "diagnostics": {"estimator": {}},
+    }
+    row = _table([record]).iloc[0]
+    assert row["paper Spearman"] == "0.800 (dattri)" and row["Spearman"] == "0.750 [0.70, 0.80]"
