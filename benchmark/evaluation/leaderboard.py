@@ -210,6 +210,79 @@ def preparation_cell(timings: Mapping[str, Any]) -> str:
     return f"{own} + {_number(timings['models_s'], 3)} models"
 
 
+def _side_by_side(
+    records: list[dict[str, Any]],
+    defaults: Mapping[str, Any] | None,
+    estimator_defaults: Mapping[str, Mapping[str, Any]] | None,
+) -> list[str]:
+    """A section putting each estimator's two ground truths next to each other, for every configuration (task
+    config, seed, device) that has both: its leave-one-out Spearman on its own top k (the paper's protocol) and its
+    linear datamodeling score, each with its noise ceiling (the newest record of each)."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        task = {**record["task"], "config": completed(record["task"]["config"], defaults)}
+        key = json.dumps([task, record["seed"], record["device"]["type"]], sort_keys=True, default=str)
+        by_config.setdefault(key, []).append(record)
+    lines: list[str] = []
+    for group in by_config.values():
+        shown = _latest(group, estimator_defaults)
+        kinds = {r["selection"]["kind"] for r in shown}
+        if not {"top", "lds"} <= kinds:
+            continue
+        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        for record in sorted(shown, key=lambda r: (r["date"], r["run_id"])):
+            if record["selection"]["kind"] in ("top", "lds"):
+                name = f"`{record['estimator']['name']}`"
+                if record["estimator"]["hyperparameters"] != (estimator_defaults or {}).get(
+                    record["estimator"]["name"], record["estimator"]["hyperparameters"]
+                ):
+                    name += " (" + _hyperparameters(_differing(record, estimator_defaults)) + ")"
+                cells.setdefault(name, {})[record["selection"]["kind"]] = record
+        rows = []
+        for name, pair in cells.items():
+            row = {"estimator": name}
+            for kind, title in (("top", "leave-one-out (top k)"), ("lds", "LDS")):
+                found = pair.get(kind)
+                metrics = (found or {}).get("metrics") or {}
+                row[f"{title} Spearman"] = (
+                    "-"
+                    if found is None
+                    else _correlation(metrics.get("spearman"))
+                    if found["status"] == "ok"
+                    else found["status"]
+                )
+                row[f"{title} ceiling"] = _ceiling((metrics.get("ceiling") or {}).get("spearman"))
+            paper = (pair.get("lds") or {}).get("paper") or {}
+            row["LDS reference"] = (
+                f"{paper['spearman']:.2f}" + (f" ({paper['source']})" if paper.get("source") else "")
+                if paper.get("spearman") is not None
+                else "-"
+            )
+            rows.append(row)
+        config = group[0]["task"]["config"]
+        if not lines:
+            lines += [
+                "## Both ground truths side by side",
+                "",
+                "Per configuration with both: each estimator's leave-one-out Spearman over its own top k (one test "
+                "point, the paper's protocol) beside its linear datamodeling score (many test points, subset models "
+                "trained from scratch), each with its noise ceiling; the sections below give every detail.",
+                "",
+            ]
+        lines += [
+            f"### {', '.join(f'{k}={v}' for k, v in config.items())}",
+            "",
+            pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    return lines
+
+
+def _differing(record: Mapping[str, Any], estimator_defaults: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    defaults = (estimator_defaults or {}).get(record["estimator"]["name"], {})
+    return {k: v for k, v in record["estimator"]["hyperparameters"].items() if defaults.get(k, v) != v}
+
+
 def _not_run(records: list[dict[str, Any]], reference_rows: Sequence[ReferenceRow]) -> list[str]:
     """A section listing the paper's settings that no record ran, each with the command that runs it."""
     configs = [r["task"]["config"] for r in records if r["status"] == "ok"]
@@ -271,6 +344,7 @@ def render(
         "point and the change measured by leave-one-out re-training (positive = agreement).",
         "",
     ]
+    lines += _side_by_side(records, defaults, estimator_defaults)
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         groups.setdefault(_group_key(record, defaults), []).append(record)
