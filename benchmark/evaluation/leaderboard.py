@@ -194,7 +194,9 @@ def _table(shown: list[dict[str, Any]]) -> pd.DataFrame:
                 "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),
                 "iHVP residual": _residual(metrics),
                 "prepare s": preparation_cell(record["timings"]),
-                "query s": _number(record["timings"].get("query_s"), 3),
+                "query s": _number(
+                    record["timings"].get("lds_query_s" if record["selection"]["kind"] == "lds" else "query_s"), 3
+                ),
                 "status": _status(record),
             }
         )
@@ -388,7 +390,7 @@ def render(
         "`random k` = the same k random training points for every estimator"
         + (
             ", `lds M` = the linear datamodeling score over M subsets (its Pearson and Spearman are the "
-            "per-test-point correlations averaged)"
+            "per-test-point correlations averaged; its *query s* is the batched query of all its test points)"
             if any(r["selection"]["kind"] == "lds" for r in records)
             else ""
         )
