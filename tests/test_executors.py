@@ -216,6 +216,37 @@ def test_ray_run_reports_its_executor_and_computed_count(bench, tmp_path, read_r
     assert len(record["points"]["retrained"]) == 20
 
 
+@pytest.mark.slow
+def test_ray_trains_the_local_subset_models(bench, tmp_path, read_records, ray_cluster):
+    run = (
+        "run",
+        "--task",
+        "iris",
+        "--estimator",
+        "exact",
+        "--truth",
+        "lds",
+        "--lds-subsets",
+        "6",
+        "--lds-test-points",
+        "5",
+        "--gt-chunk-size",
+        "3",
+        "--set",
+        "iris.train_steps=300",
+        "--set",
+        "iris.retrain_steps=50",
+        "--no-progress",
+        "--no-leaderboard",
+    )
+    local = bench(*run, "--cache-dir", tmp_path / "a", "--results-dir", tmp_path / "ra")
+    remote = bench(*run, "--executor", "ray", "--cache-dir", tmp_path / "b", "--results-dir", tmp_path / "rb")
+    assert local.code == 0 and remote.code == 0, (local.err, remote.err)
+    (a,), (b,) = read_records(tmp_path / "ra"), read_records(tmp_path / "rb")
+    assert b["ground_truth"]["executor"] == "ray" and b["ground_truth"]["computed"] == 6
+    assert b["metrics"] == a["metrics"]  # the same subset models, so the same scores
+
+
 SLOW = (
     "gt",
     "--task",
