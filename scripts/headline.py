@@ -1,4 +1,5 @@
-"""The README's headline table: each estimator's Spearman correlation with leave-one-out re-training, per setting.
+"""The README's headline tables: each estimator's Spearman correlation with leave-one-out re-training, per setting,
+and its linear datamodeling score where a setting has one.
 
     python scripts/headline.py [--results-dir leaderboards/results] [--readme README.md] [--check]
 
@@ -6,8 +7,10 @@ Reads the committed result records (``bench run --publish`` writes them), keeps 
 records of its newest run per built-in estimator (the paper's top-k selection; whole-model runs only, not
 ``layers: last`` variants, which the leaderboards list as rows of their own; not the peer libraries' adapters or other
 plugins' estimators, which the task leaderboards list beside ours), and writes the table between the markers
-``<!-- headline:start -->`` and ``<!-- headline:end -->`` of the README. ``--check`` exits 1 if the README's table
-differs from what the records give, so a stale headline is caught.
+``<!-- headline:start -->`` and ``<!-- headline:end -->`` of the README; the same for the linear datamodeling score
+(selection ``lds``, with the reference another system publishes in parentheses) between ``<!-- lds:start -->`` and
+``<!-- lds:end -->``, where the README has those markers. ``--check`` exits 1 if a table differs from what the
+records give, so a stale headline is caught.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from benchmark.contracts import records
 from benchmark.contracts.plugins import BUILTIN_PLUGINS
 
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
+LDS_START, LDS_END = "<!-- lds:start -->", "<!-- lds:end -->"
 IGNORED = ("data_dir", "download")
 """Config fields that do not change what is measured."""
 
@@ -30,22 +34,34 @@ def setting(record: dict[str, Any]) -> str:
     """A short name of the record's task configuration, as the paper names its settings."""
     config = record["task"]["config"]
     decay = "with weight decay" if config.get("weight_decay") else "no weight decay"
+    if record["task"]["name"] in ("mnist-lr", "mnist-mlp"):
+        return (
+            f"dattri's setting, {config.get('train_size'):,} training images, {decay}, `{config.get('preset')}` preset"
+        )
     if "model" in config:
         point = {"max-loss": "A", "p50": "B"}.get(str(config.get("test_point")), str(config.get("test_point")))
         return f"{config['model']}, test point {point}, {decay}, `{config.get('preset')}` preset"
     return f"depth {config.get('depth')}, width {config.get('width')}, {config.get('activation')}, {decay}"
 
 
-def newest_runs(found: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
-    """Per (task, configuration): the newest top-k record of each built-in estimator over the whole model."""
+def newest_runs(found: list[dict[str, Any]], kind: str = "top") -> dict[tuple, dict[str, dict[str, Any]]]:
+    """Per (task, configuration): the newest record of selection ``kind`` of each built-in estimator over the whole
+    model; for ``top``, at its default number of models (``trak`` with ``models=50`` is a leaderboard row of its
+    own), for ``lds`` also with more, named apart (``trak (50 models)``, as dattri's TRAK-50)."""
     out: dict[tuple, dict[str, dict[str, Any]]] = {}
     for record in sorted(found, key=lambda r: r["date"]):
-        if record["selection"]["kind"] != "top" or record["estimator"]["hyperparameters"].get("layers", "all") != "all":
+        hyperparameters = record["estimator"]["hyperparameters"]
+        if record["selection"]["kind"] != kind or hyperparameters.get("layers", "all") != "all":
             continue
+        name = record["estimator"]["name"]
+        if hyperparameters.get("models", 1) != 1:
+            if kind == "top":
+                continue
+            name += f" ({hyperparameters['models']} models)"
         if record["estimator"].get("plugin") not in BUILTIN_PLUGINS:
             continue
         config = tuple(sorted((k, repr(v)) for k, v in record["task"]["config"].items() if k not in IGNORED))
-        out.setdefault((record["task"]["name"], config), {})[record["estimator"]["name"]] = record
+        out.setdefault((record["task"]["name"], config), {})[name] = record
     return out
 
 
@@ -104,6 +120,57 @@ def table(results_dir: Path) -> str:
     )
 
 
+def lds_table(results_dir: Path) -> str:
+    """The linear datamodeling scores: per setting with ``lds`` records, each built-in estimator's score (the
+    published reference, e.g. dattri's, in parentheses), and the noise ceiling."""
+    runs = newest_runs(records.load(results_dir), "lds")
+    estimators = sorted({name for group in runs.values() for name in group})
+    header = ["task", "setting", *(f"`{name}`" for name in estimators), "ceiling", "subsets x seeds, test points"]
+    rows = []
+    for (task, _), group in sorted(runs.items(), key=lambda item: (item[0][0], setting(next(iter(item[1].values()))))):
+        first = next(iter(group.values()))
+        ok = [r for r in group.values() if r["status"] == "ok"]
+        ceiling = ok[0]["metrics"]["ceiling"]["spearman"].get("value") if ok else None
+        cells = []
+        for name in estimators:
+            record = group.get(name)
+            reference = ((record or {}).get("paper") or {}).get("spearman")
+            cells.append(cell(record) + ("" if reference is None else f" ({reference:.2f})"))
+        gt = first["ground_truth"]
+        rows.append(
+            [
+                task,
+                setting(first),
+                *cells,
+                "" if ceiling is None else f"{ceiling:.2f}",
+                f"{gt['subsets']} x {gt.get('seeds', 1)}, {gt['test_points']}",
+            ]
+        )
+    commits = sorted({r["commit"][:10] for group in runs.values() for r in group.values() if r.get("commit")})
+    return "\n".join(
+        [
+            LDS_START,
+            "<!-- generated by `python scripts/headline.py` from leaderboards/results, do not edit -->",
+            "",
+            markdown.table(header, rows) if rows else "No linear-datamodeling record yet.",
+            "",
+            "Linear datamodeling score (`bench run --truth lds`): per test point, the Spearman correlation over random "
+            "half-size subsets of the training set between the estimator's summed predictions and the test loss of "
+            "models trained from scratch on them, averaged over the test points; in parentheses the score dattri "
+            "publishes for its implementation in the same setting (read off its charts); *ceiling*: from two "
+            f"training seeds; runs at commits {', '.join(commits) or '-'}. Details: "
+            "[docs/ground-truth.md](docs/ground-truth.md) and the task leaderboards.",
+            LDS_END,
+        ]
+    )
+
+
+def replace_block(text: str, start: str, end: str, block: str) -> str:
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return before + block + after
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=Path("leaderboards") / "results")
@@ -114,9 +181,9 @@ def main() -> int:
     if START not in text or END not in text:
         print(f"headline: {args.readme} has no {START} ... {END} block", file=sys.stderr)
         return 2
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    updated = before + table(args.results_dir) + after
+    updated = replace_block(text, START, END, table(args.results_dir))
+    if LDS_START in updated and LDS_END in updated:
+        updated = replace_block(updated, LDS_START, LDS_END, lds_table(args.results_dir))
     if args.check:
         if updated != text:
             print(f"headline: the table in {args.readme} is stale: run python scripts/headline.py", file=sys.stderr)

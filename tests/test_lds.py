@@ -224,3 +224,19 @@ def test_bad_ground_truth_settings_are_one_line_errors(bench, tiny, tmp_path):
     assert_one_line_error(bench(*run, "--truth", "lds", "--lds-subsets", "2"), "lds_subsets", "2", "at least 3")
     result = bench("run", "--task", "imagenet", "--estimators", "first-order", "--truth", "lds", "--no-progress")
     assert_one_line_error(result, "'imagenet'", "initial_parameters", "iris")
+
+
+def test_a_reference_stated_for_some_hyperparameters_goes_only_to_runs_with_them(tmp_path):
+    from benchmark.contracts.plugins import Registry, plugin_manager
+    from benchmark.contracts.run_config import RunConfig
+    from benchmark.evaluation.runner import Run
+
+    pm = plugin_manager()
+    config = RunConfig(task="iris", estimators=["trak"], cache_dir=tmp_path / "cache", results_dir=tmp_path / "r")
+    run = Run(config, Registry(pm), pm)
+    published = {"spearman": 0.68, "source": "dattri, TRAK-50", "when": {"models": 50}}
+    run.task.paper_reference = lambda estimator, selection: dict(published)  # type: ignore[method-assign]
+    (evaluation,) = run.estimators
+    assert evaluation.hyperparameters["models"] == 1 and run.reference(evaluation, "lds") is None
+    evaluation.hyperparameters["models"] = 50
+    assert run.reference(evaluation, "lds") == {"spearman": 0.68, "source": "dattri, TRAK-50"}

@@ -236,7 +236,11 @@ def test_dattris_published_scores_are_the_reference_of_lds_rows_at_its_settings(
     from tasks.mnist_dattri import DATTRI_LDS, DattriConfig, MnistLR, MnistMLP
 
     assert MnistLR(DattriConfig()).paper_reference("cg", "lds") == {"spearman": 0.80, "source": "dattri"}
-    assert MnistMLP(DattriConfig()).paper_reference("trak", "lds") == {"spearman": 0.45, "source": "dattri, TRAK-50"}
+    assert MnistMLP(DattriConfig()).paper_reference("trak", "lds") == {
+        "spearman": 0.45,
+        "source": "dattri, TRAK-50",
+        "when": {"models": 50},
+    }
     assert MnistLR(DattriConfig()).paper_reference("cg", "top") is None  # dattri publishes no leave-one-out figure
     assert MnistLR(DattriConfig(weight_decay=0.01)).paper_reference("cg", "lds") is None  # not dattri's setting
     assert MnistLR(DattriConfig(preset="smoke")).paper_reference("cg", "lds") is None

@@ -228,8 +228,10 @@ class Task(abc.ABC):
 
     def paper_reference(self, estimator: str, selection: str) -> dict[str, Any] | None:
         """The paper's figure for this configuration, e.g. ``{"spearman": 0.97}``, or ``None`` where it has none;
-        a figure another system publishes names it under ``source`` (``{"spearman": 0.8, "source": "dattri"}``).
-        ``selection`` is ``lds`` for a linear-datamodeling record."""
+        a figure another system publishes names it under ``source`` (``{"spearman": 0.8, "source": "dattri"}``), and
+        one that holds for particular hyperparameters only states them under ``when`` (``{"models": 50}``: the run
+        gives it only to an evaluation with those values). ``selection`` is ``lds`` for a linear-datamodeling
+        record."""
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -379,11 +379,24 @@ class Run:
                 effects,
                 k,
                 *diagnostics,
-                self.task.paper_reference(evaluation.estimator.name, selection),
+                self.reference(evaluation, selection),
             )
             for evaluation in self.estimators
             for selection in config.selections
         ]
+
+    def reference(self, evaluation: Evaluation, selection: str) -> dict[str, Any] | None:
+        """The published figure for ``evaluation``'s estimator on ``selection``
+        (:meth:`benchmark.Task.paper_reference`): one stated for particular hyperparameters (under ``when``, e.g.
+        ``{"models": 50}`` for TRAK-50) applies only to an evaluation with those values, and the record holds it
+        without ``when``."""
+        found = self.task.paper_reference(evaluation.estimator.name, selection)
+        if not found:
+            return found
+        when = found.get("when") or {}
+        if any(evaluation.hyperparameters.get(field) != value for field, value in when.items()):
+            return None
+        return {k: v for k, v in found.items() if k != "when"}
 
     def lds_test_points(self, problem: Problem) -> list[int]:
         """The test points the linear datamodeling score averages over: ``lds_test_points`` of them drawn with the
@@ -421,7 +434,7 @@ class Run:
                 measured,
                 test_indices,
                 *diagnostics,
-                self.task.paper_reference(evaluation.estimator.name, "lds"),
+                self.reference(evaluation, "lds"),
             )
             for evaluation in self.estimators
         ]
