@@ -51,6 +51,6 @@ def test_a_run_with_both_ground_truths_gives_one_row_of_measured_costs(bench, ti
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     per_model = lds["seconds"] / lds["computed"]
     assert cells[2] == "5 x 1" and cells[3] == f"{60 / per_model:.1f}" and cells[5] == "10"
-    assert cells[6] == f"{per_model * 5 / 10:,.1f}" and cells[7] != "-"  # the leave-one-out run of the same setting
+    assert cells[6] == f"{per_model * 5 / 10:,.2f}" and cells[7] != "-"  # the leave-one-out run of the same setting
     stale = run("--check", "--results-dir", tmp_path / "results", "--output", tmp_path / "missing.md")
     assert stale.returncode == 1 and "stale" in stale.stderr
