@@ -128,6 +128,8 @@ class Correlation(TypedDict):
     """Noise ceilings only: how well the ground-truth seeds agree."""
     seeds: NotRequired[int]
     """Noise ceilings only: the number of ground-truth seeds."""
+    subsets: NotRequired[int]
+    """Linear datamodeling scores only: the subsets each test point's correlation is taken over."""
 
 
 class Versions(TypedDict):

@@ -83,4 +83,4 @@ def subset_status(cache: Cache) -> list[dict[str, Any]]:
         )
         intact = meta.with_suffix(".pt").exists()
         row["models" if intact else "corrupt"] += 1
-    return list(groups.values())
+    return sorted(groups.values(), key=lambda row: (row["task"], row.get("config", ""), row.get("training seed", -1)))
