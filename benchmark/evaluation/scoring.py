@@ -193,7 +193,9 @@ def datamodeling_score(
             for b in range(resamples):
                 x_b = predicted[np.ix_(rows[b], cols[b])].T
                 y_b = y[np.ix_(rows[b], cols[b])].T
-                means[b] = np.nanmean(_rowwise(method, x_b, y_b))
+                values_b = _rowwise(method, x_b, y_b)
+                values_b = values_b[np.isfinite(values_b)]  # a resample can make a test point's values constant
+                means[b] = values_b.mean() if len(values_b) else np.nan
             means = means[np.isfinite(means)]
             tail = (1 - level) / 2 * 100
             entry["interval"] = (
