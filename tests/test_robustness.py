@@ -798,6 +798,20 @@ def test_the_users_ctrl_c_stops_the_run(bench, plugin_module, tiny, tmp_path, re
     assert read_records(tmp_path / "results") == []
 
 
+def test_the_users_ctrl_c_stops_the_run_where_a_library_left_sigint_blocked(bench, plugin_module, tiny, tmp_path):
+    import signal
+
+    extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"
+    plugin_module("ctrl_c_blocked", bad_estimator("Ctrl-C while SIGINT is blocked", extra=extra))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        result = bench("-p", "ctrl_c_blocked", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
+        assert result.code == 130 and "interrupted" in result.err
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's mask, put back
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def test_gt_status_of_a_file_is_one_line(bench, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x\n")

@@ -85,10 +85,15 @@ def user_interrupts() -> Iterator[None]:
         raise Interrupted()
 
     signal.signal(signal.SIGINT, handler)
+    # A library that spawns processes may leave SIGINT blocked in this thread (its mask is inherited by the children
+    # it starts), and a blocked Ctrl-C would wait until the run ended: unblocked for the block, the mask put back after.
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
 
 
 class DataError(BenchError):
