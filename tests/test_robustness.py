@@ -789,27 +789,36 @@ def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, mo
 # -- defect 4: the user's Ctrl-C still stops a run --------------------------------------------------------------------
 
 
-def test_the_users_ctrl_c_stops_the_run(bench, plugin_module, tiny, tmp_path, read_records):
-    extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"
-    plugin_module("ctrl_c_plugin", bad_estimator("the user presses Ctrl-C while it prepares", extra=extra))
-    result = bench("-p", "ctrl_c_plugin", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
-    assert result.code == 130
-    assert "interrupted" in result.err
-    assert read_records(tmp_path / "results") == []
-
-
-def test_the_users_ctrl_c_stops_the_run_where_a_library_left_sigint_blocked(bench, plugin_module, tiny, tmp_path):
+def _ctrl_c_in_prepare(plugin_module, tiny, tmp_path: Path, block_sigint: bool) -> subprocess.CompletedProcess:
+    """``bench run`` in a process of its own (a fresh interpreter: its signal state is a user's, not what earlier tests
+    left in pytest's), with an estimator whose preparation sends the process SIGINT, as a user's Ctrl-C; with
+    ``block_sigint``, SIGINT starts blocked, as a library that spawns processes may leave it."""
     import signal
 
     extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"
-    plugin_module("ctrl_c_blocked", bad_estimator("Ctrl-C while SIGINT is blocked", extra=extra))
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-    try:
-        result = bench("-p", "ctrl_c_blocked", *run_args(tmp_path, tiny, "--estimator", "bad,first-order"))
-        assert result.code == 130 and "interrupted" in result.err
-        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's mask, put back
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    path = plugin_module("ctrl_c_plugin", bad_estimator("the user presses Ctrl-C while it prepares", extra=extra))
+    args = [str(a) for a in run_args(tmp_path, tiny, "--estimator", "bad,first-order")]
+
+    def block() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", "-p", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=block if block_sigint else None,
+    )
+
+
+@pytest.mark.parametrize("block_sigint", [False, True], ids=["default", "sigint-blocked"])
+def test_the_users_ctrl_c_stops_the_run(plugin_module, tiny, tmp_path, read_records, block_sigint):
+    result = _ctrl_c_in_prepare(plugin_module, tiny, tmp_path, block_sigint)
+    assert result.returncode == 130, result.stderr
+    assert "interrupted" in result.stderr
+    assert read_records(tmp_path / "results") == []
 
 
 def test_gt_status_of_a_file_is_one_line(bench, tmp_path):
