@@ -789,38 +789,6 @@ def test_a_complete_read_only_cache_serves_a_whole_run(bench, tiny, tmp_path, mo
 # -- defect 4: the user's Ctrl-C still stops a run --------------------------------------------------------------------
 
 
-def _ctrl_c_in_prepare(plugin_module, tiny, tmp_path: Path, block_sigint: bool) -> subprocess.CompletedProcess:
-    """``bench run`` in a process of its own (a fresh interpreter: its signal state is a user's, not what earlier tests
-    left in pytest's), with an estimator whose preparation sends the process SIGINT, as a user's Ctrl-C; with
-    ``block_sigint``, SIGINT starts blocked, as a library that spawns processes may leave it."""
-    import signal
-
-    extra = "    def prepare(self, problem):\n        import os, signal\n        os.kill(os.getpid(), signal.SIGINT)\n"
-    path = plugin_module("ctrl_c_plugin", bad_estimator("the user presses Ctrl-C while it prepares", extra=extra))
-    args = [str(a) for a in run_args(tmp_path, tiny, "--estimator", "bad,first-order")]
-
-    def block() -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
-
-    return subprocess.run(
-        [sys.executable, "-m", "benchmark.cli", "-p", str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-        preexec_fn=block if block_sigint else None,
-    )
-
-
-@pytest.mark.parametrize("block_sigint", [False, True], ids=["default", "sigint-blocked"])
-def test_the_users_ctrl_c_stops_the_run(plugin_module, tiny, tmp_path, read_records, block_sigint):
-    result = _ctrl_c_in_prepare(plugin_module, tiny, tmp_path, block_sigint)
-    assert result.returncode == 130, result.stderr
-    assert "interrupted" in result.stderr
-    assert read_records(tmp_path / "results") == []
-
-
 def test_gt_status_of_a_file_is_one_line(bench, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("x\n")
