@@ -64,12 +64,11 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
         for subsets in run.subset_ground_truths(problem):
             missing = subsets.missing()
             executor = run.executor()
-            start = subsets.stats
             computed = (subsets.compute(missing) if executor is None else executor(subsets, missing)) if missing else 0
             print(
                 f"lds seed {subsets.train_seed}: {subsets.design.subsets} subset models of {subsets.design.fraction:g} "
                 f"of the training set: {subsets.design.subsets - len(missing)} cached, {computed} trained, "
-                f"{start.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
+                f"{subsets.stats.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
             )
         if "loo" not in config.truths:
             return 0

@@ -235,10 +235,9 @@ def _side_by_side(
         for record in sorted(shown, key=lambda r: (r["date"], r["run_id"])):
             if record["selection"]["kind"] in ("top", "lds"):
                 name = f"`{record['estimator']['name']}`"
-                if record["estimator"]["hyperparameters"] != (estimator_defaults or {}).get(
-                    record["estimator"]["name"], record["estimator"]["hyperparameters"]
-                ):
-                    name += " (" + _hyperparameters(_differing(record, estimator_defaults)) + ")"
+                differing = _differing(record, estimator_defaults)
+                if differing:
+                    name += f" ({_hyperparameters(differing)})"
                 cells.setdefault(name, {})[record["selection"]["kind"]] = record
         rows = []
         for name, pair in cells.items():

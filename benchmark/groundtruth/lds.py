@@ -159,7 +159,8 @@ class SubsetGroundTruth:
         only the models the cache lacks are trained (by ``executor`` where given: ``executor(self, missing) ->
         number trained``, e.g. :mod:`benchmark.groundtruth.executors`; else in this process)."""
         start = time.perf_counter()
-        missing = self.missing()
+        models = {m: self._load(m) for m in range(self.design.subsets)}  # each model read and verified once
+        missing = [m for m, theta in models.items() if theta is None]
         self.stats.cached += self.design.subsets - len(missing)
         if missing:
             if executor is None:
@@ -182,7 +183,7 @@ class SubsetGroundTruth:
         losses = []
         with torch.no_grad():
             for m in range(self.design.subsets):
-                theta = self._load(m)
+                theta = models[m] if models[m] is not None else self._load(m)
                 if theta is None:
                     raise RuntimeError(f"subset model {m} is missing after training it ({self.cache.root / KIND})")
                 losses.append(problem.losses(theta.to(problem.theta), x, y).double().cpu())
