@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import pluggy
 
-from benchmark.cli import gt, leaderboard, listing, report, run, study, timing
+from benchmark.cli import gt, leaderboard, listing, report, run, site, study, timing
 from benchmark.cli.shared import report_error
 from benchmark.common.errors import BenchError, UsageError, user_interrupts
 from benchmark.contracts.plugins import Registry, plugin_manager
@@ -26,6 +26,7 @@ COMMANDS = {
     "study": study,
     "report": report,
     "timing": timing,
+    "site": site,
 }
 """Each command's module: its ``HELP``, ``add_arguments(parser, pm)`` and ``command(args, registry, pm)``, which
 returns the exit status."""

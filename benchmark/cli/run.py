@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
     if not args.no_leaderboard:
         for _, path, count in leaderboard.render(registry, config.results_dir, board_dir, config.task):
             print(f"leaderboard: {path} ({count} records)")
+    where = "--publish" if args.publish else f"--results-dir {shlex.quote(str(config.results_dir))}"
+    print(f"website of these results: bench site {where} (docs/site.md)")
     for record in failed:
         log.warning(
             "%s (%s): %s: %s",
