@@ -254,9 +254,9 @@ def _timing_page(files: list[Any], history: list[dict[str, Any]], asv_dir: Path,
         intro = (
             f"<p>asv results of {len(files)} commits ({commits}) on machine "
             f"<code>{html.escape(str(files[-1].machine.get('machine', '?')))}</code>, read from "
-            f"<code>{html.escape(report._shown(str(asv_dir)))}</code>. Pick a case to plot its runtime, peak host memory and "
-            "Spearman at each commit, one line per estimator (a missing point: the benchmark was skipped, declined or "
-            "failed at that commit). asv's own site of the same files: <code>asv publish</code> then "
+            f"<code>{html.escape(report._shown(str(asv_dir)))}</code>. Pick a case to plot its runtime, peak host "
+            "memory and Spearman at each commit, one line per estimator (a missing point: the benchmark was skipped, "
+            "declined or failed at that commit). asv's own site of the same files: <code>asv publish</code> then "
             "<code>asv preview</code> (docs/site.md).</p>"
         )
     else:

@@ -120,6 +120,9 @@ def task_rows(records: list[dict[str, Any]], defaults: Defaults) -> list[dict[st
                     "ceiling": _number(ceiling.get("value")),
                     "paper": _number(paper.get("spearman")),
                     "paper_source": paper.get("source") or "",
+                    "paper_pearson": _number(paper.get("pearson")),
+                    "param_norm_spearman_text": leaderboard.correlation_text(metrics.get("param_norm_spearman")),
+                    "ihvp_residual_text": leaderboard.residual_text(metrics),
                     "prepare_s": _number(timings.get("prepare_s")),
                     "models_s": _number(timings.get("models_s")),
                     "query_s": _number(
