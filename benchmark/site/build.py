@@ -245,11 +245,15 @@ def _studies_page(verdicts: list[Any], studies_dir: Path, output: Path, tasks: l
     return _page("Studies", "studies", body, {}, tasks)
 
 
-def _timing_page(files: list[Any], history: list[dict[str, Any]], asv_dir: Path, tasks: list[str]) -> str:
+def _timing_page(files: list[Any], history: list[dict[str, Any]], asv_dir: Path, output: Path, tasks: list[str]) -> str:
     if files:
         latest = files[-1]
         words = ["bench", "timing", "--results-dir", report._shown(str(asv_dir)), "--commit", latest.commit[:8]]
-        table2 = report.markdown_to_html(timing_module.render(latest, shlex.join(words)), shift=1)
+        markdown = timing_module.render(latest, shlex.join(words))
+        (output / "data" / "timing-table2.md").write_text(markdown)
+        table2 = report.markdown_to_html(markdown, shift=1) + (
+            '<p class="downloads">Download this view: <a href="data/timing-table2.md" download>Markdown</a></p>'
+        )
         commits = ", ".join(f"<code>{html.escape(f.commit[:8])}</code>" for f in files)
         intro = (
             f"<p>asv results of {len(files)} commits ({commits}) on machine "
@@ -313,6 +317,6 @@ def build(output: Path, sources: Sources, registry: Registry, pm: pluggy.PluginM
     files = data.asv_files(sources.asv)
     history = data.timing_history(files)
     _write_table(output, "timing-history", history)
-    (output / "timing.html").write_text(_timing_page(files, history, sources.asv, tasks))
+    (output / "timing.html").write_text(_timing_page(files, history, sources.asv, output, tasks))
     pages = ["index.html", *pages, "studies.html", "timing.html"]
     return {"pages": pages, "tasks": tasks, "rows": total, "asv_commits": len(files), "claims": len(claims)}

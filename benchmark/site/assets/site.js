@@ -85,7 +85,7 @@ function makeTable(id, rows, columns, options = {}) {
   const table = new Tabulator("#" + id, {
     data: rows,
     columns,
-    layout: "fitDataTable",
+    layout: "fitData",
     renderVertical: "basic",
     placeholder: "No rows",
     columnDefaults: { headerSortStartingDir: "desc", tooltip: false, sorterParams: { alignEmptyValues: "bottom" } },
@@ -95,14 +95,18 @@ function makeTable(id, rows, columns, options = {}) {
   return table;
 }
 
+function secondsText(v) {
+  return v === null || v === undefined ? "-" : `${v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(2) : v.toPrecision(2)} s`;
+}
+
 function detail(row) {
   return `<div class="detail"><div><b>hyperparameters</b> ${esc(row.hyperparameters_full)}</div>` +
     `<div><b>task config</b> ${esc(row.config_full)}</div>` +
     `<div><b>Spearman</b> ${esc(row.spearman_text)} · <b>Pearson</b> ${esc(row.pearson_text)} · <b>paper</b> ` +
     `Spearman ${esc(row.paper ?? "-")}, Pearson ${esc(row.paper_pearson ?? "-")} ${esc(row.paper_source)} · ` +
     `<b>‖Δθ‖ Spearman</b> ${esc(row.param_norm_spearman_text)} · <b>iHVP residual</b> ${esc(row.ihvp_residual_text)}</div>` +
-    `<div><b>prepare</b> ${esc(row.prepare_s ?? "-")} s · <b>extra models</b> ${esc(row.models_s ?? "-")} s · ` +
-    `<b>query</b> ${esc(row.query_s ?? "-")} s</div>` +
+    `<div><b>prepare</b> ${secondsText(row.prepare_s)} · <b>extra models</b> ${secondsText(row.models_s)} · ` +
+    `<b>query</b> ${secondsText(row.query_s)}</div>` +
     `<div><b>command</b> <code>${esc(row.command)}</code></div>` +
     `<div><b>status</b> ${esc(row.status_text)} · <b>commit</b> ${esc(row.commit)} · <b>date</b> ${esc(row.date)}</div></div>`;
 }
