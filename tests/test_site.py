@@ -136,6 +136,20 @@ def committed_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
+@pytest.fixture(scope="module")
+def bare_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One failed record, no study, no asv result: every page still draws (empty tables and plots say so)."""
+    root = tmp_path_factory.mktemp("bare")
+    failed = _record(json.loads(TEMPLATE.read_text()), "kfac", 0.001, 0.0, 0.0, n=1)
+    failed.update(status="failed", failure="synthetic failure", metrics=None, points=None)
+    records.write(failed, root / "results")
+    _build(
+        "--results-dir", root / "results", "--studies-dir", root / "studies", "--asv-dir", root / "asv",
+        "--output", root / "site",
+    )  # fmt: skip
+    return root / "site"
+
+
 class Page:
     """A page opened in the browser, with what it logged and requested."""
 
@@ -178,7 +192,7 @@ def _pages(site: Path) -> list[str]:
     return sorted(p.name for p in site.glob("*.html"))
 
 
-@pytest.mark.parametrize("which", ["synthetic_site", "committed_site"])
+@pytest.mark.parametrize("which", ["synthetic_site", "committed_site", "bare_site"])
 def test_every_page_renders_without_errors_or_network(which: str, request: pytest.FixtureRequest, open_page) -> None:
     site: Path = request.getfixturevalue(which)
     pages = _pages(site)
