@@ -37,7 +37,10 @@ def record_file(record: Mapping[str, Any]) -> str:
 
 
 def ground_truth(record: Mapping[str, Any]) -> str:
-    return LDS if record["ground_truth"].get("kind") == "lds" else LOO
+    """The ground truth's name: leave-one-out re-training (records without a ``kind``), ``LDS``, or another kind's
+    name as the record gives it, in capitals (a ground truth added later is shown apart, never as leave-one-out)."""
+    kind = record["ground_truth"].get("kind")
+    return LOO if kind in (None, "loo") else LDS if kind == "lds" else str(kind).upper()
 
 
 def varying(records: list[dict[str, Any]], defaults: Mapping[str, Any] | None) -> list[str]:
