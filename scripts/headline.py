@@ -45,14 +45,16 @@ def setting(record: dict[str, Any]) -> str:
 
 
 def newest_runs(found: list[dict[str, Any]], kind: str = "top") -> dict[tuple, dict[str, dict[str, Any]]]:
-    """Per (task, configuration): the newest record of selection ``kind`` of each built-in estimator over the whole
-    model; for ``top``, at its default number of models (``trak`` with ``models=50`` is a leaderboard row of its
-    own), for ``lds`` also with more, named apart (``trak (50 models)``, as dattri's TRAK-50)."""
+    """Per (task, configuration): the newest leave-one-out or LDS record of selection ``kind`` of each built-in
+    estimator over the whole model; for ``top``, at its default number of models (``trak`` with ``models=50`` is a
+    leaderboard row of its own), for ``lds`` also with more, named apart (``trak (50 models)``, as dattri's TRAK-50)."""
     out: dict[tuple, dict[str, dict[str, Any]]] = {}
     for record in sorted(found, key=lambda r: r["date"]):
         hyperparameters = record["estimator"]["hyperparameters"]
         if record["selection"]["kind"] != kind or hyperparameters.get("layers", "all") != "all":
             continue
+        if record["ground_truth"].get("kind", "loo") not in ("loo", "lds"):
+            continue  # the paper's leave-one-out and the LDS; the other ground truths are in the leaderboards
         name = record["estimator"]["name"]
         if hyperparameters.get("models", 1) != 1:
             if kind == "top":

@@ -188,7 +188,7 @@ def test_bench_run_scores_both_ground_truths_and_the_second_run_trains_nothing(b
     assert board.code == 0, board.err
     text = (tmp_path / "iris.md").read_text()
     assert "linear datamodeling score" in text and "| lds 6 " in text and "| top 20 " in text
-    side = text.split("## Both ground truths side by side", 1)[1].split("\n## ", 1)[0]
+    side = text.split("## Ground truths side by side", 1)[1].split("\n## ", 1)[0]
     exact_row = next(line for line in side.splitlines() if line.startswith("| `exact`"))
     loo_top = next(r for r in written if r["estimator"]["name"] == "exact" and r["selection"]["kind"] == "top")
     assert f"{loo_top['metrics']['spearman']['value']:.3f}" in exact_row

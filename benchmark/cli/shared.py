@@ -34,6 +34,7 @@ RUN_OPTIONS = (
     "lds_subsets",
     "lds_fraction",
     "lds_test_points",
+    "pbrf_damping",
     "executor",
     "workers",
     "ray_address",
@@ -81,13 +82,17 @@ def add_problem_options(parser: argparse.ArgumentParser) -> None:
         "--truths",
         dest="truths",
         type=configuration.split_names,
-        help=f"ground truths, comma-separated: {', '.join(TRUTHS)} (default loo): leave-one-out re-training, and "
-        "the linear datamodeling score over models trained from scratch on random subsets",
+        help=f"ground truths, comma-separated: {', '.join(TRUTHS)} (default loo): leave-one-out re-training, "
+        "the linear datamodeling score over models trained from scratch on random subsets, and the proximal Bregman "
+        "response (what a damped influence function approximates)",
     )
     parser.add_argument("--lds-subsets", type=int, help="lds: random training subsets (default 100)")
     parser.add_argument("--lds-fraction", type=float, help="lds: share of the training set per subset (default 0.5)")
     parser.add_argument(
         "--lds-test-points", type=int, help="lds: test points scored, a random sample (default 100, or all if fewer)"
+    )
+    parser.add_argument(
+        "--pbrf-damping", type=float, help="pbrf: proximity weight (default: the task's protocol damping, else 0.001)"
     )
     parser.add_argument("--executor", help=f"where re-training runs: {', '.join(EXECUTORS)} (default local)")
     parser.add_argument("--workers", type=int, help="processes of --executor process (default: CPU count)")
@@ -185,6 +190,12 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         "a number strictly between 0 and 1",
     )
     lds_test_points = option("lds_test_points", 100, integer(1), "a positive integer")
+    pbrf_damping = option(
+        "pbrf_damping",
+        None,
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "a positive number",
+    )
     executor = option("executor", "local", text, f"one of {', '.join(EXECUTORS)}")
     workers = option("workers", None, integer(1), "a positive integer")
     ray_address = option("ray_address", None, text, "a Ray address")
@@ -206,6 +217,7 @@ def run_config(args: argparse.Namespace, registry: Registry) -> RunConfig:
         lds_subsets=lds_subsets,
         lds_fraction=float(lds_fraction),
         lds_test_points=lds_test_points,
+        pbrf_damping=None if pbrf_damping is None else float(pbrf_damping),
         executor=executor,
         workers=workers,
         ray_address=ray_address,

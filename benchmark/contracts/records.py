@@ -77,8 +77,12 @@ def now() -> str:
 
 
 def write(record: dict[str, Any], results_dir: Path) -> Path:
-    """Write ``record`` under ``results_dir/<task>/`` and return its path."""
-    name = f"{record['run_id']}-{record['estimator']['name']}-{record['selection']['kind']}.json"
+    """Write ``record`` under ``results_dir/<task>/`` and return its path (``<run>-<estimator>-<selection>.json``, with
+    ``-pbrf`` or ``-loo-scratch`` before the suffix for the records of those ground truths, which share their run and
+    selection with a leave-one-out one)."""
+    truth = (record.get("ground_truth") or {}).get("kind")
+    suffix = f"-{truth}" if truth in ("pbrf", "loo-scratch") else ""
+    name = f"{record['run_id']}-{record['estimator']['name']}-{record['selection']['kind']}{suffix}.json"
     path = Path(results_dir) / record["task"]["name"] / name
     atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     return path
@@ -200,9 +204,10 @@ class RecipeInfo(TypedDict):
 
 
 class GroundTruthInfo(TypedDict):
-    """What the records of a run were scored against: leave-one-out re-training (``kind`` absent or ``loo``) or the
+    """What the records of a run were scored against: leave-one-out re-training (``kind`` absent or ``loo``), the
     linear datamodeling score (``kind`` ``lds``: ``subsets``, ``fraction``, ``phases``, ``test_points``; no
-    reference and no re-training recipe)."""
+    reference and no re-training recipe), or the proximal Bregman response (``kind`` ``pbrf``: ``damping``,
+    ``solver``, ``worst_gradient_norm``, ``unsolved``; no re-training recipe)."""
 
     protocol: str
     points: int
@@ -211,12 +216,20 @@ class GroundTruthInfo(TypedDict):
     reference_drift: NotRequired[float]
     """The change of the test loss from re-training on all points (mean over ground-truth seeds)."""
     recipe: NotRequired[RecipeInfo]
-    kind: NotRequired[Literal["loo", "lds"]]
+    kind: NotRequired[Literal["loo", "lds", "pbrf", "loo-scratch"]]
+    damping: NotRequired[float]
+    """``pbrf``: the proximity weight of the proximal Bregman response."""
+    solver: NotRequired[dict[str, Any]]
+    """``pbrf``: the solver's settings (:class:`~benchmark.groundtruth.pbrf.PbrfSolver`)."""
+    worst_gradient_norm: NotRequired[float | None]
+    """``pbrf``: the largest gradient norm a solve stopped at, relative to its value at the optimum."""
+    unsolved: NotRequired[int]
+    """``pbrf``: solves that stopped above the tolerance."""
     subsets: NotRequired[int]
     fraction: NotRequired[float]
     design_seed: NotRequired[int]
     phases: NotRequired[list[RecipeInfo]]
-    """``lds``: the task's training phases each subset model was trained with from scratch."""
+    """``lds`` and ``loo-scratch``: the task's training phases each model was trained with from scratch."""
     test_points: NotRequired[int]
     models_per_minute: NotRequired[float | None]
     """``lds``: subset models trained per minute in this run (``None`` where all came from the cache)."""

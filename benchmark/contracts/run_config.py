@@ -19,10 +19,12 @@ from benchmark.common.paths import default_results_dir
 DEFAULT_SELECTIONS = ("top", "random")
 """The selections of a run that names none (see :data:`benchmark.evaluation.selections.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
-TRUTHS = ("loo", "lds")
+TRUTHS = ("loo", "lds", "pbrf", "loo-scratch")
 """Ground truths a run can score against: ``loo``, leave-one-out re-training from the optimum for each selected
 training point (:mod:`benchmark.groundtruth.engine`); ``lds``, the linear datamodeling score over models trained from
-scratch on random subsets (:mod:`benchmark.groundtruth.lds`)."""
+scratch on random subsets (:mod:`benchmark.groundtruth.lds`); ``pbrf``, the proximal Bregman response of each selected
+point, what a damped influence function approximates (:mod:`benchmark.groundtruth.pbrf`); ``loo-scratch``,
+leave-one-out with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`)."""
 
 
 @dataclasses.dataclass
@@ -48,6 +50,8 @@ class RunConfig:
         lds_fraction: ``lds``: the share of the training set each subset keeps.
         lds_test_points: ``lds``: how many test points are scored (a random sample drawn with ``seed``; all of
             them if the test set is smaller).
+        pbrf_damping: ``pbrf``: the proximity weight ``lambda`` (default: the task protocol's damping, else
+            :data:`benchmark.groundtruth.pbrf.DEFAULT_DAMPING`).
         executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
         workers: processes of the ``process`` executor (default: the CPU count).
         ray_address: the Ray cluster of the ``ray`` executor (default ``$RAY_ADDRESS``, else a local one).
@@ -74,6 +78,7 @@ class RunConfig:
     lds_subsets: int = 100
     lds_fraction: float = 0.5
     lds_test_points: int = 100
+    pbrf_damping: float | None = None
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None

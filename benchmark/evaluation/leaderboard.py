@@ -95,7 +95,61 @@ def _truth_key(record: Mapping[str, Any]) -> list[Any]:
     gt = record["ground_truth"]
     if gt.get("kind") == "lds":
         return ["lds", gt["subsets"], gt["fraction"], gt.get("test_points"), gt.get("phases")]
+    if gt.get("kind") == "pbrf":
+        return ["pbrf", record["test_point"]["rule"], gt["solver"]]
+    if gt.get("kind") == "loo-scratch":
+        return ["loo-scratch", record["test_point"]["rule"], gt["phases"]]
     return [record["test_point"]["rule"], gt["recipe"]]
+
+
+def truth_kind(record: Mapping[str, Any]) -> str:
+    """The ground truth a record was scored against: ``loo`` (also for records from before kinds), ``lds``, ``pbrf``."""
+    return record["ground_truth"].get("kind", "loo")
+
+
+COLUMNS = (
+    ("loo", "leave-one-out (top k)"),
+    ("loo-scratch", "leave-one-out from scratch (top k)"),
+    ("pbrf", "PBRF (top k)"),
+    ("lds", "LDS"),
+)
+"""The side-by-side section's ground truths: (column key, title); ``loo`` and ``pbrf`` on the paper's top k."""
+
+
+def _column(record: Mapping[str, Any]) -> str | None:
+    kind, truth = record["selection"]["kind"], truth_kind(record)
+    if kind == "lds":
+        return "lds"
+    return truth if kind == "top" else None
+
+
+def _pbrf_lines(first: Mapping[str, Any]) -> list[str]:
+    """A proximal-Bregman section's test-point and ground-truth lines."""
+    gt = first["ground_truth"]
+    solver = gt["solver"]
+    worst = gt.get("worst_gradient_norm")
+    return [
+        f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
+        f"{first['test_point']['loss']:.4g})",
+        f"- Ground truth: **proximal Bregman response** (PBRF, Bae et al. 2022: what a damped influence function "
+        f"approximates), damping {gt['damping']:g}, solved from the optimum in float64 to a gradient norm "
+        f"{solver['rtol']:g} x its start"
+        + (f" (worst reached {worst:.1e}, {gt.get('unsolved', 0)} above)" if worst is not None else "")
+        + f"; {gt['points']} points",
+    ]
+
+
+def _scratch_lines(first: Mapping[str, Any]) -> list[str]:
+    """A from-scratch leave-one-out section's test-point and ground-truth lines."""
+    gt = first["ground_truth"]
+    steps = sum(phase["steps"] for phase in gt.get("phases") or [])
+    return [
+        f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
+        f"{first['test_point']['loss']:.4g})",
+        f"- Ground truth: **leave-one-out from scratch**: each model trained from scratch with the task's recipe "
+        f"({steps} SGD steps), against {gt['reference']}, {gt.get('seeds', 1)} seed(s) (initialisations); the "
+        f"reference's test loss differs from the optimum's by {gt['reference_drift']:.2e}; {gt['points']} points",
+    ]
 
 
 def _lds_lines(first: Mapping[str, Any]) -> list[str]:
@@ -158,7 +212,9 @@ def _latest(
     for record in sorted(group, key=lambda r: (r["date"], r["run_id"])):
         name = record["estimator"]["name"]
         hyperparameters = completed(record["estimator"]["hyperparameters"], (estimator_defaults or {}).get(name))
-        key = json.dumps([name, hyperparameters, record["selection"]["kind"]], sort_keys=True, default=str)
+        key = json.dumps(
+            [name, hyperparameters, record["selection"]["kind"], truth_kind(record)], sort_keys=True, default=str
+        )
         latest[key] = record
     return list(latest.values())
 
@@ -238,9 +294,10 @@ def _side_by_side(
     defaults: Mapping[str, Any] | None,
     estimator_defaults: Mapping[str, Mapping[str, Any]] | None,
 ) -> list[str]:
-    """A section putting each estimator's two ground truths next to each other, for every configuration (task
-    config, seed, device) that has both: its leave-one-out Spearman on its own top k (the paper's protocol) and its
-    linear datamodeling score, each with its noise ceiling (the newest record of each)."""
+    """A section putting each estimator's ground truths next to each other, for every configuration (task config,
+    seed, device) that has two or more: its leave-one-out Spearman on its own top k (the paper's protocol), its PBRF
+    Spearman on the same points and its linear datamodeling score, each with its noise ceiling (the newest record of
+    each)."""
     by_config: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         task = {**record["task"], "config": completed(record["task"]["config"], defaults)}
@@ -249,21 +306,24 @@ def _side_by_side(
     lines: list[str] = []
     for group in by_config.values():
         shown = _latest(group, estimator_defaults)
-        kinds = {r["selection"]["kind"] for r in shown}
-        if not {"top", "lds"} <= kinds:
+        present = {_column(r) for r in shown} - {None}
+        if len(present) < 2:
             continue
         cells: dict[str, dict[str, dict[str, Any]]] = {}
         for record in sorted(shown, key=lambda r: (r["date"], r["run_id"])):
-            if record["selection"]["kind"] in ("top", "lds"):
+            column = _column(record)
+            if column is not None:
                 name = f"`{record['estimator']['name']}`"
                 changed = differing(record, estimator_defaults)
                 if changed:
                     name += f" ({_hyperparameters(changed)})"
-                cells.setdefault(name, {})[record["selection"]["kind"]] = record
+                cells.setdefault(name, {})[column] = record
         rows = []
         for name, pair in cells.items():
             row = {"estimator": name}
-            for kind, title in (("top", "leave-one-out (top k)"), ("lds", "LDS")):
+            for kind, title in COLUMNS:
+                if kind not in present:
+                    continue
                 found = pair.get(kind)
                 metrics = (found or {}).get("metrics") or {}
                 row[f"{title} Spearman"] = (
@@ -274,21 +334,23 @@ def _side_by_side(
                     else found["status"]
                 )
                 row[f"{title} ceiling"] = _ceiling((metrics.get("ceiling") or {}).get("spearman"))
-            paper = (pair.get("lds") or {}).get("paper") or {}
-            row["LDS reference"] = (
-                f"{paper['spearman']:.2f}" + (f" ({paper['source']})" if paper.get("source") else "")
-                if paper.get("spearman") is not None
-                else "-"
-            )
+            if "lds" in present:
+                paper = (pair.get("lds") or {}).get("paper") or {}
+                row["LDS reference"] = (
+                    f"{paper['spearman']:.2f}" + (f" ({paper['source']})" if paper.get("source") else "")
+                    if paper.get("spearman") is not None
+                    else "-"
+                )
             rows.append(row)
         config = group[0]["task"]["config"]
         if not lines:
             lines += [
-                "## Both ground truths side by side",
+                "## Ground truths side by side",
                 "",
-                "Per configuration with both: each estimator's leave-one-out Spearman over its own top k (one test "
-                "point, the paper's protocol) beside its linear datamodeling score (many test points, subset models "
-                "trained from scratch), each with its noise ceiling; the sections below give every detail.",
+                "Per configuration with two or more: each estimator's leave-one-out Spearman over its own top k (one "
+                "test point, the paper's protocol), its Spearman against the proximal Bregman response (PBRF) of "
+                "the same points, and its linear datamodeling score (many test points, subset models trained from "
+                "scratch), each with its noise ceiling; the sections below give every detail.",
                 "",
             ]
         lines += [
@@ -389,7 +451,9 @@ def render(
             f"{problem['weight_decay']}; optimum gradient norm {problem['gradient_norm']:.2e} ({converged}); Hessian "
             f"top eigenvalue {problem['top_eigenvalue']:.4g}"
             + (f", bottom {problem['bottom_eigenvalue']:.3g}" if "bottom_eigenvalue" in problem else ""),
-            *(_lds_lines(first) if gt.get("kind") == "lds" else _loo_lines(first)),
+            *{"lds": _lds_lines, "pbrf": _pbrf_lines, "loo-scratch": _scratch_lines}.get(gt.get("kind"), _loo_lines)(
+                first
+            ),
             *(
                 [
                     f"- **Drift-dominated ground truth** (drift {drift:.2g} x the median |leave-one-out effect|, above "

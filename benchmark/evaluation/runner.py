@@ -9,7 +9,10 @@ skipped one, and the run goes on). Then each ground truth the run asks for (``tr
   (:mod:`benchmark.groundtruth.engine`); every estimator and selection becomes one record;
 - ``lds``: every estimator scores a sample of test points in batched calls, the subset models trained from scratch
   come from the shared cache (:mod:`benchmark.groundtruth.lds`), and every estimator becomes one record of selection
-  ``lds`` whose correlations are the linear datamodeling score.
+  ``lds`` whose correlations are the linear datamodeling score;
+- ``pbrf``: as ``loo``, on the same selections, against the proximal Bregman response of each selected point
+  (:mod:`benchmark.groundtruth.pbrf`): what a damped influence function approximates, rather than re-training;
+- ``loo-scratch``: as ``loo``, with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`).
 
 Records (:mod:`benchmark.evaluation.recording`) are written under the results directory and handed to the reporting
 hooks.
@@ -61,6 +64,8 @@ from benchmark.evaluation.selections import parse_test_point, select, select_tes
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.groundtruth.executors import EXECUTORS, WorkerSpec, make_executor
 from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
+from benchmark.groundtruth.pbrf import DEFAULT_DAMPING, PbrfGroundTruth, PbrfSolver
+from benchmark.groundtruth.scratch import ScratchGroundTruth
 from benchmark.numerics.problem import Problem
 
 log = logging.getLogger("bench")
@@ -151,12 +156,14 @@ class Run:
         for truth in config.truths:
             if truth not in TRUTHS:
                 raise UnknownNameError("ground truth", truth, TRUTHS)
-        if "lds" in config.truths and not self.task.overrides("initial_parameters"):
-            capable = sorted(name for name in registry.tasks if registry.task(name).overrides("initial_parameters"))
-            raise UsageError(
-                f"ground truth 'lds' trains models from scratch, and task {config.task!r} states no initialisation "
-                f"for other seeds (Task.initial_parameters); tasks that do: {', '.join(capable) or 'none'}"
-            )
+        for truth in ("lds", "loo-scratch"):
+            if truth in config.truths and not self.task.overrides("initial_parameters"):
+                capable = sorted(name for name in registry.tasks if registry.task(name).overrides("initial_parameters"))
+                raise UsageError(
+                    f"ground truth {truth!r} trains models from scratch, and task {config.task!r} states no "
+                    f"initialisation for other seeds (Task.initial_parameters); tasks that do: "
+                    f"{', '.join(capable) or 'none'}"
+                )
         self.lds_design = SubsetDesign(config.lds_subsets, config.lds_fraction, config.seed)
         self.cache = Cache(config.cache_dir)
         if not writable_directory(config.results_dir, "results directory"):
@@ -231,6 +238,40 @@ class Run:
             for s in range(self.config.gt_seeds)
         ]
 
+    def pbrf_solver(self, protocol: Protocol) -> PbrfSolver:
+        """The run's PBRF definition: its damping from ``--pbrf-damping``, else the protocol's, else the default."""
+        damping = self.config.pbrf_damping or protocol.damping or DEFAULT_DAMPING
+        return PbrfSolver(damping=float(damping))
+
+    def pbrf_ground_truths(self, problem: Problem, protocol: Protocol, test_index: int) -> list[GroundTruth]:
+        """The proximal Bregman response: one ground truth, since its full-batch solve uses no seed."""
+        return [
+            PbrfGroundTruth(
+                problem,
+                self.pbrf_solver(protocol),
+                self.cache,
+                self.task.problem_key(self.config.seed),
+                test_index,
+                self.config.gt_chunk_size,
+                self.config.progress,
+            )
+        ]
+
+    def scratch_ground_truths(self, problem: Problem, test_index: int) -> list[GroundTruth]:
+        """Leave-one-out from scratch, one ground truth per training seed (``gt_seeds``)."""
+        return [
+            ScratchGroundTruth(
+                problem,
+                self.cache,
+                self.task.problem_key(self.config.seed),
+                test_index,
+                train_seed,
+                self.config.gt_chunk_size,
+                self.config.progress,
+            )
+            for train_seed in range(self.config.gt_seeds)
+        ]
+
     def subset_ground_truths(self, problem: Problem) -> list[SubsetGroundTruth]:
         """The subset models of the linear datamodeling score, one set per training seed (``gt_seeds``)."""
         return [
@@ -264,6 +305,12 @@ class Run:
             if isinstance(ground_truth, SubsetGroundTruth):
                 design = dataclasses.asdict(ground_truth.design)
                 return WorkerSpec(**common, truth="lds", lds={"design": design, "train_seed": ground_truth.train_seed})
+            if isinstance(ground_truth, ScratchGroundTruth):
+                seed = ground_truth.train_seed
+                return WorkerSpec(**common, truth="loo-scratch", test_index=ground_truth.test_index, train_seed=seed)
+            if isinstance(ground_truth, PbrfGroundTruth):
+                solver = dataclasses.asdict(ground_truth.solver)
+                return WorkerSpec(**common, truth="pbrf", test_index=ground_truth.test_index, pbrf=solver)
             return WorkerSpec(
                 **common, test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe)
             )
@@ -322,10 +369,10 @@ class Run:
         out: list[dict[str, Any]] = []
         hook_failures: list[PluginHookError] = []
         for truth in config.truths:
-            if truth == "loo":
-                made = self._loo_records(problem, protocol, test_index, base, diagnostics)
-            else:
+            if truth == "lds":
                 made = self._lds_records(problem, base, diagnostics)
+            else:
+                made = self._loo_records(problem, protocol, test_index, base, diagnostics, truth)
             for record in made:
                 self.written.append(records.write(record, config.results_dir))
                 hook_failures += call_each(self.pm.hook.bench_report_result, record=record)
@@ -341,8 +388,10 @@ class Run:
         test_index: int,
         base: dict[str, Any],
         diagnostics: tuple[dict[str, Any], dict[str, Any]],
+        truth: str = "loo",
     ) -> list[dict[str, Any]]:
-        """The leave-one-out records: each estimator on each selection of the run's test point."""
+        """The records of a ground truth of single removals (``loo``, ``pbrf`` or ``loo-scratch``): each estimator on
+        each selection of the run's test point."""
         config = self.config
         k = min(protocol.eval_size, problem.n_train)
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
@@ -352,8 +401,8 @@ class Run:
                 for selection in config.selections:
                     chosen[evaluation.label, selection] = select(selection, evaluation.scores, k, random_set)
         for evaluation in self.estimators:
-            if evaluation.failure is not None:
-                continue
+            if evaluation.failure is not None or evaluation.param_failure is not None or evaluation.param_norms:
+                continue  # failed, or its parameter changes were taken for the run's other ground truth
             if evaluation.estimator.no_ihvp is not None:
                 evaluation.param_failure = no_ihvp_reason(evaluation.estimator)
             elif self.task.parameter_change:
@@ -361,15 +410,21 @@ class Run:
             else:
                 evaluation.param_failure = f"not computed: task {self.task.name!r} turns the diagnostic off (cost)"
 
-        ground_truths = self.ground_truths(problem, protocol, test_index)
+        if truth == "pbrf":
+            ground_truths = self.pbrf_ground_truths(problem, protocol, test_index)
+        elif truth == "loo-scratch":
+            ground_truths = self.scratch_ground_truths(problem, test_index)
+        else:
+            ground_truths = self.ground_truths(problem, protocol, test_index)
         needed = sorted({i for indices in chosen.values() for i in indices})
-        log.info("ground truth: %d leave-one-out models needed, %d seed(s)", len(needed), len(ground_truths))
+        log.info("ground truth: %d %s models needed, %d seed(s)", len(needed), truth, len(ground_truths))
         executor = self.executor()
         effects = [ground_truth.effects(needed, executor) if needed else {} for ground_truth in ground_truths]
-        common = {
-            **base,
-            "ground_truth": recording.ground_truth_summary(ground_truths, effects, protocol, needed, config.executor),
-        }
+        if isinstance(ground_truths[0], PbrfGroundTruth):
+            summary = recording.pbrf_summary(ground_truths[0], effects[0], needed, config.executor)
+        else:
+            summary = recording.ground_truth_summary(ground_truths, effects, protocol, needed, config.executor)
+        common = {**base, "ground_truth": summary}
         return [
             recording.estimator_record(
                 common,

@@ -166,7 +166,16 @@ class GroundTruth:
         test_index: the test point whose loss is measured.
         chunk_size: how many models to re-train at once; ``None`` picks it (:meth:`choose_chunk_size`).
         progress: show progress bars.
+
+    A subclass answers another question about the same removals with the same cache, locks and executors
+    (:class:`benchmark.groundtruth.pbrf.PbrfGroundTruth`): it names its :attr:`kind` (the cache folder), its
+    :attr:`effect_type` (an entry's fields) and :meth:`method_key`, and computes its own chunks.
     """
+
+    kind = "loo"
+    """The ground truth's name, and its folder in the cache."""
+    effect_type: type[LooEffect] = LooEffect
+    """What one cache entry holds."""
 
     def __init__(
         self,
@@ -182,20 +191,18 @@ class GroundTruth:
         self.test_index = int(test_index)
         self.chunk_size = None if chunk_size is None else max(1, int(chunk_size))
         self.progress = progress
-        recipe_key = dataclasses.asdict(recipe)
-        if recipe.batch_size is None or recipe.batch_size >= problem.n_train:
-            recipe_key["seed"] = None  # full-batch re-training never uses the minibatch seed: all seeds share entries
-        self.key = {
-            **key,
-            "test_index": self.test_index,
-            "recipe": recipe_key,
-            "recipe_version": RECIPE_VERSION,
-            "dtype": str(problem.dtype),
-        }
-        self.directory = cache.root / "loo" / digest(self.key)
+        self.key = {**key, "test_index": self.test_index, **self.method_key()}
+        self.directory = cache.root / self.kind / digest(self.key)
         self.stats = GroundTruthStats()
         self._reference: Reference | None = None
         self._corrupt: set[int] = set()
+
+    def method_key(self) -> dict[str, Any]:
+        """What, besides the problem and the test point, determines an entry: the re-training recipe and code."""
+        recipe_key = dataclasses.asdict(self.recipe)
+        if self.recipe.batch_size is None or self.recipe.batch_size >= self.problem.n_train:
+            recipe_key["seed"] = None  # full-batch re-training never uses the minibatch seed: all seeds share entries
+        return {"recipe": recipe_key, "recipe_version": RECIPE_VERSION, "dtype": str(self.problem.dtype)}
 
     # -- public ------------------------------------------------------------------------------------------------------
     def reference(self) -> Reference:
@@ -356,7 +363,7 @@ class GroundTruth:
             log.warning("cache entry %s was written for another point or ground truth: recomputing it", path)
             payload = None
         else:
-            if payload is not None and not valid_payload(payload):
+            if payload is not None and not valid_payload(payload, self.effect_type):
                 log.warning("corrupt cache entry %s (unexpected fields): recomputing it", path)
                 payload = None
         if payload is None:
@@ -364,7 +371,7 @@ class GroundTruth:
                 self._corrupt.add(i)
                 self.stats.corrupt = len(self._corrupt)
             return None
-        return LooEffect(removed=i, **payload)
+        return self.effect_type(removed=i, **payload)
 
     def _store(self, effect: LooEffect) -> None:
         payload = dataclasses.asdict(effect)
@@ -372,14 +379,12 @@ class GroundTruth:
         self.cache.write_json(self.directory / f"{effect.removed}.json", self._entry_key(effect.removed), payload)
 
 
-_PAYLOAD_FIELDS = {field.name for field in dataclasses.fields(LooEffect)} - {"removed"}
-
-
-def valid_payload(payload: Any) -> bool:
-    """Whether a cache entry's ``payload`` has exactly the fields of a :class:`LooEffect` (but ``removed``), each a
+def valid_payload(payload: Any, effect_type: type[LooEffect] = LooEffect) -> bool:
+    """Whether a cache entry's ``payload`` has exactly the fields of ``effect_type`` (but ``removed``), each a
     number."""
+    fields = {field.name for field in dataclasses.fields(effect_type)} - {"removed"}
     return (
         isinstance(payload, dict)
-        and set(payload) == _PAYLOAD_FIELDS
+        and set(payload) == fields
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in payload.values())
     )

@@ -39,13 +39,17 @@ class WorkerSpec:
     chunk_size: int | None
     threads: int | None = None
     truth: str = "loo"
-    """``loo``: the shard's indices are removed training points; ``lds``: subsets."""
+    """``loo``, ``pbrf``, ``loo-scratch``: the shard's indices are removed training points; ``lds``: subsets."""
     test_index: int | None = None
-    """``loo``: the test point."""
+    """``loo``, ``pbrf``, ``loo-scratch``: the test point."""
     recipe: dict[str, Any] | None = None
     """``loo``: the re-training recipe."""
     lds: dict[str, Any] | None = None
     """``lds``: ``{"design": SubsetDesign fields, "train_seed": r}``."""
+    pbrf: dict[str, Any] | None = None
+    """``pbrf``: the :class:`~benchmark.groundtruth.pbrf.PbrfSolver` fields."""
+    train_seed: int | None = None
+    """``loo-scratch``: the training seed."""
 
 
 def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
@@ -58,6 +62,8 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     from benchmark.contracts.task import BuildContext
     from benchmark.groundtruth.engine import GroundTruth
     from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
+    from benchmark.groundtruth.pbrf import PbrfGroundTruth, PbrfSolver
+    from benchmark.groundtruth.scratch import ScratchGroundTruth
     from benchmark.numerics.recipes import Recipe
 
     registry = Registry(plugin_manager(spec.plugins))
@@ -74,6 +80,14 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
         design = SubsetDesign(**spec.lds["design"])
         subsets = SubsetGroundTruth(problem, design, cache, key, spec.lds["train_seed"], spec.chunk_size)
         return subsets.compute(indices)
+    if spec.truth == "loo-scratch":
+        assert spec.train_seed is not None and spec.test_index is not None
+        scratch = ScratchGroundTruth(problem, cache, key, spec.test_index, spec.train_seed, spec.chunk_size)
+        return scratch.compute(indices)
+    if spec.truth == "pbrf":
+        assert spec.pbrf is not None and spec.test_index is not None
+        pbrf = PbrfGroundTruth(problem, PbrfSolver(**spec.pbrf), cache, key, spec.test_index, spec.chunk_size)
+        return pbrf.compute(indices)
     assert spec.recipe is not None and spec.test_index is not None
     ground_truth = GroundTruth(problem, Recipe(**spec.recipe), cache, key, spec.test_index, spec.chunk_size)
     return ground_truth.compute(indices)

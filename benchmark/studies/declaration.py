@@ -82,6 +82,7 @@ RUN_FIELDS = {
     "lds_subsets": "an integer of at least 3",
     "lds_fraction": "a number strictly between 0 and 1",
     "lds_test_points": "a positive integer",
+    "pbrf_damping": "a positive number",
 }
 """The ``run`` options a study may set (those of :class:`~benchmark.contracts.run_config.RunConfig`), with what each
 takes."""
@@ -93,6 +94,8 @@ def _run_option_valid(option: str, value: Any) -> bool:
         return isinstance(value, list) and bool(value) and all(v in TRUTHS for v in value)
     if option == "lds_fraction":
         return number and 0 < value < 1
+    if option == "pbrf_damping":
+        return number and value > 0
     return number and isinstance(value, int) and value >= (3 if option == "lds_subsets" else 1)
 
 

@@ -218,6 +218,7 @@ def run_key(config: RunConfig, code: str, variants: dict[str, list[dict[str, Any
         "gt_chunk_size": config.gt_chunk_size,
         "truths": config.truths,
         "lds": [config.lds_subsets, config.lds_fraction, config.lds_test_points] if "lds" in config.truths else None,
+        **({"pbrf_damping": config.pbrf_damping} if "pbrf" in config.truths else {}),
         "plugins": config.plugins,
         "code": code,
     }
@@ -291,6 +292,7 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             lds_subsets=study.run.get("lds_subsets", 100),
             lds_fraction=float(study.run.get("lds_fraction", 0.5)),
             lds_test_points=study.run.get("lds_test_points", 100),
+            pbrf_damping=study.run.get("pbrf_damping"),
             threads=options.threads or study.run.get("threads"),
             plugins=list(options.plugins),
         )

@@ -1,5 +1,6 @@
-"""A study's tables: the rows of ``NAME.csv`` (one per point x seed x estimator x selection) and ``NAME-points.csv``
-(one per scored training point), made from result records (:mod:`benchmark.contracts.records`), written and read back.
+"""A study's tables: the rows of ``NAME.csv`` (one per point x seed x estimator x selection x ground truth) and
+``NAME-points.csv`` (one per scored training point), made from result records (:mod:`benchmark.contracts.records`),
+written and read back.
 
 :mod:`benchmark.studies.run` writes them; :mod:`benchmark.studies.claims` and :mod:`benchmark.studies.figures` read
 them.
@@ -25,6 +26,7 @@ ROW_COLUMNS = (
     "seed",
     "estimator",
     "selection",
+    "truth",
     "status",
     "failure",
     "task",
@@ -68,10 +70,10 @@ POINT_COLUMNS = (
     "retrained_param_norm",
     "abs_log_norm_ratio",
 )
-"""Per-training-point columns of ``NAME-points.csv`` (after the study, point, seed, estimator, selection and the
+"""Per-training-point columns of ``NAME-points.csv`` (after the study, point, seed, estimator, selection, truth and the
 swept options, task and estimator ones); ``abs_log_norm_ratio`` is ``|log10(estimated / re-trained parameter-change
 norm)|``."""
-POINT_HEAD = ("study", "point", "seed", "estimator", "selection")
+POINT_HEAD = ("study", "point", "seed", "estimator", "selection", "truth")
 """The first columns of ``NAME-points.csv``."""
 
 
@@ -166,6 +168,7 @@ def record_row(
         "seed": record["seed"],
         "estimator": estimator,
         "selection": record["selection"]["kind"],
+        "truth": record["ground_truth"].get("kind", "loo"),
         "status": record["status"],
         "failure": record["failure"],
         "task": record["task"]["name"],
@@ -229,6 +232,7 @@ def record_points(
         "seed": record["seed"],
         "estimator": estimator,
         "selection": record["selection"]["kind"],
+        "truth": record["ground_truth"].get("kind", "loo"),
         **{k: config[k] for k in swept},
         **fields,
     }
