@@ -16,6 +16,7 @@ from torch.func import grad
 from benchmark import BuildContext, Problem, Recipe
 from benchmark.common.cache import Cache
 from benchmark.groundtruth.engine import GroundTruth
+from benchmark.groundtruth.pbrf import PbrfGroundTruth, PbrfSolver
 from benchmark.numerics.losses import cross_entropy
 from benchmark.numerics.training import descend
 from estimators.cg import CGConfig, ConjugateGradient
@@ -305,3 +306,16 @@ def test_gpu_check_script_runs_the_pipeline_on_cpu(tree: Path, tmp_path: Path) -
     assert report["batch_gradient_norm"]["batches"] == 1 and report["batch_gradient_norm"]["mean"] > 0
     for record in records:  # the gradient-norm check is part of every record, not only of the script's report
         assert record["diagnostics"]["task"]["batch_gradient_norm"] == report["batch_gradient_norm"]
+
+
+def test_streamed_pbrf_equals_in_memory(problems: tuple[StreamedProblem, Problem], tmp_path: Path) -> None:
+    """The proximal Bregman response streams the training set in passes: the same responses as in memory."""
+    streamed, memory = problems
+    solver = PbrfSolver(damping=0.1, rtol=1e-8)
+    effects = [
+        PbrfGroundTruth(p, solver, Cache(tmp_path / name), {"task": "t"}, 1, chunk_size=2).effects([0, 2, 9])
+        for name, p in (("streamed", streamed), ("memory", memory))
+    ]
+    for i in (0, 2, 9):
+        assert effects[0][i].loss_change == pytest.approx(effects[1][i].loss_change, rel=1e-7, abs=1e-12)
+        assert effects[0][i].gradient_norm <= 1e-6
