@@ -176,6 +176,8 @@ class GroundTruth:
     """The ground truth's name, and its folder in the cache."""
     effect_type: type[LooEffect] = LooEffect
     """What one cache entry holds."""
+    title = "leave-one-out"
+    """How progress bars name it."""
 
     def __init__(
         self,
@@ -247,7 +249,7 @@ class GroundTruth:
                 bar = tqdm(
                     total=len(wanted),
                     initial=len(wanted) - len(missing),
-                    desc="leave-one-out",
+                    desc=self.title,
                     unit="model",
                     disable=not self.progress,
                     mininterval=0.5,

@@ -242,6 +242,7 @@ class PbrfGroundTruth(GroundTruth):
     (same locks, resumption, executors and corruption checks), under ``pbrf/`` in the cache."""
 
     kind = "pbrf"
+    title = "proximal Bregman response"
     effect_type = PbrfEffect
 
     def __init__(

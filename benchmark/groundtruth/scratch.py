@@ -48,6 +48,7 @@ class ScratchGroundTruth(GroundTruth):
     """
 
     kind = "loo-scratch"
+    title = "leave-one-out from scratch"
 
     def __init__(
         self,
