@@ -64,3 +64,15 @@ def test_loo_scratch_needs_an_initialisation(bench, tmp_path, repo_root):
         "--results-dir", tmp_path,
     )  # fmt: skip
     assert_one_line_error(result, "'loo-scratch'", "from scratch", "initial_parameters")
+
+
+def test_bench_gt_loo_scratch_and_status(bench, tiny, tmp_path):
+    where = ("--cache-dir", tmp_path / "cache")
+    result = bench("gt", "--task", "iris", *tiny, "--truth", "loo-scratch", "--points", "3", *where)
+    assert result.code == 0, result.err
+    assert "from scratch, seed 0: 3 points" in result.out and "3 computed" in result.out
+    status = bench("gt", "--status", *where)
+    assert status.code == 0, status.err
+    assert "leave-one-out from scratch under" in status.out
+    row = next(line for line in status.out.splitlines() if "steps from scratch, seed 0" in line)
+    assert "|         3 |" in row

@@ -1,6 +1,6 @@
 """``bench gt``: compute or top up the ground truth of a task's problem in the cache, without running an estimator
-(``--truth loo``: leave-one-out models for ``--points``; ``--truth pbrf``: their proximal Bregman responses;
-``--truth lds``: the datamodeling score's subset models);
+(``--truth loo``: leave-one-out models for ``--points``; ``--truth loo-scratch``: the same from scratch; ``--truth
+pbrf``: their proximal Bregman responses; ``--truth lds``: the datamodeling score's subset models);
 ``--status``: summarise what the cache holds."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.evaluation.runner import Run
 from benchmark.groundtruth.pbrf import PbrfGroundTruth
+from benchmark.groundtruth.scratch import ScratchGroundTruth
 from benchmark.groundtruth.status import cache_status, subset_status
 
 HELP = "compute or top up ground truth, or summarise the cache"
@@ -41,8 +42,9 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
     if args.status:
         cache = Cache(args.cache_dir)
         writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
-        rows, subsets, pbrf = cache_status(cache), subset_status(cache), cache_status(cache, PbrfGroundTruth)
-        if not rows and not subsets and not pbrf:
+        rows, subsets = cache_status(cache), subset_status(cache)
+        pbrf, scratch = cache_status(cache, PbrfGroundTruth), cache_status(cache, ScratchGroundTruth)
+        if not rows and not subsets and not pbrf and not scratch:
             print(f"no ground truth under {cache.root}")
             return 0
         if rows:
@@ -54,6 +56,9 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         if pbrf:
             print(f"proximal Bregman response under {cache.root / 'pbrf'}:")
             print(pd.DataFrame(pbrf).to_markdown(index=False))
+        if scratch:
+            print(f"leave-one-out from scratch under {cache.root / 'loo-scratch'}:")
+            print(pd.DataFrame(scratch).to_markdown(index=False))
         return 0
     if not (args.points in ("all", "random") or (args.points.isdigit() and int(args.points) > 0)):
         raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")
@@ -75,7 +80,7 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
                 f"of the training set: {subsets.design.subsets - len(missing)} cached, {computed} trained, "
                 f"{subsets.stats.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
             )
-        if not {"loo", "pbrf"} & set(config.truths):
+        if not {"loo", "pbrf", "loo-scratch"} & set(config.truths):
             return 0
     order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
     if args.points == "all":
@@ -86,16 +91,19 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
         points = order[: int(args.points)]
     executor = run.executor()
     ground_truths = run.ground_truths(problem, protocol, test_index) if "loo" in config.truths else []
+    if "loo-scratch" in config.truths:
+        ground_truths += run.scratch_ground_truths(problem, test_index)
     if "pbrf" in config.truths:
         ground_truths += run.pbrf_ground_truths(problem, protocol, test_index)
     for ground_truth in ground_truths:
         ground_truth.effects(points, executor)
         stats = ground_truth.stats
-        what = (
-            f"pbrf damping {ground_truth.solver.damping:g}"
-            if isinstance(ground_truth, PbrfGroundTruth)
-            else f"seed {ground_truth.recipe.seed}"
-        )
+        if isinstance(ground_truth, PbrfGroundTruth):
+            what = f"pbrf damping {ground_truth.solver.damping:g}"
+        elif isinstance(ground_truth, ScratchGroundTruth):
+            what = f"from scratch, seed {ground_truth.train_seed}"
+        else:
+            what = f"seed {ground_truth.recipe.seed}"
         print(
             f"{what}: {len(points)} points for test point {test_index}: {stats.cached} "
             f"cached, {stats.computed} computed, {stats.corrupt} corrupt recomputed, {stats.seconds:.1f} s "

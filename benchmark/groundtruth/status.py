@@ -15,12 +15,13 @@ from typing import Any
 from benchmark.common.cache import Cache, digest
 from benchmark.groundtruth.engine import GroundTruth, valid_payload
 from benchmark.groundtruth.pbrf import PbrfGroundTruth
+from benchmark.groundtruth.scratch import ScratchGroundTruth
 
 
 def cache_status(cache: Cache, kind: type[GroundTruth] = GroundTruth) -> list[dict[str, Any]]:
-    """One summary row per ground truth of ``kind`` (leave-one-out, or :class:`PbrfGroundTruth`) in ``cache``: what it
-    is for, how many entries it holds, how many are corrupt (damaged, or intact but filed under another index or
-    another ground truth's directory)."""
+    """One summary row per ground truth of ``kind`` (leave-one-out, :class:`PbrfGroundTruth` or
+    :class:`ScratchGroundTruth`) in ``cache``: what it is for, how many entries it holds, how many are corrupt (damaged,
+    or intact but filed under another index or another ground truth's directory)."""
     rows = []
     for directory in sorted(p for p in (cache.root / kind.kind).glob("*") if p.is_dir()):
         entries = [p for p in directory.glob("*.json") if p.stem.isdigit()]
@@ -39,6 +40,11 @@ def cache_status(cache: Cache, kind: type[GroundTruth] = GroundTruth) -> list[di
         }
         if kind is PbrfGroundTruth:
             row["damping"] = key["pbrf"]["damping"]
+            rows.append({**row, "entries": len(keys), "corrupt": len(entries) - len(keys)})
+            continue
+        if kind is ScratchGroundTruth:
+            steps = sum(phase["steps"] for phase in key["phases"])
+            row["training"] = f"{steps} steps from scratch, seed {key['train_seed']}"
             rows.append({**row, "entries": len(keys), "corrupt": len(entries) - len(keys)})
             continue
         reference = cache.root / "loo-reference" / f"{digest({**key, 'removed': 'reference'})}.pt"
