@@ -21,7 +21,7 @@ from torch.func import grad, hessian
 from benchmark.common.cache import Cache
 from benchmark.contracts.task import BuildContext
 from benchmark.evaluation.selections import select_test_point
-from benchmark.groundtruth.pbrf import BregmanObjective, PbrfGroundTruth, PbrfSolver
+from benchmark.groundtruth.pbrf import BregmanObjective, PbrfGroundTruth, PbrfSolver, ProximalGroundTruth
 from examples.logistic_task import Logistic, LogisticConfig
 from tasks.iris import Iris, IrisConfig
 from tests.conftest import assert_one_line_error
@@ -190,7 +190,7 @@ def test_bench_run_truth_pbrf_records(bench, tiny, tmp_path, read_records):
     how far the solve got, with no drift."""
     results = tmp_path / "results"
     result = bench(
-        "run", "--task", "iris", *tiny, "--estimators", "exact,first-order", "--truth", "loo,pbrf",
+        "run", "--task", "iris", *tiny, "--estimators", "exact,first-order", "--truth", "loo,pbrf,prox",
         "--pbrf-damping", "0.01", "--results-dir", results,
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -202,7 +202,7 @@ def test_bench_run_truth_pbrf_records(bench, tiny, tmp_path, read_records):
         (name, selection, truth)
         for name in ("exact", "first-order")
         for selection in ("top", "random")
-        for truth in ("loo", "pbrf")
+        for truth in ("loo", "pbrf", "prox")
     )
     pbrf = [r for r in found if r["ground_truth"].get("kind") == "pbrf"]
     for record in pbrf:
@@ -228,7 +228,8 @@ def test_bench_run_truth_pbrf_records(bench, tiny, tmp_path, read_records):
         and r is not exact
         and r["ground_truth"].get("kind", "loo") == "loo"
     )
-    assert "PBRF (top k) Spearman" in side and "LDS" not in side
+    assert "PBRF (top k) Spearman" in side and "proximal leave-one-out (top k) Spearman" in side and "LDS" not in side
+    assert "proximal leave-one-out" in text and "(prox)" in result.out
     assert f"{loo_top['metrics']['spearman']['value']:.3f}" in exact_row
     assert f"{exact['metrics']['spearman']['value']:.3f}" in exact_row
 
@@ -275,3 +276,57 @@ def test_process_pool_pbrf_equals_local(bench, tiny, tmp_path, read_records):
     assert b["metrics"]["spearman"]["value"] == pytest.approx(a["metrics"]["spearman"]["value"], abs=1e-9)
     assert b["points"]["train_indices"] == a["points"]["train_indices"]
     assert b["points"]["retrained"] == pytest.approx(a["points"]["retrained"], rel=1e-6)
+
+
+# -- the proximal leave-one-out response (--truth prox) ---------------------------------------------------------------
+def test_prox_equals_pbrf_on_a_linear_model_at_its_optimum(logistic, tmp_path):
+    """For a model linear in theta at an exact optimum the Bregman divergence of the objective is the objective less
+    its value and (zero) slope at theta*: the two responses coincide, and the proximal reference does not move."""
+    task, problem, test_index = logistic
+    solver = PbrfSolver(1e-3, rtol=TIGHT)
+    pbrf = PbrfGroundTruth(problem, solver, Cache(tmp_path), task.problem_key(0), test_index).effects(REMOVED)
+    prox_truth = ProximalGroundTruth(problem, solver, Cache(tmp_path), task.problem_key(0), test_index)
+    prox = prox_truth.effects(REMOVED)
+    assert prox_truth.directory.parent.name == "prox"
+    assert abs(prox_truth.reference().drift) < 1e-12
+    for m in REMOVED:
+        assert prox[m].loss_change == pytest.approx(pbrf[m].loss_change, rel=1e-6, abs=1e-12), m
+
+
+def test_iris_prox_matches_a_dense_newton_solve(iris_mlp, tmp_path):
+    """On the (not exactly stationary) Iris MLP: the minimiser of J_-m + (lambda/2)||theta - theta*||^2 against the
+    minimiser with nothing removed, both by Newton's method on a dense float64 Hessian."""
+    task, problem, test_index = iris_mlp
+    damping = 1e-2
+    truth = ProximalGroundTruth(
+        problem, PbrfSolver(damping, rtol=TIGHT), Cache(tmp_path), task.problem_key(0), test_index, chunk_size=2
+    )
+    removed = [0, 17, 99]
+    effects = truth.effects(removed)
+    p = problem.to(torch.float64)
+    theta_star = p.theta.clone()
+    x, y = p.x_test[test_index : test_index + 1], p.y_test[test_index : test_index + 1]
+
+    def solve(weights):
+        def objective(theta):
+            losses = p.losses(theta, p.x_train, p.y_train)
+            return (
+                (losses * weights).sum() / p.n_train
+                + 0.5 * p.weight_decay * theta.dot(theta)
+                + 0.5 * damping * (theta - theta_star).square().sum()
+            )
+
+        theta = theta_star.clone()
+        for _ in range(30):
+            theta = theta - torch.linalg.solve(hessian(objective)(theta), grad(objective)(theta))
+        assert float(grad(objective)(theta).norm()) < 1e-13
+        return float(p.losses(theta, x, y)[0])
+
+    reference = solve(torch.ones(p.n_train, dtype=torch.float64))
+    assert truth.reference().test_loss == pytest.approx(reference, rel=1e-9)
+    for m in removed:
+        weights = torch.ones(p.n_train, dtype=torch.float64)
+        weights[m] = 0.0
+        # a difference of two solves, each to 1e-8 of its own starting gradient: the reference starts far from
+        # stationary here (300 training steps), so its absolute error bounds the effect's (a few 1e-11)
+        assert effects[m].loss_change == pytest.approx(solve(weights) - reference, rel=1e-6, abs=1e-9), m

@@ -18,7 +18,7 @@ from benchmark.common.paths import writable_directory
 from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.evaluation.runner import Run
-from benchmark.groundtruth.pbrf import PbrfGroundTruth
+from benchmark.groundtruth.pbrf import PbrfGroundTruth, ProximalGroundTruth
 from benchmark.groundtruth.scratch import ScratchGroundTruth
 from benchmark.groundtruth.status import cache_status, subset_status
 
@@ -44,7 +44,8 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
         rows, subsets = cache_status(cache), subset_status(cache)
         pbrf, scratch = cache_status(cache, PbrfGroundTruth), cache_status(cache, ScratchGroundTruth)
-        if not rows and not subsets and not pbrf and not scratch:
+        prox = cache_status(cache, ProximalGroundTruth)
+        if not rows and not subsets and not pbrf and not scratch and not prox:
             print(f"no ground truth under {cache.root}")
             return 0
         if rows:
@@ -56,6 +57,9 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
         if pbrf:
             print(f"proximal Bregman response under {cache.root / 'pbrf'}:")
             print(pd.DataFrame(pbrf).to_markdown(index=False))
+        if prox:
+            print(f"proximal leave-one-out under {cache.root / 'prox'}:")
+            print(pd.DataFrame(prox).to_markdown(index=False))
         if scratch:
             print(f"leave-one-out from scratch under {cache.root / 'loo-scratch'}:")
             print(pd.DataFrame(scratch).to_markdown(index=False))
@@ -80,7 +84,7 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
                 f"of the training set: {subsets.design.subsets - len(missing)} cached, {computed} trained, "
                 f"{subsets.stats.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
             )
-        if not {"loo", "pbrf", "loo-scratch"} & set(config.truths):
+        if not {"loo", "pbrf", "prox", "loo-scratch"} & set(config.truths):
             return 0
     order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
     if args.points == "all":
@@ -95,11 +99,13 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
         ground_truths += run.scratch_ground_truths(problem, test_index)
     if "pbrf" in config.truths:
         ground_truths += run.pbrf_ground_truths(problem, protocol, test_index)
+    if "prox" in config.truths:
+        ground_truths += run.pbrf_ground_truths(problem, protocol, test_index, proximal=True)
     for ground_truth in ground_truths:
         ground_truth.effects(points, executor)
         stats = ground_truth.stats
         if isinstance(ground_truth, PbrfGroundTruth):
-            what = f"pbrf damping {ground_truth.solver.damping:g}"
+            what = f"{ground_truth.kind} damping {ground_truth.solver.damping:g}"
         elif isinstance(ground_truth, ScratchGroundTruth):
             what = f"from scratch, seed {ground_truth.train_seed}"
         else:

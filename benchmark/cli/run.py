@@ -85,7 +85,7 @@ def _summary(written: list[dict[str, Any]]) -> str:
             {
                 "estimator": f"`{record['estimator']['name']}`",
                 "selection": f"{record['selection']['kind']} {record['selection']['size']}"
-                + (f" ({truth})" if (truth := record["ground_truth"].get("kind")) in ("pbrf", "loo-scratch") else ""),
+                + (f" ({truth})" if (truth := record["ground_truth"].get("kind", "loo")) not in ("loo", "lds") else ""),
                 "Pearson": _correlation(metrics.get("pearson")),
                 "Spearman": _correlation(metrics.get("spearman")),
                 "‖Δθ‖ Spearman": _correlation(metrics.get("param_norm_spearman")),

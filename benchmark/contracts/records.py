@@ -78,10 +78,10 @@ def now() -> str:
 
 def write(record: dict[str, Any], results_dir: Path) -> Path:
     """Write ``record`` under ``results_dir/<task>/`` and return its path (``<run>-<estimator>-<selection>.json``, with
-    ``-pbrf`` or ``-loo-scratch`` before the suffix for the records of those ground truths, which share their run and
-    selection with a leave-one-out one)."""
+    ``-pbrf``, ``-prox`` or ``-loo-scratch`` before the suffix for the records of those ground truths, which share
+    their run and selection with a leave-one-out one)."""
     truth = (record.get("ground_truth") or {}).get("kind")
-    suffix = f"-{truth}" if truth in ("pbrf", "loo-scratch") else ""
+    suffix = f"-{truth}" if truth in ("pbrf", "loo-scratch", "prox") else ""
     name = f"{record['run_id']}-{record['estimator']['name']}-{record['selection']['kind']}{suffix}.json"
     path = Path(results_dir) / record["task"]["name"] / name
     atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
@@ -216,7 +216,7 @@ class GroundTruthInfo(TypedDict):
     reference_drift: NotRequired[float]
     """The change of the test loss from re-training on all points (mean over ground-truth seeds)."""
     recipe: NotRequired[RecipeInfo]
-    kind: NotRequired[Literal["loo", "lds", "pbrf", "loo-scratch"]]
+    kind: NotRequired[Literal["loo", "lds", "pbrf", "loo-scratch", "prox"]]
     damping: NotRequired[float]
     """``pbrf``: the proximity weight of the proximal Bregman response."""
     solver: NotRequired[dict[str, Any]]

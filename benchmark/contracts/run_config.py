@@ -19,12 +19,14 @@ from benchmark.common.paths import default_results_dir
 DEFAULT_SELECTIONS = ("top", "random")
 """The selections of a run that names none (see :data:`benchmark.evaluation.selections.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
-TRUTHS = ("loo", "lds", "pbrf", "loo-scratch")
+TRUTHS = ("loo", "lds", "pbrf", "loo-scratch", "prox")
 """Ground truths a run can score against: ``loo``, leave-one-out re-training from the optimum for each selected
 training point (:mod:`benchmark.groundtruth.engine`); ``lds``, the linear datamodeling score over models trained from
 scratch on random subsets (:mod:`benchmark.groundtruth.lds`); ``pbrf``, the proximal Bregman response of each selected
 point, what a damped influence function approximates (:mod:`benchmark.groundtruth.pbrf`); ``loo-scratch``,
-leave-one-out with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`)."""
+leave-one-out with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`); ``prox``, the converged
+proximal leave-one-out response, between ``loo`` and ``pbrf``
+(:class:`benchmark.groundtruth.pbrf.ProximalGroundTruth`)."""
 
 
 @dataclasses.dataclass
@@ -50,7 +52,7 @@ class RunConfig:
         lds_fraction: ``lds``: the share of the training set each subset keeps.
         lds_test_points: ``lds``: how many test points are scored (a random sample drawn with ``seed``; all of
             them if the test set is smaller).
-        pbrf_damping: ``pbrf``: the proximity weight ``lambda`` (default: the task protocol's damping, else
+        pbrf_damping: ``pbrf`` and ``prox``: the proximity weight ``lambda`` (default: the task protocol's damping, else
             :data:`benchmark.groundtruth.pbrf.DEFAULT_DAMPING`).
         executor: where re-training runs: ``local`` (this process), ``process`` or ``ray``.
         workers: processes of the ``process`` executor (default: the CPU count).

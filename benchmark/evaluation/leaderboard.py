@@ -95,8 +95,8 @@ def _truth_key(record: Mapping[str, Any]) -> list[Any]:
     gt = record["ground_truth"]
     if gt.get("kind") == "lds":
         return ["lds", gt["subsets"], gt["fraction"], gt.get("test_points"), gt.get("phases")]
-    if gt.get("kind") == "pbrf":
-        return ["pbrf", record["test_point"]["rule"], gt["solver"]]
+    if gt.get("kind") in ("pbrf", "prox"):
+        return [gt["kind"], record["test_point"]["rule"], gt["solver"]]
     if gt.get("kind") == "loo-scratch":
         return ["loo-scratch", record["test_point"]["rule"], gt["phases"]]
     return [record["test_point"]["rule"], gt["recipe"]]
@@ -110,6 +110,7 @@ def truth_kind(record: Mapping[str, Any]) -> str:
 COLUMNS = (
     ("loo", "leave-one-out (top k)"),
     ("loo-scratch", "leave-one-out from scratch (top k)"),
+    ("prox", "proximal leave-one-out (top k)"),
     ("pbrf", "PBRF (top k)"),
     ("lds", "LDS"),
 )
@@ -124,15 +125,21 @@ def _column(record: Mapping[str, Any]) -> str | None:
 
 
 def _pbrf_lines(first: Mapping[str, Any]) -> list[str]:
-    """A proximal-Bregman section's test-point and ground-truth lines."""
+    """A proximal-Bregman (or proximal leave-one-out) section's test-point and ground-truth lines."""
     gt = first["ground_truth"]
     solver = gt["solver"]
     worst = gt.get("worst_gradient_norm")
     return [
         f"- Test point: #{first['test_point']['index']} ({first['test_point']['rule']}, loss "
         f"{first['test_point']['loss']:.4g})",
-        f"- Ground truth: **proximal Bregman response** (PBRF, Bae et al. 2022: what a damped influence function "
-        f"approximates), damping {gt['damping']:g}, solved from the optimum in float64 to a gradient norm "
+        (
+            "- Ground truth: **proximal leave-one-out** (the training objective without the point plus the proximity "
+            f"term, converged; reference drift {gt['reference_drift']:.2e})"
+            if gt["kind"] == "prox"
+            else "- Ground truth: **proximal Bregman response** (PBRF, Bae et al. 2022: what a damped influence "
+            "function approximates)"
+        )
+        + f", damping {gt['damping']:g}, solved from the optimum in float64 to a gradient norm "
         f"{solver['rtol']:g} x its start"
         + (f" (worst reached {worst:.1e}, {gt.get('unsolved', 0)} above)" if worst is not None else "")
         + f"; {gt['points']} points",
@@ -451,9 +458,9 @@ def render(
             f"{problem['weight_decay']}; optimum gradient norm {problem['gradient_norm']:.2e} ({converged}); Hessian "
             f"top eigenvalue {problem['top_eigenvalue']:.4g}"
             + (f", bottom {problem['bottom_eigenvalue']:.3g}" if "bottom_eigenvalue" in problem else ""),
-            *{"lds": _lds_lines, "pbrf": _pbrf_lines, "loo-scratch": _scratch_lines}.get(gt.get("kind"), _loo_lines)(
-                first
-            ),
+            *{"lds": _lds_lines, "pbrf": _pbrf_lines, "prox": _pbrf_lines, "loo-scratch": _scratch_lines}.get(
+                gt.get("kind"), _loo_lines
+            )(first),
             *(
                 [
                     f"- **Drift-dominated ground truth** (drift {drift:.2g} x the median |leave-one-out effect|, above "

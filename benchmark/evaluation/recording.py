@@ -119,21 +119,28 @@ def ground_truth_summary(
 def pbrf_summary(
     ground_truth: PbrfGroundTruth, effects: dict[int, LooEffect], needed: list[int], executor: str
 ) -> dict[str, Any]:
-    """The ``ground_truth`` field of a run's ``pbrf`` records: the definition (damping, solver), how far each solve
-    got (the worst relative gradient norm, and how many stayed above the tolerance), and what was cached or
-    computed."""
+    """The ``ground_truth`` field of a run's ``pbrf`` (or ``prox``) records: the definition (damping, solver), how far
+    each solve got (the worst relative gradient norm, and how many stayed above the tolerance), and what was cached or
+    computed. ``reference_drift`` is 0 for the PBRF (``theta*`` is its reference) and, for ``prox``, how far the
+    solve with nothing removed moved the test loss (zero at a stationary optimum)."""
     solver = ground_truth.solver
+    reference = ground_truth.reference()
     reached = [e.gradient_norm for e in effects.values() if isinstance(e, PbrfEffect)]
     magnitudes = [abs(e.loss_change) for e in effects.values()]
     stats = ground_truth.stats
     return {
-        "kind": "pbrf",
-        "protocol": "proximal Bregman response from the optimum (Bae et al. 2022), float64, Newton-CG",
+        "kind": ground_truth.kind,
+        "protocol": (
+            "proximal leave-one-out response from the optimum (the training objective plus the proximity term), "
+            "float64, Newton-CG"
+            if ground_truth.kind == "prox"
+            else "proximal Bregman response from the optimum (Bae et al. 2022), float64, Newton-CG"
+        ),
         "damping": solver.damping,
         "solver": dataclasses.asdict(solver),
         "seeds": 1,
-        "reference_drift": 0.0,
-        "reference_test_loss": ground_truth.reference().test_loss,
+        "reference_drift": reference.drift,
+        "reference_test_loss": reference.test_loss,
         "median_abs_effect": float(np.median(magnitudes)) if magnitudes else None,
         "worst_gradient_norm": max(reached) if reached else None,
         "unsolved": sum(value > solver.rtol for value in reached),

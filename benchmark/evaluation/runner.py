@@ -12,7 +12,9 @@ skipped one, and the run goes on). Then each ground truth the run asks for (``tr
   ``lds`` whose correlations are the linear datamodeling score;
 - ``pbrf``: as ``loo``, on the same selections, against the proximal Bregman response of each selected point
   (:mod:`benchmark.groundtruth.pbrf`): what a damped influence function approximates, rather than re-training;
-- ``loo-scratch``: as ``loo``, with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`).
+- ``loo-scratch``: as ``loo``, with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`);
+- ``prox``: as ``pbrf``, with the losses themselves in place of their Bregman divergences (converged proximal
+  leave-one-out, :class:`~benchmark.groundtruth.pbrf.ProximalGroundTruth`).
 
 Records (:mod:`benchmark.evaluation.recording`) are written under the results directory and handed to the reporting
 hooks.
@@ -64,7 +66,7 @@ from benchmark.evaluation.selections import parse_test_point, select, select_tes
 from benchmark.groundtruth.engine import GroundTruth
 from benchmark.groundtruth.executors import EXECUTORS, WorkerSpec, make_executor
 from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
-from benchmark.groundtruth.pbrf import DEFAULT_DAMPING, PbrfGroundTruth, PbrfSolver
+from benchmark.groundtruth.pbrf import DEFAULT_DAMPING, PbrfGroundTruth, PbrfSolver, ProximalGroundTruth
 from benchmark.groundtruth.scratch import ScratchGroundTruth
 from benchmark.numerics.problem import Problem
 
@@ -243,10 +245,14 @@ class Run:
         damping = self.config.pbrf_damping or protocol.damping or DEFAULT_DAMPING
         return PbrfSolver(damping=float(damping))
 
-    def pbrf_ground_truths(self, problem: Problem, protocol: Protocol, test_index: int) -> list[GroundTruth]:
-        """The proximal Bregman response: one ground truth, since its full-batch solve uses no seed."""
+    def pbrf_ground_truths(
+        self, problem: Problem, protocol: Protocol, test_index: int, proximal: bool = False
+    ) -> list[GroundTruth]:
+        """The proximal Bregman response (or, ``proximal``, the proximal leave-one-out response): one ground truth,
+        since its full-batch solve uses no seed."""
+        kind = ProximalGroundTruth if proximal else PbrfGroundTruth
         return [
-            PbrfGroundTruth(
+            kind(
                 problem,
                 self.pbrf_solver(protocol),
                 self.cache,
@@ -310,7 +316,7 @@ class Run:
                 return WorkerSpec(**common, truth="loo-scratch", test_index=ground_truth.test_index, train_seed=seed)
             if isinstance(ground_truth, PbrfGroundTruth):
                 solver = dataclasses.asdict(ground_truth.solver)
-                return WorkerSpec(**common, truth="pbrf", test_index=ground_truth.test_index, pbrf=solver)
+                return WorkerSpec(**common, truth=ground_truth.kind, test_index=ground_truth.test_index, pbrf=solver)
             return WorkerSpec(
                 **common, test_index=ground_truth.test_index, recipe=dataclasses.asdict(ground_truth.recipe)
             )
@@ -390,8 +396,8 @@ class Run:
         diagnostics: tuple[dict[str, Any], dict[str, Any]],
         truth: str = "loo",
     ) -> list[dict[str, Any]]:
-        """The records of a ground truth of single removals (``loo``, ``pbrf`` or ``loo-scratch``): each estimator on
-        each selection of the run's test point."""
+        """The records of a ground truth of single removals (``loo``, ``pbrf``, ``prox`` or ``loo-scratch``): each
+        estimator on each selection of the run's test point."""
         config = self.config
         k = min(protocol.eval_size, problem.n_train)
         random_set = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed))[:k].tolist()
@@ -410,8 +416,8 @@ class Run:
             else:
                 evaluation.param_failure = f"not computed: task {self.task.name!r} turns the diagnostic off (cost)"
 
-        if truth == "pbrf":
-            ground_truths = self.pbrf_ground_truths(problem, protocol, test_index)
+        if truth in ("pbrf", "prox"):
+            ground_truths = self.pbrf_ground_truths(problem, protocol, test_index, proximal=truth == "prox")
         elif truth == "loo-scratch":
             ground_truths = self.scratch_ground_truths(problem, test_index)
         else:

@@ -39,15 +39,16 @@ class WorkerSpec:
     chunk_size: int | None
     threads: int | None = None
     truth: str = "loo"
-    """``loo``, ``pbrf``, ``loo-scratch``: the shard's indices are removed training points; ``lds``: subsets."""
+    """``loo``, ``pbrf``, ``prox``, ``loo-scratch``: the shard's indices are removed training points; ``lds``:
+    subsets."""
     test_index: int | None = None
-    """``loo``, ``pbrf``, ``loo-scratch``: the test point."""
+    """``loo``, ``pbrf``, ``prox``, ``loo-scratch``: the test point."""
     recipe: dict[str, Any] | None = None
     """``loo``: the re-training recipe."""
     lds: dict[str, Any] | None = None
     """``lds``: ``{"design": SubsetDesign fields, "train_seed": r}``."""
     pbrf: dict[str, Any] | None = None
-    """``pbrf``: the :class:`~benchmark.groundtruth.pbrf.PbrfSolver` fields."""
+    """``pbrf`` and ``prox``: the :class:`~benchmark.groundtruth.pbrf.PbrfSolver` fields."""
     train_seed: int | None = None
     """``loo-scratch``: the training seed."""
 
@@ -62,7 +63,7 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
     from benchmark.contracts.task import BuildContext
     from benchmark.groundtruth.engine import GroundTruth
     from benchmark.groundtruth.lds import SubsetDesign, SubsetGroundTruth
-    from benchmark.groundtruth.pbrf import PbrfGroundTruth, PbrfSolver
+    from benchmark.groundtruth.pbrf import PbrfGroundTruth, PbrfSolver, ProximalGroundTruth
     from benchmark.groundtruth.scratch import ScratchGroundTruth
     from benchmark.numerics.recipes import Recipe
 
@@ -84,9 +85,10 @@ def compute_shard(spec: WorkerSpec, indices: list[int]) -> int:
         assert spec.train_seed is not None and spec.test_index is not None
         scratch = ScratchGroundTruth(problem, cache, key, spec.test_index, spec.train_seed, spec.chunk_size)
         return scratch.compute(indices)
-    if spec.truth == "pbrf":
+    if spec.truth in ("pbrf", "prox"):
         assert spec.pbrf is not None and spec.test_index is not None
-        pbrf = PbrfGroundTruth(problem, PbrfSolver(**spec.pbrf), cache, key, spec.test_index, spec.chunk_size)
+        kind = ProximalGroundTruth if spec.truth == "prox" else PbrfGroundTruth
+        pbrf = kind(problem, PbrfSolver(**spec.pbrf), cache, key, spec.test_index, spec.chunk_size)
         return pbrf.compute(indices)
     assert spec.recipe is not None and spec.test_index is not None
     ground_truth = GroundTruth(problem, Recipe(**spec.recipe), cache, key, spec.test_index, spec.chunk_size)

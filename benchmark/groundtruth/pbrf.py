@@ -89,12 +89,18 @@ class PbrfEffect(LooEffect):
 
 class BregmanObjective:
     """``F`` of the module docstring for stacked models, on a float64 copy of a problem, in passes over the training
-    set. The outputs at ``theta*`` and the loss gradients with respect to them are computed once."""
+    set. The outputs at ``theta*`` and the loss gradients with respect to them are computed once.
 
-    def __init__(self, problem: Problem, damping: float, rows: int | None = None):
+    With ``bregman=False`` it is the proximal training objective instead, ``P(theta) = (1/n) sum_i w_i l_i(theta) +
+    (wd / 2) ||theta||^2 + (lambda / 2) ||theta - theta*||^2``: the losses themselves and the regulariser itself (the
+    ``prox`` ground truth, :class:`ProximalGroundTruth`)."""
+
+    def __init__(self, problem: Problem, damping: float, rows: int | None = None, bregman: bool = True):
         self.problem = problem.to(torch.float64)
         self.theta_star = self.problem.theta.detach()
-        self.curvature = float(problem.weight_decay) + float(damping)
+        self.bregman = bregman
+        self.weight_decay, self.damping = float(problem.weight_decay), float(damping)
+        self.curvature = self.weight_decay + self.damping
         self.rows = rows or problem.chunk_size or 1024
         self.passes = [
             torch.arange(start, min(start + self.rows, problem.n_train), device=problem.device)
@@ -140,15 +146,20 @@ class BregmanObjective:
             with torch.enable_grad():
                 z = vmap(outputs_of, in_dims=(0, None))(thetas, x)  # [K, N, C]
                 losses = vmap(problem.loss, in_dims=(0, None))(z, y)  # [K, N]
-                bregman = losses - l_star - ((z - z_star) * slope).flatten(2).sum(-1)
-                removal = (weights[:, rows] - 1.0) * (losses - l_star)
-                part = (bregman + removal).sum() / n
+                if self.bregman:
+                    bregman = losses - l_star - ((z - z_star) * slope).flatten(2).sum(-1)
+                    part = (bregman + (weights[:, rows] - 1.0) * (losses - l_star)).sum() / n
+                else:
+                    part = (weights[:, rows] * (losses - l_star)).sum() / n
                 (part_grad,) = torch.autograd.grad(part, thetas, create_graph=vectors is not None)
                 if vectors is not None and product is not None:
                     (part_product,) = torch.autograd.grad((part_grad * vectors).sum(), thetas)
                     product += part_product
             gradient += part_grad.detach()
-        gradient += self.curvature * (thetas.detach() - self.theta_star)
+        if self.bregman:
+            gradient += self.curvature * (thetas.detach() - self.theta_star)
+        else:
+            gradient += self.weight_decay * thetas.detach() + self.damping * (thetas.detach() - self.theta_star)
         if vectors is not None and product is not None:
             product += self.curvature * vectors
         return gradient, product
@@ -162,45 +173,52 @@ class BregmanObjective:
         gradient, _ = self.gradient(thetas, weights)
         scale = torch.linalg.vector_norm(gradient, dim=1).clamp_min(torch.finfo(torch.float64).tiny)
         relative = torch.ones_like(scale)
+        stalled = torch.zeros_like(scale, dtype=torch.bool)
         products = 0
         for _ in range(solver.newton_steps):
             # the forcing term: each Newton system solved to a tenth of the accuracy still missing (and no tighter than
             # the target), so the outer iteration converges fast while no CG step is spent on precision never used
             target = torch.maximum(0.1 * relative, torch.full_like(relative, 0.5 * solver.rtol)) * scale
-            # a solved model takes no further step, so its result does not depend on what it was stacked with
-            target = torch.where(relative <= solver.rtol, torch.inf, target)
+            # a solved model takes no further step, so its result does not depend on what it was stacked with; nor does
+            # one whose last step found no decrease (at the precision floor of its gradient): it is reported unsolved
+            target = torch.where((relative <= solver.rtol) | stalled, torch.inf, target)
             step, spent = self._newton_step(thetas, weights, gradient, target, solver.max_cg)
             products += spent
-            thetas, gradient, relative = self._backtrack(thetas, weights, step, relative, scale)
-            if bool((relative <= solver.rtol).all()) or not bool(torch.isfinite(relative).all()):
+            thetas, gradient, relative, no_decrease = self._backtrack(thetas, weights, gradient, step, relative, scale)
+            stalled |= no_decrease & (relative > solver.rtol)
+            if bool(((relative <= solver.rtol) | stalled).all()) or not bool(torch.isfinite(relative).all()):
                 break
         return thetas, relative, products
 
     def _backtrack(
-        self, thetas: Tensor, weights: Tensor, step: Tensor, relative: Tensor, scale: Tensor, halvings: int = 20
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self,
+        thetas: Tensor,
+        weights: Tensor,
+        gradient: Tensor,
+        step: Tensor,
+        relative: Tensor,
+        scale: Tensor,
+        halvings: int = 20,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Take each row's Newton step, halved until its gradient norm falls (a full step from far away, where a large
         removal makes ``F`` far from quadratic, can overshoot); a row whose gradient norm falls for no step length
-        stays where it is. Returns the parameters, gradients and relative gradient norms."""
+        stays where it is. Returns the parameters, gradients, relative gradient norms, and which rows stayed."""
         length = torch.ones_like(relative)
-        pending = torch.ones_like(relative, dtype=torch.bool)
-        best, best_gradient, best_relative = thetas.clone(), torch.zeros_like(thetas), relative.clone()
+        pending = step.abs().amax(dim=1) > 0  # rows without a step (solved, stalled) keep their point
+        best, best_gradient, best_relative = thetas.clone(), gradient.clone(), relative.clone()
         for _ in range(halvings + 1):
-            trial = thetas + length.unsqueeze(1) * step
-            gradient, _ = self.gradient(trial, weights)
-            trial_relative = torch.linalg.vector_norm(gradient, dim=1) / scale
-            accept = pending & (trial_relative < relative)
-            best = torch.where(accept.unsqueeze(1), trial, best)
-            best_gradient = torch.where(accept.unsqueeze(1), gradient, best_gradient)
-            best_relative = torch.where(accept, trial_relative, best_relative)
-            pending = pending & ~accept
             if not bool(pending.any()):
                 break
+            trial = thetas + length.unsqueeze(1) * step
+            trial_gradient, _ = self.gradient(trial, weights)
+            trial_relative = torch.linalg.vector_norm(trial_gradient, dim=1) / scale
+            accept = pending & (trial_relative < relative)
+            best = torch.where(accept.unsqueeze(1), trial, best)
+            best_gradient = torch.where(accept.unsqueeze(1), trial_gradient, best_gradient)
+            best_relative = torch.where(accept, trial_relative, best_relative)
+            pending = pending & ~accept
             length = torch.where(pending, 0.5 * length, length)
-        if bool(pending.any()):  # no decrease: those rows keep their parameters, and their gradient is recomputed
-            kept, _ = self.gradient(best, weights)
-            best_gradient = torch.where(pending.unsqueeze(1), kept, best_gradient)
-        return best, best_gradient, best_relative
+        return best, best_gradient, best_relative, pending
 
     def _newton_step(
         self, thetas: Tensor, weights: Tensor, gradient: Tensor, target: Tensor, max_cg: int
@@ -308,3 +326,45 @@ class PbrfGroundTruth(GroundTruth):
             if on_chunk is not None:
                 on_chunk(len(chunk))
         return len(indices)
+
+
+class ProximalGroundTruth(PbrfGroundTruth):
+    """The proximal leave-one-out response (``--truth prox``): for removed point ``m``, the minimiser from ``theta*`` of
+    the training objective without ``m`` plus the proximity term, ``J_-m(theta) + (lambda / 2) ||theta - theta*||^2``,
+    solved as the PBRF is (float64, Newton-CG, to the same tolerance).
+
+    It sits between leave-one-out re-trained from ``theta*`` and the PBRF in Bae et al.'s decomposition: against
+    converged leave-one-out it adds the proximity term, and the PBRF then replaces each loss by its Bregman divergence
+    around ``theta*`` (a linearisation of the network in its outputs' neighbourhood). ``theta*`` minimises it with
+    nothing removed only where it is a stationary point of ``J``, so its reference is that solve (cached under
+    ``prox-reference/``) and its drift, ``loss_test(reference) - loss_test(theta*)``, says how far from stationary the
+    optimum was. On a model linear in ``theta`` at an exact optimum it equals the PBRF.
+    """
+
+    kind = "prox"
+    title = "proximal leave-one-out"
+
+    def method_key(self) -> dict[str, Any]:
+        return {"prox": dataclasses.asdict(self.solver), "pbrf_version": PBRF_VERSION, "dtype": "float64"}
+
+    @property
+    def objective(self) -> BregmanObjective:
+        if self._objective is None:
+            self._objective = BregmanObjective(self.problem, self.solver.damping, bregman=False)
+        return self._objective
+
+    def reference(self) -> Reference:
+        """The solve with nothing removed (from the cache, or solved now)."""
+        if self._reference is not None:
+            return self._reference
+        objective = self.objective
+
+        def solve_reference() -> dict[str, Tensor]:
+            weights = torch.ones(1, self.problem.n_train, dtype=torch.float64, device=self.problem.device)
+            return {"theta": objective.solve(weights, self.solver)[0][0]}
+
+        theta = self.cache.tensors("prox-reference", self._entry_key("reference"), solve_reference)["theta"]
+        theta = theta.to(device=self.problem.device, dtype=torch.float64)
+        losses = objective.test_loss(torch.stack([theta, objective.theta_star]), self.test_index)
+        self._reference = Reference(float(losses[0]), float(losses[1]), theta)
+        return self._reference

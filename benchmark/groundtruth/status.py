@@ -38,8 +38,8 @@ def cache_status(cache: Cache, kind: type[GroundTruth] = GroundTruth) -> list[di
             "seed": key["seed"],
             "test point": key["test_index"],
         }
-        if kind is PbrfGroundTruth:
-            row["damping"] = key["pbrf"]["damping"]
+        if issubclass(kind, PbrfGroundTruth):
+            row["damping"] = key[kind.kind]["damping"]
             rows.append({**row, "entries": len(keys), "corrupt": len(entries) - len(keys)})
             continue
         if kind is ScratchGroundTruth:
