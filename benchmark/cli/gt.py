@@ -42,27 +42,20 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
     if args.status:
         cache = Cache(args.cache_dir)
         writable_directory(cache.root, "cache directory")  # only read here: a file is an error, read-only is fine
-        rows, subsets = cache_status(cache), subset_status(cache)
-        pbrf, scratch = cache_status(cache, PbrfGroundTruth), cache_status(cache, ScratchGroundTruth)
-        prox = cache_status(cache, ProximalGroundTruth)
-        if not rows and not subsets and not pbrf and not scratch and not prox:
+        tables = [
+            ("leave-one-out ground truth", "loo", cache_status(cache)),
+            ("linear-datamodeling subset models", "lds", subset_status(cache)),
+            *(
+                (kind.title, kind.kind, cache_status(cache, kind))
+                for kind in (PbrfGroundTruth, ProximalGroundTruth, ScratchGroundTruth)
+            ),
+        ]
+        if not any(rows for _, _, rows in tables):
             print(f"no ground truth under {cache.root}")
-            return 0
-        if rows:
-            print(f"leave-one-out ground truth under {cache.root / 'loo'}:")
-            print(pd.DataFrame(rows).to_markdown(index=False))
-        if subsets:
-            print(f"linear-datamodeling subset models under {cache.root / 'lds'}:")
-            print(pd.DataFrame(subsets).to_markdown(index=False))
-        if pbrf:
-            print(f"proximal Bregman response under {cache.root / 'pbrf'}:")
-            print(pd.DataFrame(pbrf).to_markdown(index=False))
-        if prox:
-            print(f"proximal leave-one-out under {cache.root / 'prox'}:")
-            print(pd.DataFrame(prox).to_markdown(index=False))
-        if scratch:
-            print(f"leave-one-out from scratch under {cache.root / 'loo-scratch'}:")
-            print(pd.DataFrame(scratch).to_markdown(index=False))
+        for title, folder, rows in tables:
+            if rows:
+                print(f"{title} under {cache.root / folder}:")
+                print(pd.DataFrame(rows).to_markdown(index=False))
         return 0
     if not (args.points in ("all", "random") or (args.points.isdigit() and int(args.points) > 0)):
         raise UsageError(f"bad --points {args.points!r}: expected all, random or a positive number")

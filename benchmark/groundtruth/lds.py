@@ -57,6 +57,18 @@ KIND = "lds"
 """The cache directory (and ground-truth kind) of subset models."""
 
 
+def scratch_run(problem: Problem, what: str) -> TrainingRun:
+    """The training run that ``what`` trains models from scratch with; :class:`NotImplementedError` naming ``what`` if
+    the task states none, or no initialisation for other seeds."""
+    run = problem.training_run
+    if not isinstance(run, TrainingRun) or run.initialize is None:
+        raise NotImplementedError(
+            f"{what} trains models from scratch, and this task states no training run with an initialisation for other "
+            "seeds (Task.initial_parameters)"
+        )
+    return run
+
+
 @dataclasses.dataclass(frozen=True)
 class SubsetDesign:
     """Which subsets are trained: ``subsets`` of them, each a random ``fraction`` of the training set drawn with
@@ -112,12 +124,7 @@ class SubsetGroundTruth:
         chunk_size: int | None = None,
         progress: bool = False,
     ):
-        run = problem.training_run
-        if not isinstance(run, TrainingRun) or run.initialize is None:
-            raise NotImplementedError(
-                "the linear datamodeling score trains models from scratch, and this task states no training run "
-                "with an initialisation for other seeds (Task.initial_parameters)"
-            )
+        run = scratch_run(problem, "the linear datamodeling score")
         self.problem, self.design, self.cache, self.train_seed = problem, design, cache, int(train_seed)
         self.run = run
         self.chunk_size = None if chunk_size is None else max(1, int(chunk_size))

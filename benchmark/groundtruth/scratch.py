@@ -28,7 +28,7 @@ from torch import Tensor
 
 from benchmark.common.cache import Cache
 from benchmark.groundtruth.engine import GroundTruth, fastest_chunk_size
-from benchmark.groundtruth.lds import SEED_OFFSET
+from benchmark.groundtruth.lds import SEED_OFFSET, scratch_run
 from benchmark.numerics.problem import Problem
 from benchmark.numerics.recipes import Recipe
 from benchmark.numerics.trajectory import TrainingRun
@@ -60,12 +60,7 @@ class ScratchGroundTruth(GroundTruth):
         chunk_size: int | None = None,
         progress: bool = False,
     ):
-        run = problem.training_run
-        if not isinstance(run, TrainingRun) or run.initialize is None:
-            raise NotImplementedError(
-                "leave-one-out from scratch trains models from scratch, and this task states no training run with an "
-                "initialisation for other seeds (Task.initial_parameters)"
-            )
+        run = scratch_run(problem, "leave-one-out from scratch")
         self.run, self.train_seed = run, int(train_seed)
         self.model_seed = run.seed + SEED_OFFSET + self.train_seed * TrainingRun.MEMBER_SEED_STRIDE
         # no SGD recipe from the optimum: the placeholder keeps the shared machinery's fields
