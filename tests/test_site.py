@@ -328,3 +328,20 @@ def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch: pytes
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception):
         _missing("no Chromium on PATH")
+
+
+def test_asv_own_site_is_copied_and_linked(tmp_path: Path, bench) -> None:
+    """``--asv-html`` (what `asv publish` wrote) lands under asv/ and the timing page links it; a folder without
+    asv's index.html is a one-line error."""
+    published = tmp_path / "asv-html"
+    published.mkdir()
+    (published / "index.html").write_text("<html><body>asv's own site</body></html>")
+    (published / "graphs").mkdir()
+    (published / "graphs" / "summary.json").write_text("{}")
+    results = _synthetic(tmp_path)
+    _build("--results-dir", results, "--studies-dir", tmp_path / "studies", "--asv-dir", REPO / "leaderboards" / "asv",
+           "--asv-html", published, "--output", tmp_path / "site")  # fmt: skip
+    assert (tmp_path / "site" / "asv" / "graphs" / "summary.json").is_file()
+    assert 'href="asv/index.html"' in (tmp_path / "site" / "timing.html").read_text()
+    result = bench("site", "--results-dir", results, "--asv-html", tmp_path / "studies", "--output", tmp_path / "s2")
+    assert result.code != 0 and "no index.html there" in result.err

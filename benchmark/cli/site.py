@@ -18,6 +18,8 @@ from benchmark.site.build import Sources, build
 HELP = "a static website of every leaderboard, study and timing (docs/site.md)"
 ASV_DIR = "asv"
 """The committed asv results, under the published leaderboards: ``leaderboards/asv/<machine>/``."""
+ASV_HTML = Path(".asv") / "html"
+"""Where ``asv publish`` writes asv's own site (``html_dir`` of ``asv.conf.json``)."""
 SITE_DIR = "site"
 """Where ``--publish`` writes the site by default: ``site/`` of the checkout."""
 
@@ -30,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser, pm: pluggy.PluginManager) -> 
     )
     parser.add_argument("--studies-dir", type=Path, help="study CSV files and figures (default HOME/studies)")
     parser.add_argument("--asv-dir", type=Path, help=f"asv's results directory (default {DEFAULT_RESULTS_DIR})")
+    parser.add_argument(
+        "--asv-html",
+        type=Path,
+        help=f"asv's own published site (`asv publish`), copied under asv/ and linked (default {ASV_HTML} if it "
+        "has an index.html)",
+    )
     parser.add_argument(
         "--publish",
         action="store_true",
@@ -48,12 +56,22 @@ def sources(args: argparse.Namespace) -> Sources:
                     f"--{name.replace('_', '-')} {getattr(args, name)}"
                 )
         home = published_dir()
-        return Sources(home / "results", home / "studies", home / ASV_DIR)
+        return Sources(home / "results", home / "studies", home / ASV_DIR, _asv_html(args))
     return Sources(
         args.results_dir or default_results_dir(),
         args.studies_dir or results_home() / "studies",
         args.asv_dir or DEFAULT_RESULTS_DIR,
+        _asv_html(args),
     )
+
+
+def _asv_html(args: argparse.Namespace) -> Path | None:
+    """``--asv-html``, which must hold asv's site; else asv's default ``html_dir`` where ``asv publish`` wrote one."""
+    if args.asv_html is not None:
+        if not (args.asv_html / "index.html").is_file():
+            raise UsageError(f"--asv-html {args.asv_html}: no index.html there (run `asv publish` first)")
+        return Path(args.asv_html)
+    return ASV_HTML if (ASV_HTML / "index.html").is_file() else None
 
 
 def output_dir(args: argparse.Namespace) -> Path:

@@ -54,6 +54,8 @@ class Sources:
     results: Path
     studies: Path
     asv: Path
+    asv_html: Path | None = None
+    """asv's own published site (``asv publish``'s ``html_dir``), copied under ``asv/`` and linked where present."""
 
 
 def _json(value: Any) -> str:
@@ -248,7 +250,9 @@ def _studies_page(verdicts: list[Any], studies_dir: Path, output: Path, tasks: l
     return _page("Studies", "studies", body, {}, tasks)
 
 
-def _timing_page(files: list[Any], history: list[dict[str, Any]], asv_dir: Path, output: Path, tasks: list[str]) -> str:
+def _timing_page(
+    files: list[Any], history: list[dict[str, Any]], asv_dir: Path, output: Path, tasks: list[str], asv_site: bool
+) -> str:
     if files:
         latest = files[-1]
         words = ["bench", "timing", "--results-dir", report._shown(str(asv_dir)), "--commit", latest.commit[:8]]
@@ -263,8 +267,14 @@ def _timing_page(files: list[Any], history: list[dict[str, Any]], asv_dir: Path,
             f"<code>{html.escape(str(files[-1].machine.get('machine', '?')))}</code>, read from "
             f"<code>{html.escape(report._shown(str(asv_dir)))}</code>. Pick a case to plot its runtime, peak host "
             "memory and Spearman at each commit, one line per estimator (a missing point: the benchmark was skipped, "
-            "declined or failed at that commit). asv's own site of the same files: <code>asv publish</code> then "
-            "<code>asv preview</code> (docs/site.md).</p>"
+            "declined or failed at that commit). "
+            + (
+                'asv\'s own site of the same files: <a href="asv/index.html">asv/index.html</a> (its pages load their '
+                "data over HTTP: serve the site's folder, e.g. <code>python -m http.server</code>).</p>"
+                if asv_site
+                else "asv's own site of the same files: <code>asv publish</code>, then <code>bench site</code> links "
+                "it (docs/site.md).</p>"
+            )
         )
     else:
         table2 = "<p>No asv results: run the suite (docs/timing.md).</p>"
@@ -320,6 +330,10 @@ def build(output: Path, sources: Sources, registry: Registry, pm: pluggy.PluginM
     files = data.asv_files(sources.asv)
     history = data.timing_history(files)
     _write_table(output, "timing-history", history)
-    (output / "timing.html").write_text(_timing_page(files, history, sources.asv, output, tasks))
+    asv_site = sources.asv_html is not None and (sources.asv_html / "index.html").is_file()
+    if asv_site:
+        assert sources.asv_html is not None
+        shutil.copytree(sources.asv_html, output / "asv", dirs_exist_ok=True)
+    (output / "timing.html").write_text(_timing_page(files, history, sources.asv, output, tasks, asv_site))
     pages = ["index.html", *pages, "studies.html", "timing.html"]
     return {"pages": pages, "tasks": tasks, "rows": total, "asv_commits": len(files), "claims": len(claims)}
