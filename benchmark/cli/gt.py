@@ -77,7 +77,7 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
                 f"of the training set: {subsets.design.subsets - len(missing)} cached, {computed} trained, "
                 f"{subsets.stats.corrupt} corrupt retrained ({subsets.cache.root / 'lds'})"
             )
-        if not {"loo", "pbrf", "prox", "loo-scratch"} & set(config.truths):
+        if set(config.truths) <= {"lds"}:
             return 0
     order = torch.randperm(problem.n_train, generator=torch.Generator().manual_seed(config.seed)).tolist()
     if args.points == "all":
@@ -87,13 +87,12 @@ def _ground_truth(args: argparse.Namespace, config: RunConfig, run: Run) -> int:
     else:
         points = order[: int(args.points)]
     executor = run.executor()
-    ground_truths = run.ground_truths(problem, protocol, test_index) if "loo" in config.truths else []
-    if "loo-scratch" in config.truths:
-        ground_truths += run.scratch_ground_truths(problem, test_index)
-    if "pbrf" in config.truths:
-        ground_truths += run.pbrf_ground_truths(problem, protocol, test_index)
-    if "prox" in config.truths:
-        ground_truths += run.pbrf_ground_truths(problem, protocol, test_index, proximal=True)
+    ground_truths = [
+        ground_truth
+        for truth in config.truths
+        if truth != "lds"
+        for ground_truth in run.removal_ground_truths(truth, problem, protocol, test_index)
+    ]
     for ground_truth in ground_truths:
         ground_truth.effects(points, executor)
         stats = ground_truth.stats

@@ -263,6 +263,16 @@ class Run:
             )
         ]
 
+    def removal_ground_truths(
+        self, truth: str, problem: Problem, protocol: Protocol, test_index: int
+    ) -> list[GroundTruth]:
+        """The ground truths of single removals that ``truth`` names (``loo``, ``loo-scratch``, ``pbrf``, ``prox``)."""
+        if truth in ("pbrf", "prox"):
+            return self.pbrf_ground_truths(problem, protocol, test_index, proximal=truth == "prox")
+        if truth == "loo-scratch":
+            return self.scratch_ground_truths(problem, test_index)
+        return self.ground_truths(problem, protocol, test_index)
+
     def scratch_ground_truths(self, problem: Problem, test_index: int) -> list[GroundTruth]:
         """Leave-one-out from scratch, one ground truth per training seed (``gt_seeds``)."""
         return [
@@ -416,12 +426,7 @@ class Run:
             else:
                 evaluation.param_failure = f"not computed: task {self.task.name!r} turns the diagnostic off (cost)"
 
-        if truth in ("pbrf", "prox"):
-            ground_truths = self.pbrf_ground_truths(problem, protocol, test_index, proximal=truth == "prox")
-        elif truth == "loo-scratch":
-            ground_truths = self.scratch_ground_truths(problem, test_index)
-        else:
-            ground_truths = self.ground_truths(problem, protocol, test_index)
+        ground_truths = self.removal_ground_truths(truth, problem, protocol, test_index)
         needed = sorted({i for indices in chosen.values() for i in indices})
         log.info("ground truth: %d %s models needed, %d seed(s)", len(needed), truth, len(ground_truths))
         executor = self.executor()
