@@ -330,3 +330,11 @@ def test_iris_prox_matches_a_dense_newton_solve(iris_mlp, tmp_path):
         # a difference of two solves, each to 1e-8 of its own starting gradient: the reference starts far from
         # stationary here (300 training steps), so its absolute error bounds the effect's (a few 1e-11)
         assert effects[m].loss_change == pytest.approx(solve(weights) - reference, rel=1e-6, abs=1e-9), m
+
+
+def test_bench_list_names_every_ground_truth(bench):
+    result = bench("list")
+    assert result.code == 0
+    section = result.out.split("ground truths (--truth):", 1)[1]
+    names = [line.split()[0] for line in section.splitlines() if line.startswith("  ")]
+    assert names == ["loo", "lds", "pbrf", "loo-scratch", "prox"]

@@ -14,6 +14,7 @@ from typing import Any
 import pluggy
 
 from benchmark.contracts.plugins import Registered, Registry
+from benchmark.contracts.run_config import TRUTH_SUMMARIES
 
 HELP = "list tasks and estimators with their plugins"
 
@@ -112,4 +113,7 @@ def command(args: argparse.Namespace, registry: Registry, pm: pluggy.PluginManag
                     print(f"      {name}.{field.name} = {default!r}" + (f": {meaning}" if meaning else ""))
                     if protocol_note and field.name == getattr(entry.cls, "damping_field", None):
                         print(f"        ({name}.{field.name}: {protocol_note})")
+    print("ground truths (--truth):")
+    for name, meaning in TRUTH_SUMMARIES.items():
+        print(f"  {name:<14} {meaning}")
     return 0

@@ -19,14 +19,18 @@ from benchmark.common.paths import default_results_dir
 DEFAULT_SELECTIONS = ("top", "random")
 """The selections of a run that names none (see :data:`benchmark.evaluation.selections.SELECTIONS`)."""
 DEVICES = ("cpu", "cuda", "auto")
-TRUTHS = ("loo", "lds", "pbrf", "loo-scratch", "prox")
-"""Ground truths a run can score against: ``loo``, leave-one-out re-training from the optimum for each selected
-training point (:mod:`benchmark.groundtruth.engine`); ``lds``, the linear datamodeling score over models trained from
-scratch on random subsets (:mod:`benchmark.groundtruth.lds`); ``pbrf``, the proximal Bregman response of each selected
-point, what a damped influence function approximates (:mod:`benchmark.groundtruth.pbrf`); ``loo-scratch``,
-leave-one-out with every model trained from scratch (:mod:`benchmark.groundtruth.scratch`); ``prox``, the converged
-proximal leave-one-out response, between ``loo`` and ``pbrf``
-(:class:`benchmark.groundtruth.pbrf.ProximalGroundTruth`)."""
+TRUTH_SUMMARIES = {
+    "loo": "leave-one-out re-training from the optimum for each selected training point (the paper's protocol)",
+    "lds": "linear datamodeling score over models trained from scratch on random subsets, many test points",
+    "pbrf": "proximal Bregman response of each selected point: what a damped influence function approximates",
+    "loo-scratch": "leave-one-out with every model trained from scratch, one initialisation per --gt-seeds",
+    "prox": "converged proximal leave-one-out response, between loo and pbrf",
+}
+"""What ``bench list`` says of each ground truth."""
+TRUTHS = tuple(TRUTH_SUMMARIES)
+"""Ground truths a run can score against: ``loo`` (:mod:`benchmark.groundtruth.engine`), ``lds``
+(:mod:`benchmark.groundtruth.lds`), ``pbrf`` and ``prox`` (:mod:`benchmark.groundtruth.pbrf`), ``loo-scratch``
+(:mod:`benchmark.groundtruth.scratch`); :data:`TRUTH_SUMMARIES` says what each is."""
 
 
 @dataclasses.dataclass
