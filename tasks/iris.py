@@ -43,6 +43,10 @@ class IrisConfig:
         lr: learning rate of training and re-training (the paper gives none; 0.5 converges the default net to a
             gradient norm of about 1e-8 in 60k steps, below 2 / top eigenvalue of about 1.9).
         retrain_steps: leave-one-out re-training steps from the optimum (paper: 7.5k).
+        retrain_batch_size: minibatch size of the re-training (``None``: full batch, as training; the paper does
+            not say which optimiser re-trains).
+        retrain_momentum: heavy-ball momentum of the re-training (stable at ``lr`` below ``2 (1 + momentum)`` over
+            the top eigenvalue).
         test_point: ``max-loss`` (paper), ``pNN`` (loss percentile) or a test index.
         eval_fraction: share of the training points each selection scores (paper: the top 16.6%).
     """
@@ -55,12 +59,21 @@ class IrisConfig:
     train_steps: int = 60_000
     lr: float = 0.5
     retrain_steps: int = 7_500
+    retrain_batch_size: int | None = None
+    retrain_momentum: float = 0.0
     test_point: str | int = "max-loss"
     eval_fraction: float = 0.166
 
     def __post_init__(self) -> None:
         positive(depth=self.depth, width=self.width, lr=self.lr, eval_fraction=self.eval_fraction)
-        non_negative(weight_decay=self.weight_decay, train_steps=self.train_steps, retrain_steps=self.retrain_steps)
+        non_negative(
+            weight_decay=self.weight_decay,
+            train_steps=self.train_steps,
+            retrain_steps=self.retrain_steps,
+            retrain_momentum=self.retrain_momentum,
+        )
+        if self.retrain_batch_size is not None:
+            positive(retrain_batch_size=self.retrain_batch_size)
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
 
@@ -324,7 +337,7 @@ class Iris(Task):
     name = "iris"
     version = 1
     Config = IrisConfig
-    protocol_fields = ("retrain_steps", "test_point", "eval_fraction")
+    protocol_fields = ("retrain_steps", "retrain_batch_size", "retrain_momentum", "test_point", "eval_fraction")
     # Its tensors are tiny: a second thread gains nothing, and while other processes load the cores, OpenMP's
     # waiting threads made a full-batch Hessian-vector product 100x slower here (250 ms against 1.9 ms).
     cpu_threads = 1
@@ -373,7 +386,10 @@ class Iris(Task):
         description: str = "training",
         reproducible: bool = False,
     ) -> Tensor:
-        """:func:`benchmark.numerics.training.descend` for this task's problems (full batch), by :func:`mlp_descend`."""
+        """:func:`benchmark.numerics.training.descend` for this task's problems, by :func:`mlp_descend` where it
+        applies (full batch, no momentum), else by the generic one (a study's minibatch or momentum re-training)."""
+        if (recipe.batch_size is not None and recipe.batch_size < problem.n_train) or recipe.momentum:
+            return super().descend(problem, thetas, weights, recipe, progress, description)
         c = self.config
         return mlp_descend(
             thetas,
@@ -446,7 +462,9 @@ class Iris(Task):
         return Protocol(
             test_point=c.test_point,
             eval_size=max(2, round(c.eval_fraction * n_train)),
-            retrain=Recipe(steps=c.retrain_steps, lr=c.lr),
+            retrain=Recipe(
+                steps=c.retrain_steps, lr=c.lr, batch_size=c.retrain_batch_size, momentum=c.retrain_momentum
+            ),
         )
 
     def paper_reference(self, estimator: str, selection: str) -> dict[str, float] | None:

@@ -148,6 +148,20 @@ def test_mlp_descend_refuses_minibatches_and_momentum() -> None:
             )
 
 
+def test_iris_retraining_optimiser_is_the_protocols_and_the_generic_descend_runs_it() -> None:
+    task = Iris(IrisConfig(retrain_batch_size=16, retrain_momentum=0.9, retrain_steps=5))
+    assert task.protocol().retrain == Recipe(steps=5, lr=0.5, batch_size=16, momentum=0.9)
+    assert task.problem_key(0) == Iris().problem_key(0)  # a re-training choice does not change the optimum
+    problem = task.initial_problem(0)
+    weights = torch.ones(2, problem.n_train, dtype=problem.dtype)
+    weights[1, 3] = 0.0
+    start = problem.theta.unsqueeze(0).expand(2, -1)
+    recipe = task.protocol().retrain
+    assert torch.equal(task.descend(problem, start, weights, recipe), descend(problem, start, weights, recipe))
+    with pytest.raises(ValueError, match="retrain_batch_size"):
+        IrisConfig(retrain_batch_size=0)
+
+
 def test_train_many_stores_the_optima_build_trains(tmp_path: Path) -> None:
     """Batched optima equal, bit for bit, the ones each task trains alone, and build() then loads them."""
     tasks = [
@@ -561,6 +575,13 @@ def test_greater_and_gap_trend_rules() -> None:
     assert evaluate({**gap, "direction": "decreasing"}, {"rows": data})[0] == "disagrees"
     pooled = {"kind": "greater", "y": "spearman", "a": {"depth": [1, 2]}, "b": {"depth": 3}}
     assert evaluate(pooled, {"rows": data})[0] == "agrees"
+
+
+def test_a_null_in_a_rule_matches_the_empty_cells_of_a_swept_none() -> None:
+    data = frame(retrain_batch_size=[np.nan, 10.0, np.nan, 10.0], spearman=[0.9, 0.3, 0.8, 0.2])
+    rule = {"kind": "greater", "y": "spearman", "a": {"retrain_batch_size": None}, "b": {"retrain_batch_size": 10}}
+    verdict, measured = evaluate(rule, {"rows": data})
+    assert verdict == "agrees" and "0.85 (2 rows) against 0.25 (2 rows)" in measured
 
 
 def test_value_and_fraction_rules() -> None:

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, pm: pluggy.PluginManager) -> 
         "--selections",
         dest="selections",
         type=configuration.split_names,
-        help="which training points to score: top, random, pNN (nearest the NN-th percentile of "
-        "the estimated influence) (default top,random)",
+        help="which training points to score: top (by |estimated influence|), top-positive, top-negative, random, "
+        "pNN (nearest the NN-th percentile of the estimated influence) (default top,random)",
     )
     parser.add_argument(
         "--results-dir",

@@ -11,6 +11,10 @@ from benchmark.numerics.problem import Problem
 
 SELECTIONS = {
     "top": "top-k by |estimated influence|, each estimator its own (the paper's protocol)",
+    "top-positive": "the k largest estimated influences, each estimator its own: the points whose removal it predicts "
+    "raises the test loss most (another reading of the paper's top-k)",
+    "top-negative": "the k smallest estimated influences, each estimator its own: the points whose removal it predicts "
+    "lowers the test loss most",
     "random": "k training points drawn uniformly with the run's seed, the same for every estimator",
     "pNN": "the k training points whose estimated influence is nearest its NN-th percentile, each estimator its own "
     "(the paper's Fig. 3b uses p30)",
@@ -24,7 +28,7 @@ def selection_description(selection: str) -> str:
         return SELECTIONS[selection]
     if selection.startswith("p") and selection[1:].isdigit() and 0 <= int(selection[1:]) <= 100:
         return SELECTIONS["pNN"].replace("NN-th", f"{int(selection[1:])}th")
-    raise UnknownNameError("selection", selection, ["top", "random", "p0..p100"])
+    raise UnknownNameError("selection", selection, ["top", "top-positive", "top-negative", "random", "p0..p100"])
 
 
 def select(selection: str, scores: np.ndarray, k: int, random_set: list[int]) -> list[int]:
@@ -32,6 +36,10 @@ def select(selection: str, scores: np.ndarray, k: int, random_set: list[int]) ->
     (see :data:`SELECTIONS`)."""
     if selection == "top":
         return np.argsort(-np.abs(scores), kind="stable")[:k].tolist()
+    if selection == "top-positive":
+        return np.argsort(-scores, kind="stable")[:k].tolist()
+    if selection == "top-negative":
+        return np.argsort(scores, kind="stable")[:k].tolist()
     if selection == "random":
         return random_set
     target = np.percentile(scores, int(selection[1:]))

@@ -61,12 +61,15 @@ class NotEvaluable(Exception):
 
 # -- selecting rows -------------------------------------------------------------------------------------------------
 def matches(column: pd.Series, wanted: Any) -> np.ndarray:
-    """Which values of ``column`` equal ``wanted`` (a value or a list; numbers compared to 1e-9 relative)."""
+    """Which values of ``column`` equal ``wanted`` (a value or a list; numbers compared to 1e-9 relative; ``None``, a
+    YAML ``null``, matches the empty cells a swept ``None`` leaves in the CSV)."""
     values = wanted if isinstance(wanted, list) else [wanted]
     numeric = column.dtype.kind in "iuf"
     mask = np.zeros(len(column), dtype=bool)
     for value in values:
-        if isinstance(value, bool) or column.dtype.kind == "b":
+        if value is None:
+            mask |= column.isna().to_numpy()
+        elif isinstance(value, bool) or column.dtype.kind == "b":
             mask |= (column.astype(str) == str(value)).to_numpy()
         elif numeric and isinstance(value, (int, float)):
             mask |= np.isclose(column.to_numpy(dtype=float), float(value), rtol=1e-9, atol=0.0)

@@ -306,7 +306,7 @@ def _filter(fields: _Fields, name: str) -> dict[str, Any]:
     value = fields.get(name, dict, {})
     for column, wanted in value.items():
         values = wanted if isinstance(wanted, list) else [wanted]
-        if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+        if not values or not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
             raise fields.error(f"{name}.{column}", f"expected a value or a list of values, got {wanted!r}")
     return dict(value)
 
