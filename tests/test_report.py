@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.common.errors import UsageError
 from benchmark.studies.declaration import available, load_study
 from benchmark.studies.report import BANNER, markdown_to_html, render
 from tests.test_study import write_study
@@ -146,10 +147,29 @@ def test_a_study_without_results_is_not_run(tmp_path: Path) -> None:
     parser = parse(page)
     assert not parser.images
     claims = [claim for path in available().values() for _, claim in load_study(path).claims()]
-    rows = [line for line in readme.splitlines() if line.startswith("| 5.")]
+    table, side_by_side = readme.split("## Each claim under each ground truth")
+    rows = [line for line in table.splitlines() if line.startswith("| 5.")]
     assert len(rows) == len(claims)
     assert all(line.split(" | ")[5] == "not run" for line in rows)
     assert {line.split(" | ")[0][2:] for line in rows} == {"5.1", "5.2"}
+    # the shipped restatements: the depth claim (ReLU, weight decay) is read under four ground truths
+    head = next(line for line in side_by_side.splitlines() if line.startswith("| section"))
+    assert head.endswith("| `loo` | `lds` | `pbrf` | `loo-scratch` |")
+    depth = next(line for line in side_by_side.splitlines() if "falls with depth (ReLU, weight decay)" in line)
+    assert depth.split(" | ")[4:] == ["not run: no results"] * 3 + ["not run: no results |"]
+    restated = {claim.restates for path in available().values() for _, claim in load_study(path).claims()}
+    assert len([line for line in side_by_side.splitlines() if line.startswith("| 5.")]) == len(restated - {None})
+
+
+def test_a_claim_restating_an_undeclared_one_is_a_one_line_error(tmp_path: Path) -> None:
+    declarations = tmp_path / "declared"
+    declarations.mkdir()
+    path = write_study(declarations)
+    text = path.read_text()
+    assert "paper: falls," in text
+    path.write_text(text.replace("paper: falls,", "paper: falls, restates: no-such-study/depth,", 1))
+    with pytest.raises(UsageError, match=r"restates 'no-such-study/depth', which no study declares"):
+        render(tmp_path / "boards", tmp_path / "studies", tmp_path / "results", declarations)
 
 
 def test_claims_fall_back_to_result_records(bench, tmp_path: Path, tiny) -> None:

@@ -32,6 +32,7 @@ built-in ones are under ``tasks/studies/``), read with the safe loader of :mod:`
         claims:
           - {id: depth, section: "5.1", figure: Fig. 1c, text: Spearman falls with depth, paper: falls,
              rule: {kind: trend, direction: decreasing}}
+          - {id: pbrf-depth, ..., rule: {..., where: {truth: pbrf}}, restates: iris-depth/depth}  # another truth
 
 ``sweep`` and ``estimator_sweep`` may each be left out, not both. Every point and seed is one run, which evaluates
 each estimator of ``estimator_sweep`` once per combination of its swept values (over its ``estimator_options``) on the
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,8 @@ class Claim:
         text: the claim, in words.
         paper: the paper's number or finding, as printed in the claims table.
         rule: how :mod:`benchmark.studies.claims` decides it (``kind`` plus the kind's fields).
+        restates: ``STUDY/ID`` of the leave-one-out claim this one reads again under another ground truth (which its
+            rule names: ``truth: pbrf`` or ``selection: lds``); ``bench report`` puts the two side by side.
     """
 
     id: str
@@ -166,6 +170,14 @@ class Claim:
     text: str
     paper: str
     rule: dict[str, Any]
+    restates: str | None = None
+
+    @property
+    def truth(self) -> str:
+        """The ground truth the rule reads: ``lds`` for the ``lds`` selection, else its ``truth`` filter, else
+        ``loo``."""
+        where = self.rule.get("where", {})
+        return "lds" if where.get("selection") == "lds" else str(where.get("truth", "loo"))
 
 
 @dataclasses.dataclass
@@ -313,7 +325,7 @@ def _filter(fields: _Fields, name: str) -> dict[str, Any]:
 
 def _claim(path: Path, where: str, data: Any) -> Claim:
     fields = _Fields(path, where, data)
-    fields.unknown(("id", "section", "figure", "text", "paper", "rule"))
+    fields.unknown(("id", "section", "figure", "text", "paper", "rule", "restates"))
     rule = fields.get("rule", dict, required=True)
     problem = check_rule(rule)
     if problem:
@@ -328,7 +340,15 @@ def _claim(path: Path, where: str, data: Any) -> Claim:
         text=fields.text("text"),
         paper=str(fields.get("paper", (str, int, float))),
         rule=dict(rule),
+        restates=_restates(fields),
     )
+
+
+def _restates(fields: _Fields) -> str | None:
+    value = fields.get("restates", str, None)
+    if value is not None and not re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+        raise fields.error("restates", f"expected STUDY/CLAIM-ID, got {value!r}")
+    return value
 
 
 def _panel(path: Path, where: str, data: Any) -> Panel:

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pluggy
 
+from benchmark.common.errors import UsageError
 from benchmark.common.paths import PUBLISHED_DIR
 from benchmark.common.provenance import git_commit
+from benchmark.contracts.run_config import TRUTHS
 from benchmark.studies import claims as claims_module
 from benchmark.studies import declaration as study_module
 from benchmark.studies.claims import Verdict
@@ -153,15 +155,76 @@ def claims_markdown(verdicts: list[tuple[study_module.Study, list[Verdict]]]) ->
             f"`{claims_module.rule_text(claim.rule)}`",
             f"`{_shown(verdict.source)}`" if verdict.source != "-" else "-",
         ]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+        lines.append(_table_row(cells))
+    lines += ["", *truths_markdown(verdicts)]
     lines += [
-        "",
         "Studies: "
         + ", ".join(f"`bench study {study.name}` ({study.paper or study.title})" for study, _ in verdicts)
         + ".",
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+def by_ground_truth(
+    verdicts: list[tuple[study_module.Study, list[Verdict]]],
+) -> tuple[list[str], list[list[Verdict | None]]]:
+    """The claims read again under other ground truths (a claim's ``restates``), grouped with the claim they restate:
+    the ground truths in the order of :data:`~benchmark.contracts.run_config.TRUTHS`, and per restated claim its
+    verdicts in that order (``None`` where no claim reads it under that truth). A ``restates`` that names no declared
+    claim is a one-line error."""
+    by_id = {f"{v.study}/{v.claim.id}": v for _, vs in verdicts for v in vs}
+    groups: dict[str, dict[str, Verdict]] = {}
+    for verdict in by_id.values():
+        target = verdict.claim.restates
+        if target is None:
+            continue
+        if target not in by_id:
+            raise UsageError(
+                f"claim {verdict.study}/{verdict.claim.id} restates {target!r}, which no study declares "
+                f"(studies: {', '.join(sorted(study.name for study, _ in verdicts))})"
+            )
+        group = groups.setdefault(target, {"loo": by_id[target]})
+        group[verdict.claim.truth] = verdict
+    truths = [t for t in TRUTHS if any(t in g for g in groups.values())]
+    ordered = sorted(groups.values(), key=lambda group: _key(group["loo"]))
+    return truths, [[group.get(t) for t in truths] for group in ordered]
+
+
+def _key(verdict: Verdict) -> tuple[str, str, str]:
+    return (verdict.claim.section, verdict.study, verdict.claim.id)
+
+
+def truths_markdown(verdicts: list[tuple[study_module.Study, list[Verdict]]]) -> list[str]:
+    """The section of ``leaderboards/README.md`` that shows each claim's verdict under every ground truth that reads
+    it (:func:`by_ground_truth`); empty when no claim restates another."""
+    truths, rows = by_ground_truth(verdicts)
+    if not rows:
+        return []
+    lines = [
+        "## Each claim under each ground truth",
+        "",
+        "The claims above that read a leave-one-out claim again under another ground truth (their `restates`), next "
+        "to it: `loo` re-trains from the optimum (the paper's question), `pbrf` is the proximal Bregman response (what "
+        "a damped influence function approximates, Bae et al. 2022), `lds` the linear datamodeling score over "
+        "models trained from scratch on random halves. Each cell: agrees (yes/no) and what was measured.",
+        "",
+        "| section | figure | claim | paper | " + " | ".join(f"`{t}`" for t in truths) + " |",
+        "|---|---|---|---|" + "---|" * len(truths),
+    ]
+    for row in rows:
+        restated = row[0]
+        assert restated is not None  # every group holds the leave-one-out claim it restates
+        claim = restated.claim
+        cells = [claim.section, claim.figure, claim.text, claim.paper] + [
+            "-" if v is None else f"{AGREES[v.verdict]}: {v.measured}" for v in row
+        ]
+        lines.append(_table_row(cells))
+    return [*lines, ""]
 
 
 # -- the page -------------------------------------------------------------------------------------------------------
@@ -271,6 +334,7 @@ def render(
         "<h2>The paper's claims, measured</h2>",
         "<p>Each verdict is computed by the rule declared with the claim in its study YAML, on the study's CSV.</p>",
         _claims_table(verdicts),
+        markdown_to_html("\n".join(truths_markdown(verdicts)), shift=1),
         "</section>",
         '<section id="studies">',
         "<h2>Studies</h2>",
