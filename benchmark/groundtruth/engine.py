@@ -169,7 +169,7 @@ class GroundTruth:
 
     A subclass answers another question about the same removals with the same cache, locks and executors
     (:class:`benchmark.groundtruth.pbrf.PbrfGroundTruth`): it names its :attr:`kind` (the cache folder), its
-    :attr:`effect_type` (an entry's fields) and :meth:`method_key`, and computes its own chunks.
+    :attr:`effect_type` (an entry's fields) and :meth:`method_key`, and answers :meth:`respond` for a chunk of removals.
     """
 
     kind = "loo"
@@ -324,16 +324,22 @@ class GroundTruth:
         self.stats.chunk_size = chunk_size
         for begin in range(0, len(indices), chunk_size):
             chunk = indices[begin : begin + chunk_size]
-            weights = torch.ones(len(chunk), self.problem.n_train, dtype=self.problem.dtype, device=self.problem.device)
-            weights[torch.arange(len(chunk)), torch.tensor(chunk)] = 0.0
-            thetas = self.retrain(weights, f"re-training {len(chunk)} models")
-            losses = self._test_losses(thetas)
+            thetas, losses, extra = self.respond(chunk)
             norms = torch.linalg.vector_norm(thetas - reference.theta.to(thetas), dim=1)
-            for i, loss, norm in zip(chunk, losses.tolist(), norms.tolist()):
-                self._store(LooEffect(i, loss - reference.test_loss, loss, norm))
+            for j, (i, loss, norm) in enumerate(zip(chunk, losses.tolist(), norms.tolist())):
+                fields = {name: values[j] for name, values in extra.items()}
+                self._store(self.effect_type(i, loss - reference.test_loss, loss, norm, **fields))
             if on_chunk is not None:
                 on_chunk(len(chunk))
         return len(indices)
+
+    def respond(self, removed: list[int]) -> tuple[Tensor, Tensor, dict[str, list[Any]]]:
+        """The models with each point of ``removed`` taken out, one per row (``Tensor[m, P]``), their test losses
+        (``Tensor[m]``), and the :attr:`effect_type` fields beyond those of :class:`LooEffect`, a list of ``m`` values
+        each: here, the models re-trained from the optimum with :attr:`recipe` (:meth:`retrain`), no further fields."""
+        weights = removal_weights(removed, self.problem.n_train, self.problem.dtype, self.problem.device)
+        thetas = self.retrain(weights, f"re-training {len(removed)} models")
+        return thetas, self._test_losses(thetas), {}
 
     def retrain(self, weights: Tensor, description: str) -> Tensor:
         """Re-train one model per row of ``weights`` (``Tensor[m, n]``, the training points' weights: 0 removes a
@@ -379,6 +385,13 @@ class GroundTruth:
         payload = dataclasses.asdict(effect)
         del payload["removed"]
         self.cache.write_json(self.directory / f"{effect.removed}.json", self._entry_key(effect.removed), payload)
+
+
+def removal_weights(removed: list[int], n_train: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``Tensor[len(removed), n_train]`` of ones, with row ``j``'s weight of point ``removed[j]`` set to 0."""
+    weights = torch.ones(len(removed), n_train, dtype=dtype, device=device)
+    weights[torch.arange(len(removed)), torch.tensor(removed)] = 0.0
+    return weights
 
 
 def valid_payload(payload: Any, effect_type: type[LooEffect] = LooEffect) -> bool:

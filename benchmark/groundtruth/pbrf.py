@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from benchmark.common.cache import Cache
-from benchmark.groundtruth.engine import GroundTruth, LooEffect, Reference
+from benchmark.groundtruth.engine import GroundTruth, LooEffect, Reference, removal_weights
 from benchmark.numerics.problem import Problem
 from benchmark.numerics.recipes import Recipe
 from benchmark.numerics.training import StreamedBatches, batch_data
@@ -299,33 +299,23 @@ class PbrfGroundTruth(GroundTruth):
             self.chunk_size = max(1, min(n_models, DEFAULT_CHUNK))
         return self.chunk_size
 
-    def _compute_chunks(self, indices: list[int], reference: Reference, on_chunk: Any) -> int:
-        if not indices:
-            return 0
-        chunk_size = self.choose_chunk_size(len(indices))
-        self.stats.chunk_size = chunk_size
+    def respond(self, removed: list[int]) -> tuple[Tensor, Tensor, dict[str, list[Any]]]:
+        """The solutions of ``F_m`` for each removed point (float64), their test losses, and per model the relative
+        gradient norm reached and the Hessian-vector products spent (:class:`PbrfEffect`)."""
         objective = self.objective
-        for begin in range(0, len(indices), chunk_size):
-            chunk = indices[begin : begin + chunk_size]
-            weights = torch.ones(len(chunk), self.problem.n_train, dtype=torch.float64, device=self.problem.device)
-            weights[torch.arange(len(chunk)), torch.tensor(chunk)] = 0.0
-            thetas, relative, products = objective.solve(weights, self.solver)
-            losses = objective.test_loss(thetas, self.test_index)
-            norms = torch.linalg.vector_norm(thetas - reference.theta.to(thetas), dim=1)
-            unsolved = int((relative > self.solver.rtol).sum())
-            if unsolved:
-                log.warning(
-                    "PBRF: %d of %d models above the tolerance after %d Hessian-vector products (worst %.1e)",
-                    unsolved,
-                    len(chunk),
-                    products,
-                    float(relative.max()),
-                )
-            for i, loss, norm, rel in zip(chunk, losses.tolist(), norms.tolist(), relative.tolist()):
-                self._store(PbrfEffect(i, loss - reference.test_loss, loss, norm, rel, products))
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-        return len(indices)
+        weights = removal_weights(removed, self.problem.n_train, torch.float64, self.problem.device)
+        thetas, relative, products = objective.solve(weights, self.solver)
+        unsolved = int((relative > self.solver.rtol).sum())
+        if unsolved:
+            log.warning(
+                "PBRF: %d of %d models above the tolerance after %d Hessian-vector products (worst %.1e)",
+                unsolved,
+                len(removed),
+                products,
+                float(relative.max()),
+            )
+        extra = {"gradient_norm": relative.tolist(), "products": [products] * len(removed)}
+        return thetas, objective.test_loss(thetas, self.test_index), extra
 
 
 class ProximalGroundTruth(PbrfGroundTruth):
