@@ -626,6 +626,26 @@ def test_a_panel_says_how_many_rows_it_cannot_plot() -> None:
     assert _left_out(data.iloc[:1], study.panels[0], plotted=1) == ""
 
 
+def test_rows_with_an_empty_series_cell_are_a_series_of_their_own(tmp_path: Path, monkeypatch) -> None:
+    """A swept None (full-batch re-training) or an estimator without the series field (first-order has no curvature)
+    is drawn as the series "None", not dropped."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.studies import figures
+
+    study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
+    study.panels[0].series = ["retrain_batch_size"]
+    data = frame(depth=[1, 2, 1, 2], spearman=[0.9, 0.8, 0.5, 0.4], estimator="exact", selection="top")
+    data["retrain_batch_size"] = [np.nan, np.nan, 10.0, 10.0]
+    data["activation"] = "relu"
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keep the figure to read its legend
+    figures.plot_panel(study, 0, data, Path("s.csv"), tmp_path / "s.png")
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["retrain_batch_size=10.0", "retrain_batch_size=None"]
+    assert png(tmp_path / "s.png")
+
+
 def test_train_many_leaves_an_optimum_another_process_is_training(tmp_path: Path) -> None:
     """An optimum whose cache lock is held elsewhere is not trained a second time: train_many skips it, and trains it
     once the lock is free (two concurrent studies on one cache train each optimum once)."""

@@ -38,6 +38,17 @@ def _label(columns: list[str], key: Any) -> str:
     return ", ".join(f"{c}={v}" for c, v in zip(columns, key))
 
 
+def _named_empty_cells(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with the empty cells of ``columns`` (the series and facet columns) as the text ``None``: a swept
+    ``None`` (a YAML ``null``, e.g. full-batch re-training) or an estimator without that field (first-order has no
+    ``curvature``). Grouping drops empty keys, which would leave those rows out of the figure without a word."""
+    named = frame
+    for column in columns:
+        if named[column].isna().any():
+            named = named.assign(**{column: named[column].where(named[column].notna(), "None").astype(str)})
+    return named
+
+
 def _positions(study: Study, column: str, values: pd.Series) -> tuple[dict[Any, float], list[str] | None]:
     """x positions: the values themselves when numeric, else their order in the sweep (or sorted)."""
     if values.dtype.kind in "iuf":
@@ -70,7 +81,7 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
     """Draw panel ``index`` of ``study`` from ``frame`` (read from ``table``) into ``path``."""
     panel = study.panels[index]
     _check_columns(study, index, panel, frame, table)
-    matching = select(frame, panel.where)
+    matching = _named_empty_cells(select(frame, panel.where), [*panel.series, *([panel.facet] if panel.facet else [])])
     data = matching[matching[panel.y].notna() & matching[panel.x].notna()]
     references = _references(study, panel, matching)
     left_out = _left_out(frame, panel, len(data) + len(references))
