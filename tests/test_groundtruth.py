@@ -735,3 +735,50 @@ def test_full_batch_gt_seeds_share_entries_and_reach_the_ceiling(bench, tiny, tm
     assert one["points"]["retrained"] == record["points"]["retrained"]
     assert one["metrics"]["ceiling"]["spearman"]["value"] is None
     assert "seed" in one["metrics"]["ceiling"]["spearman"]["undefined"]
+
+
+@pytest.mark.parametrize("owner_writes", [True, False])
+def test_compute_claimed_works_past_entries_another_process_holds(tmp_path: Path, owner_writes: bool) -> None:
+    """Claiming a chunk at a time: the entries another holder has locked are skipped while the rest is computed in
+    chunks, then waited for, and computed here only if their holder released them unwritten (it died)."""
+    import threading
+
+    from filelock import FileLock
+
+    written: set[int] = set()
+    chunks: list[list[int]] = []
+    done_elsewhere: list[int] = []
+
+    def lock_of(i: int) -> FileLock:
+        return FileLock(tmp_path / f".{i}.lock")
+
+    def compute(chunk: list[int]) -> int:
+        chunks.append(chunk)
+        written.update(chunk)
+        return len(chunk)
+
+    held = threading.Event()
+
+    def owner() -> None:  # another holder of entry 2: it finishes (or dies) once everything else is computed
+        other = lock_of(2)
+        other.acquire()
+        held.set()
+        while len(written) < 5:
+            time.sleep(0.01)
+        if owner_writes:
+            written.add(2)
+        other.release()
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert held.wait(timeout=10)
+    computed = groundtruth.compute_claimed(
+        range(6), lock_of, lambda i: i not in written, compute, lambda n: 2, done_elsewhere.append
+    )
+    thread.join(timeout=10)
+    assert chunks[:3] == [[0, 1], [3, 4], [5]]  # past the held entry, without waiting for it
+    if owner_writes:
+        assert computed == 5 and len(chunks) == 3 and done_elsewhere == [1]
+    else:
+        assert computed == 6 and chunks[3] == [2] and done_elsewhere == []
+    assert written == set(range(6))

@@ -270,45 +270,19 @@ class GroundTruth:
         return {int(i): found[int(i)] for i in removed}
 
     def compute(self, indices: Sequence[int], on_chunk: Callable[[int], None] | None = None) -> int:
-        """Compute and store the entries of ``indices`` that no one else has, in chunks; returns how many it computed.
-
-        Each entry is claimed with a file lock first. Entries locked by another process are waited for afterwards,
-        and computed here if that process died without writing them.
-        """
+        """Compute and store the entries of ``indices`` that no one else has, a chunk at a time, each entry claimed
+        with a file lock first (:func:`compute_claimed`: processes on one cache share the work, and one takes over
+        what a dead one left); returns how many it computed."""
         reference = self.reference()
         self.directory.mkdir(parents=True, exist_ok=True)
-        held: list[tuple[int, FileLock]] = []
-        waiting: list[tuple[int, FileLock]] = []
-        for i in sorted({int(i) for i in indices}):
-            lock = FileLock(self.directory / f".{i}.lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                waiting.append((i, lock))
-            else:
-                held.append((i, lock))
-        computed = 0
-        try:
-            mine = [i for i, _ in held if self._load(i) is None]
-            computed += self._compute_chunks(mine, reference, on_chunk)
-        finally:
-            for _, lock in held:
-                lock.release()
-        # Locks are taken in index order by every process, so waiting on another process's entries cannot deadlock.
-        taken_over: list[int] = []
-        try:
-            for i, lock in waiting:
-                lock.acquire()
-                if self._load(i) is None:
-                    taken_over.append(i)  # its owner died before writing it
-                elif on_chunk is not None:
-                    on_chunk(1)
-            computed += self._compute_chunks(taken_over, reference, on_chunk)
-        finally:
-            for _, lock in waiting:
-                if lock.is_locked:
-                    lock.release()
-        return computed
+        return compute_claimed(
+            indices,
+            lambda i: FileLock(self.directory / f".{i}.lock"),
+            lambda i: self._load(i) is None,
+            lambda chunk: self._compute_chunks(chunk, reference, on_chunk),
+            self.choose_chunk_size,
+            on_chunk,
+        )
 
     def choose_chunk_size(self, n_models: int) -> int:
         """How many models to stack (:func:`fastest_chunk_size`; fixed where ``chunk_size`` was given)."""
@@ -385,6 +359,68 @@ class GroundTruth:
         payload = dataclasses.asdict(effect)
         del payload["removed"]
         self.cache.write_json(self.directory / f"{effect.removed}.json", self._entry_key(effect.removed), payload)
+
+
+def compute_claimed(
+    items: Sequence[int],
+    lock_of: Callable[[int], FileLock],
+    missing: Callable[[int], bool],
+    compute: Callable[[list[int]], int],
+    chunk_size: Callable[[int], int],
+    on_done: Callable[[int], None] | None = None,
+) -> int:
+    """Compute the cache entries ``items`` that are ``missing``, sharing the work with other processes on the same
+    cache; returns how many were computed here.
+
+    Each round claims, in order and without waiting, up to ``chunk_size(n)`` missing entries (``n``: how many were
+    missing at the start) by their ``lock_of`` file locks, computes them (``compute`` stores them) and releases them,
+    so another process claims the next entries meanwhile instead of waiting for all of this one's. Entries another
+    process holds are skipped; once only those are left, the first is waited for and then computed here if its owner
+    died before writing it. No lock is held while waiting, so processes cannot deadlock. Entries found written by
+    another process count towards ``on_done``.
+    """
+    pending = sorted(i for i in {int(i) for i in items} if missing(i))
+    if on_done is not None and len(pending) < len(set(items)):
+        on_done(len(set(items)) - len(pending))
+    size = chunk_size(len(pending)) if pending else 1
+    computed = 0
+    while pending:
+        claimed: list[tuple[int, FileLock]] = []
+        settled: set[int] = set()
+        try:
+            for i in pending:
+                if len(claimed) == size:
+                    break
+                lock = lock_of(i)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    continue  # another process is computing it
+                if missing(i):
+                    claimed.append((i, lock))
+                else:  # written by another process since
+                    lock.release()
+                    settled.add(i)
+            if not claimed and len(settled) < len(pending):  # only entries others hold are left: wait for one
+                i = next(i for i in pending if i not in settled)
+                lock = lock_of(i)
+                lock.acquire()
+                if missing(i):  # its owner died before writing it
+                    claimed.append((i, lock))
+                else:
+                    lock.release()
+                    settled.add(i)
+            chunk = [i for i, _ in claimed]
+            if chunk:
+                computed += compute(chunk)
+        finally:
+            for _, lock in claimed:
+                lock.release()
+        if on_done is not None and settled:
+            on_done(len(settled))
+        done = settled | set(chunk)
+        pending = [i for i in pending if i not in done]
+    return computed
 
 
 def removal_weights(removed: list[int], n_train: int, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -35,12 +35,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from benchmark.common.cache import Cache, digest
-from benchmark.groundtruth.engine import GroundTruthStats, fastest_chunk_size
+from benchmark.groundtruth.engine import GroundTruthStats, compute_claimed, fastest_chunk_size
 from benchmark.numerics.problem import Problem
 from benchmark.numerics.trajectory import TrainingRun
 
@@ -198,40 +197,23 @@ class SubsetGroundTruth:
         return torch.stack(losses)
 
     def compute(self, subsets: Sequence[int], on_chunk: Callable[[int], None] | None = None) -> int:
-        """Train and store the models of ``subsets`` that no one else has, in stacked chunks; returns how many it
-        trained. Each entry is claimed with a file lock first; entries another process holds are waited for
-        afterwards, and trained here if that process died without writing them."""
-        held: list[tuple[int, FileLock]] = []
-        waiting: list[tuple[int, FileLock]] = []
-        for m in sorted({int(m) for m in subsets}):
-            lock = self.cache.tensor_lock(KIND, self.entry_key(m))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                waiting.append((m, lock))
-            else:
-                held.append((m, lock))
-        computed = 0
-        try:
-            computed += self._train_chunks([m for m, _ in held if self._load(m) is None], on_chunk)
-        finally:
-            for _, lock in held:
-                lock.release()
-        # locks are taken in subset order by every process, so waiting cannot deadlock
-        taken_over: list[int] = []
-        try:
-            for m, lock in waiting:
-                lock.acquire()
-                if self._load(m) is None:
-                    taken_over.append(m)
-                elif on_chunk is not None:
-                    on_chunk(1)
-            computed += self._train_chunks(taken_over, on_chunk)
-        finally:
-            for _, lock in waiting:
-                if lock.is_locked:
-                    lock.release()
-        return computed
+        """Train and store the models of ``subsets`` that no one else has, a chunk at a time, each claimed with a file
+        lock first (:func:`~benchmark.groundtruth.engine.compute_claimed`); returns how many it trained."""
+        return compute_claimed(
+            subsets,
+            lambda m: self.cache.tensor_lock(KIND, self.entry_key(m)),
+            lambda m: self._load(m) is None,
+            lambda chunk: self._train_chunks(chunk, on_chunk),
+            self._chunk_size,
+            on_chunk,
+        )
+
+    def _chunk_size(self, n_models: int) -> int:
+        if self.chunk_size is None:
+            self.chunk_size = fastest_chunk_size(
+                self.problem, self.run.phases[0], n_models, self.run.descend, "subset-model"
+            )
+        return self.chunk_size
 
     # -- training ----------------------------------------------------------------------------------------------------
     def weights(self, subsets: Sequence[int]) -> Tensor:
@@ -244,13 +226,9 @@ class SubsetGroundTruth:
     def _train_chunks(self, subsets: list[int], on_chunk: Callable[[int], None] | None) -> int:
         if not subsets:
             return 0
-        if self.chunk_size is None:
-            self.chunk_size = fastest_chunk_size(
-                self.problem, self.run.phases[0], len(subsets), self.run.descend, "subset-model"
-            )
-        self.stats.chunk_size = self.chunk_size
-        for begin in range(0, len(subsets), self.chunk_size):
-            chunk = subsets[begin : begin + self.chunk_size]
+        size = self.stats.chunk_size = self._chunk_size(len(subsets))
+        for begin in range(0, len(subsets), size):
+            chunk = subsets[begin : begin + size]
             start = time.perf_counter()
             thetas = self.run.train_from_scratch(
                 self.weights(chunk), self.model_seed, self.progress, f"training {len(chunk)} subset models"
