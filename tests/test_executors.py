@@ -307,25 +307,33 @@ def test_ray_retries_a_killed_worker_and_computes_only_what_it_lost(bench, tmp_p
         try:
             deadline = time.monotonic() + 120
             count, since = -1, time.monotonic()
+            claimed: dict[int, set[int]] = {}  # every entry lock each worker has been seen holding
             while not done.is_set():
                 assert time.monotonic() < deadline, "no pause between chunks within 120 s"
                 directories = list((cache / "loo").glob("*"))
                 present = (
                     {int(p.stem) for p in directories[0].glob("*.json") if p.stem.isdigit()} if directories else set()
                 )
-                now = time.monotonic()
-                if len(present) != count:
-                    count, since = len(present), now
-                elif count and now - since >= 0.1:
+                held: dict[int, set[int]] = {}
+                if directories:
                     workers = [
                         pid
                         for pid, cmd in _raylet_children(ray_cluster).items()
                         if cmd.startswith("ray::compute_shard")
                     ]
                     held = _held_entry_locks(workers, directories[0])
-                    # a worker whose current shard has a finished chunk on disk and a chunk still in flight
+                    for pid, locked in held.items():
+                        claimed.setdefault(pid, set()).update(locked)
+                now = time.monotonic()
+                if len(present) != count:
+                    count, since = len(present), now
+                elif count and now - since >= 0.1:
+                    # a worker that has written a chunk (claimed, released, on disk) and has a chunk still in flight;
+                    # entries are claimed a chunk at a time, so its written ones are those it held before
                     candidates = [
-                        (pid, locked & present) for pid, locked in held.items() if locked & present and locked - present
+                        (pid, (claimed[pid] - locked) & present)
+                        for pid, locked in held.items()
+                        if (claimed[pid] - locked) & present and locked - present
                     ]
                     if candidates:
                         pid, written = candidates[0]
