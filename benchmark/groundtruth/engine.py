@@ -379,9 +379,10 @@ def compute_claimed(
     died before writing it. No lock is held while waiting, so processes cannot deadlock. Entries found written by
     another process count towards ``on_done``.
     """
-    pending = sorted(i for i in {int(i) for i in items} if missing(i))
-    if on_done is not None and len(pending) < len(set(items)):
-        on_done(len(set(items)) - len(pending))
+    wanted = {int(i) for i in items}
+    pending = sorted(i for i in wanted if missing(i))
+    if on_done is not None and len(pending) < len(wanted):
+        on_done(len(wanted) - len(pending))
     size = chunk_size(len(pending)) if pending else 1
     computed = 0
     while pending:
