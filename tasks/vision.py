@@ -66,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Values of the fields a config leaves at ``None``; ``None`` here means the whole set."""
 
-LBFGS_FIELDS = ("lbfgs_steps", "lbfgs_tol")
+LBFGS_FIELDS = ("lbfgs_steps", "lbfgs_tol", "lbfgs_dtype")
 """Config fields of the final L-BFGS phase: the SGD optimum before it is cached under a key without them (and under
 task version 2, the version whose optima had no such phase, so those stay valid)."""
 
@@ -116,6 +116,10 @@ class VisionConfig:
             what the phase changes (``leaderboards/stationarity.md``). Its checkpoints are keyed without
             ``lbfgs_steps`` and ``lbfgs_tol``, so a run with more steps resumes where a shorter one stopped.
         lbfgs_tol: the gradient norm at which L-BFGS stops (ten times below the runner's convergence check).
+        lbfgs_dtype: the precision of the L-BFGS phase, and so of the optimum and everything evaluated on it:
+            ``float32`` (SGD's) or ``float64``. In float32 the polish stops at the objective's rounding floor, which
+            on the weight-decay optima lies above the runner's convergence check; float64 goes below it, for about
+            twice the time per step on a CPU. Part of the cache key only when ``float64``.
         retrain_fraction: leave-one-out re-training steps as a share of all training steps (paper: 6%), at ``lr``.
         test_point: ``max-loss`` (the paper's A), ``p50`` (B), another ``pNN`` or an index.
         eval_size: training points per selection (paper: the top 40).
@@ -135,6 +139,7 @@ class VisionConfig:
     momentum: float | None = None
     lbfgs_steps: int | None = None
     lbfgs_tol: float = 1e-5
+    lbfgs_dtype: str = dataclasses.field(default="float32", metadata={"choices": ("float32", "float64")})
     retrain_fraction: float = 0.06
     test_point: str | int = "max-loss"
     eval_size: int = 40
@@ -171,6 +176,7 @@ class VisionTask(Task):
 
     Config = VisionConfig
     protocol_fields = ("retrain_fraction", "test_point", "eval_size", "data_dir", "download")
+    keyed_when_set = ("lbfgs_dtype",)
     channels: ClassVar[int]
     image_size: ClassVar[int]
     parameter_change = False
@@ -237,6 +243,9 @@ class VisionTask(Task):
             return optimum
         polish = Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol)
         checkpoints = {**sgd_key, "polish": "lbfgs", "history": polish.history}
+        if c.lbfgs_dtype != "float32":
+            checkpoints["dtype"] = c.lbfgs_dtype
+            optimum = optimum.to(dtype=getattr(torch, c.lbfgs_dtype))
         return self.trained(optimum, polish, context, checkpoint_key=checkpoints)
 
     def _initial_module(self, seed: int) -> torch.nn.Module:

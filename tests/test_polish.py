@@ -105,3 +105,34 @@ def test_vision_polish_with_more_steps_resumes_from_a_shorter_ones_checkpoints(t
     assert "L-BFGS resumes from its checkpoint after iteration 100" in caplog.text
     assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 3
     assert not torch.equal(short.theta, longer.theta)
+
+
+def test_float64_polish_has_a_key_and_checkpoints_of_its_own_and_leaves_the_default_key_alone(tmp_path, caplog):
+    """``lbfgs_dtype`` joins the problem key only away from its default, so the optima and ground truth cached before
+    the field existed keep their keys; ``float64`` polishes (and returns) the optimum in float64, from the SGD optimum
+    both share, not from the float32 polish's checkpoints."""
+    default = Mnist(VisionConfig(preset="smoke")).problem_key(0)
+    assert "lbfgs_dtype" not in default["config"]
+    double = Mnist(VisionConfig(preset="smoke", lbfgs_dtype="float64")).problem_key(0)
+    assert double["config"] == {**default["config"], "lbfgs_dtype": "float64"}
+
+    cache = Cache(tmp_path)
+    context = BuildContext("cpu", 0, cache, progress=False)
+    single = Mnist(VisionConfig(preset="smoke", lbfgs_steps=50, lbfgs_tol=1e-12)).build(context)
+    with caplog.at_level("INFO", logger="bench"):
+        polished = Mnist(VisionConfig(preset="smoke", lbfgs_steps=50, lbfgs_tol=1e-12, lbfgs_dtype="float64")).build(
+            context
+        )
+    assert "resumes from its checkpoint" not in caplog.text
+    assert len(list((tmp_path / "polish-checkpoints").glob("*.pt"))) == 2  # one each, after iteration 50
+    assert len([p for p in (tmp_path / "optima").iterdir() if p.suffix == ".pt"]) == 3  # SGD, float32, float64
+    assert single.theta.dtype == torch.float32 and polished.theta.dtype == torch.float64
+    assert polished.x_train.dtype == torch.float64
+    assert not torch.allclose(polished.theta.float(), single.theta)
+
+
+def test_bad_lbfgs_dtype_is_a_one_line_error_naming_the_choices(bench):
+    result = bench("run", "--task", "mnist", "--set", "mnist.preset=smoke", "--set", "mnist.lbfgs_dtype=half")
+    assert result.code == 2, result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert "half" in result.err and "float32" in result.err and "float64" in result.err

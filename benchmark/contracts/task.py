@@ -78,6 +78,9 @@ class Task(abc.ABC):
     Config: ClassVar[type]
     protocol_fields: ClassVar[tuple[str, ...]] = ()
     """Config fields that change only the evaluation, not the trained problem (left out of :meth:`problem_key`)."""
+    keyed_when_set: ClassVar[tuple[str, ...]] = ()
+    """Config fields that join :meth:`problem_key` only where they differ from their default: fields added after
+    optima and ground truth had been cached under keys without them, so that a run at the default keeps its cache."""
     cpu_threads: ClassVar[int | None] = None
     """Torch intra-op threads to use on a CPU (``None``: torch's default); ``bench run --threads`` overrides it."""
     parameter_change: ClassVar[bool] = True
@@ -240,5 +243,10 @@ class Task(abc.ABC):
 
     def problem_key(self, seed: int) -> dict[str, Any]:
         """Everything that determines the trained problem: the key of its cached optimum and ground truth."""
-        config = {k: v for k, v in self.describe().items() if k not in self.protocol_fields}
+        defaults = {f.name: f.default for f in dataclasses.fields(self.config) if f.name in self.keyed_when_set}
+        config = {
+            k: v
+            for k, v in self.describe().items()
+            if k not in self.protocol_fields and not (k in defaults and v == defaults[k])
+        }
         return {"task": self.name, "version": self.version, "seed": seed, "config": config}
