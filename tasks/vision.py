@@ -118,8 +118,9 @@ class VisionConfig:
         lbfgs_tol: the gradient norm at which L-BFGS stops (ten times below the runner's convergence check).
         lbfgs_dtype: the precision of the L-BFGS phase, and so of the optimum and everything evaluated on it:
             ``float32`` (SGD's) or ``float64``. In float32 the polish stops at the objective's rounding floor, which
-            on the weight-decay optima lies above the runner's convergence check; float64 goes below it, for about
-            twice the time per step on a CPU. Part of the cache key only when ``float64``.
+            on the weight-decay optima lies above the runner's convergence check; float64 has a far lower floor, for
+            more time per step (on a CPU float64 convolutions take slower fallbacks). Part of the cache key only when
+            ``float64``.
         retrain_fraction: leave-one-out re-training steps as a share of all training steps (paper: 6%), at ``lr``.
         test_point: ``max-loss`` (the paper's A), ``p50`` (B), another ``pNN`` or an index.
         eval_size: training points per selection (paper: the top 40).
