@@ -83,7 +83,7 @@ def main() -> None:
         )
         c = polished.config
         rows.append(
-            f"| `{path.name}` | {name} | {c.model} | {c.weight_decay:g} | {c.train_size} | "
+            f"| `{path.name}` | {name} | {c.model} | {c.weight_decay:g} | {c.train_size} | {c.lbfgs_dtype} | "
             f"{before['gradient_norm']:.2e} | {after['gradient_norm']:.2e} | "
             f"{'yes' if after['gradient_norm'] <= CONVERGENCE_TOL else '**no**'} | "
             f"{before['train_loss']:.3g} | {after['train_loss']:.3g} | "
@@ -98,18 +98,19 @@ def main() -> None:
             "# Stationarity of the optima behind the committed rows",
             "",
             "Each run config's optimum, on the SGD schedule alone (`lbfgs_steps=0`) and after the final full-batch "
-            "L-BFGS phase (the task's default): the gradient norm of the full training objective (the runner's "
-            f"convergence check is {CONVERGENCE_TOL:g}), the mean training loss, and the reference drift of the "
+            "L-BFGS phase (the task's default, in the precision the config states): the gradient norm of the full "
+            f"training objective (the runner's convergence check is {CONVERGENCE_TOL:g}), the mean training loss, and "
+            "the reference drift of the "
             "config's test point at each optimum (its loss change from re-training the full data with the protocol's "
             "recipe, seed 0). The polish's own time is in the log of the run that trained it (the optima here come "
             "from the cache).",
             f"CPU, 1 torch thread, torch {torch.__version__}, commit {(commit or 'unknown')[:10]}"
             f"{'+dirty' if dirty else ''}, {records.now()}.",
             "",
-            "| config | task | model | weight decay | n train | \\|grad\\| SGD | \\|grad\\| + L-BFGS | converged | "
-            "train loss SGD | train loss + L-BFGS | test point SGD | test point + L-BFGS | drift SGD | "
+            "| config | task | model | weight decay | n train | L-BFGS in | \\|grad\\| SGD | \\|grad\\| + L-BFGS | "
+            "converged | train loss SGD | train loss + L-BFGS | test point SGD | test point + L-BFGS | drift SGD | "
             "drift + L-BFGS |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
