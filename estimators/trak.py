@@ -101,6 +101,7 @@ class TRAK(Estimator):
     name = "trak"
     Config = TRAKConfig
     no_ihvp = "projected margin gradients with a least-squares solve per ensemble model, no Hessian"
+    query_rows = None  # a call redraws every model's projection matrix; the test features stream in gradient_rows
 
     def prepare(self, problem: Problem) -> None:
         super().prepare(problem)

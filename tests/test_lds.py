@@ -14,6 +14,7 @@ from scipy import stats
 from benchmark import Recipe
 from benchmark.common.cache import Cache, digest
 from benchmark.contracts import testing as conformance
+from benchmark.evaluation.estimation import Evaluation, influence_rows
 from benchmark.evaluation.scoring import datamodeling_score, subset_predictions
 from benchmark.groundtruth import lds
 from benchmark.numerics.trajectory import TrainingRun
@@ -83,6 +84,41 @@ def test_exact_influence_has_a_high_datamodeling_score_on_a_convex_problem(tmp_p
     # a random estimator scores near zero
     noise = np.random.default_rng(0).standard_normal(scores.shape)
     assert abs(datamodeling_score(noise, design.masks(80).numpy(), measured, resamples=50)["spearman"]["value"]) < 0.3
+
+
+@pytest.mark.parametrize(("query_rows", "calls"), [(64, [64, 64, 2]), (None, [130]), (200, [130])])
+def test_many_test_points_are_queried_in_the_estimators_own_batches(query_rows, calls):
+    problem = conformance.logistic_regression_problem(n_train=30, n_test=130)
+    sizes = []
+
+    class Counting(Exact):
+        name = "counting"
+
+        def influence(self, test_indices):
+            sizes.append(len(test_indices))
+            return super().influence(test_indices)
+
+    Counting.query_rows = query_rows
+    estimator = Counting()
+    estimator.prepare(problem)
+    evaluation = Evaluation(estimator, "test", {})
+    rows, failure = influence_rows(evaluation, problem, list(range(130)))
+    assert failure is None and sizes == calls
+    expected = Exact()
+    expected.prepare(problem)
+    np.testing.assert_allclose(rows, expected.influence(list(range(130))).double().numpy(), rtol=1e-12, atol=0)
+    assert evaluation.timings["lds_query_s"] > 0
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_a_query_rows_that_is_no_positive_integer_is_a_contract_problem(bad):
+    class Misdeclared(Exact):
+        name = "misdeclared"
+
+    Misdeclared.query_rows = bad
+    assert Misdeclared.contract_problems() == [
+        f"Misdeclared.query_rows must be a positive integer or None, not {bad!r}"
+    ]
 
 
 def test_the_group_prediction_is_the_sum_over_the_points_left_out():

@@ -54,6 +54,11 @@ class Estimator(abc.ABC):
     curvature"``): it then overrides :meth:`influence` and not :meth:`ihvp`, and its parameter-change and
     iHVP-residual diagnostics read ``n/a`` with this reason."""
 
+    query_rows: ClassVar[int | None] = 64
+    """Test points per :meth:`influence` call when the harness scores many (the linear datamodeling score): a bound on
+    the ``[rows, P]`` test gradients and iHVPs a call holds. ``None``: every test point in one call, for an estimator
+    that streams over them itself and pays a fixed cost per call (TRAK redraws each model's projection matrix)."""
+
     damping_field: ClassVar[str | None] = None
     """The name of the :attr:`Config` field that holds the damping ``lambda`` this estimator's iHVP targets,
     ``(H + lambda I)^-1`` (e.g. ``"damping"``), or ``None`` for an estimator without one (``first-order``).
@@ -164,6 +169,9 @@ class Estimator(abc.ABC):
                     f"{cls.__name__}.damping_field {cls.damping_field!r} is not a field of its Config "
                     f"(fields: {', '.join(fields) or 'none'})"
                 )
+        rows = cls.query_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            problems.append(f"{cls.__name__}.query_rows must be a positive integer or None, not {rows!r}")
         abstract = sorted(getattr(cls, "__abstractmethods__", ()))
         if abstract:
             problems.append(f"{cls.__name__} leaves abstract methods {', '.join(abstract)} unimplemented")

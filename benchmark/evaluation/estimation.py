@@ -226,23 +226,19 @@ def parameter_change(evaluation: Evaluation, chosen: dict[tuple[str, str], list[
         evaluation.param_failure = _failure(error)
 
 
-LDS_QUERY_ROWS = 64
-"""Test points per ``Estimator.influence`` call when scoring many (the linear datamodeling score): one batched call
-each, bounded so that the ``[rows, n_params]`` test gradients and iHVPs stay small."""
-
-
 def influence_rows(
     evaluation: Evaluation, problem: Problem, test_indices: list[int]
 ) -> tuple[np.ndarray | None, str | None]:
-    """The prepared estimator's influence on many test points, ``[T, n_train]`` (float64), in batched calls of
-    :data:`LDS_QUERY_ROWS`, with its time as the ``lds_query_s`` timing; or ``None`` and the reason where the
-    estimator fails on them (recorded, never raised)."""
+    """The prepared estimator's influence on many test points, ``[T, n_train]`` (float64), in batched calls of its
+    :attr:`~benchmark.Estimator.query_rows`, with its time as the ``lds_query_s`` timing; or ``None`` and the reason
+    where the estimator fails on them (recorded, never raised)."""
     estimator = evaluation.estimator
     start = time.perf_counter()
     rows = []
     try:
-        for begin in range(0, len(test_indices), LDS_QUERY_ROWS):
-            chunk = test_indices[begin : begin + LDS_QUERY_ROWS]
+        step = estimator.query_rows or max(1, len(test_indices))
+        for begin in range(0, len(test_indices), step):
+            chunk = test_indices[begin : begin + step]
             values = check_output(
                 "influence",
                 estimator.influence(chunk),
