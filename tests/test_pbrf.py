@@ -157,6 +157,31 @@ def test_iris_pbrf_matches_a_dense_newton_solve(iris_mlp, tmp_path):
         assert effects[m].param_change_norm == pytest.approx(float((theta - p.theta).norm()), rel=1e-7)
 
 
+@pytest.mark.parametrize("bregman", [True, False])
+def test_stacked_models_are_taken_in_groups_that_fit_a_pass(iris_mlp, bregman):
+    """K stacked models are taken in groups of ``rows // pass length`` (so that a group holds one pass of ``rows``
+    examples' activations): the gradients and the Hessian-vector products are those of all K at once, and each
+    model's those it has alone (to rounding: vmap over another number of models may round differently)."""
+    _, problem, _ = iris_mlp
+    generator = torch.Generator().manual_seed(0)
+    models = 5
+    p = problem.to(torch.float64)
+    thetas = p.theta + 0.01 * torch.randn(models, p.n_params, dtype=torch.float64, generator=generator)
+    vectors = torch.randn(models, p.n_params, dtype=torch.float64, generator=generator)
+    weights = torch.ones(models, p.n_train, dtype=torch.float64)
+    weights[torch.arange(models), torch.tensor([0, 7, 33, 64, 119])] = 0.0
+    together = BregmanObjective(problem, 1e-2, rows=models * p.n_train, bregman=bregman)
+    grouped = BregmanObjective(problem, 1e-2, rows=2 * p.n_train, bregman=bregman)  # groups of 2, 2 and 1
+    expected, expected_product = together.gradient(thetas, weights, vectors)
+    got, got_product = grouped.gradient(thetas, weights, vectors)
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-16)
+    torch.testing.assert_close(got_product, expected_product, rtol=1e-13, atol=1e-16)
+    alone, alone_product = grouped.gradient(thetas[1:2], weights[1:2], vectors[1:2])  # 1 was in a group of 2
+    torch.testing.assert_close(alone[0], got[1], rtol=1e-13, atol=1e-16)
+    torch.testing.assert_close(alone_product[0], got_product[1], rtol=1e-13, atol=1e-16)
+    assert grouped.gradient(thetas, weights)[1] is None
+
+
 def test_pbrf_cache_resumes_and_detects_corruption(iris_mlp, tmp_path):
     task, problem, test_index = iris_mlp
     solver = PbrfSolver(1e-2)

@@ -131,6 +131,22 @@ class BregmanObjective:
         Hessian-vector product with its row; ``weights[k, i]`` is 0 where model ``k`` removes point ``i``, 1
         elsewhere. Values of ``F`` are never formed: near ``theta*`` they are differences of losses that agree to
         more digits than float64 holds, so the solver uses gradients and curvature only."""
+        # K stacked models hold K times one model's activations (and their graphs, for the products): they are taken
+        # in groups whose passes hold at most ``rows`` examples in all. Groups, not smaller passes: a model's sums then
+        # run over the same passes whatever it is stacked with (smaller passes for larger stacks moved the process
+        # pool's PBRF entries away from the local ones by more than the test of their agreement allows)
+        group = max(1, self.rows // max(len(rows) for rows in self.passes))
+        if len(thetas) > group:
+            parts = [
+                self.gradient(
+                    thetas[begin : begin + group],
+                    weights[begin : begin + group],
+                    None if vectors is None else vectors[begin : begin + group],
+                )
+                for begin in range(0, len(thetas), group)
+            ]
+            products = None if vectors is None else torch.cat([part[1] for part in parts])  # type: ignore[misc]
+            return torch.cat([part[0] for part in parts]), products
         n = self.problem.n_train
         thetas = thetas.detach().requires_grad_()
         gradient = torch.zeros_like(thetas)
