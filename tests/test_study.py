@@ -646,6 +646,24 @@ def test_rows_with_an_empty_series_cell_are_a_series_of_their_own(tmp_path: Path
     assert png(tmp_path / "s.png")
 
 
+def test_a_categorical_x_is_labelled_with_its_values(tmp_path: Path, monkeypatch) -> None:
+    """An x of names (the ground truth, say) is drawn at positions 0, 1, ... labelled with the names, in any scale."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.studies import figures
+
+    study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
+    study.panels[0].x = "truth"
+    data = frame(depth=[1, 1], spearman=[0.9, 0.1], estimator="exact", selection="top", activation="relu")
+    data["truth"] = ["loo", "loo-scratch"]
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    figures.plot_panel(study, 0, data, Path("s.csv"), tmp_path / "s.png")
+    axis = drawn[0].axes[0]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["loo", "loo-scratch"]
+    assert list(axis.get_xticks()) == [0.0, 1.0]
+
+
 def test_train_many_leaves_an_optimum_another_process_is_training(tmp_path: Path) -> None:
     """An optimum whose cache lock is held elsewhere is not trained a second time: train_many skips it, and trains it
     once the lock is free (two concurrent studies on one cache train each optimum once)."""

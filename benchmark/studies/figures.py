@@ -149,13 +149,13 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
             ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--", label="y = x")
         if panel.hline is not None:
             ax.axhline(panel.hline, color="grey", linewidth=0.8, linestyle=":")
-        if ticks is not None:
-            ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
         if panel.xscale == "symlog":
             positive = [v for v in positions.values() if v > 0]
             ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
         else:
             ax.set_xscale(panel.xscale)
+        if ticks is not None:  # after the scale, which resets the ticks
+            ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
         ax.set_yscale(panel.yscale)
         ax.set_xlabel(panel.x)
         ax.set_ylabel(panel.y)
