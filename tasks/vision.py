@@ -210,11 +210,13 @@ class VisionTask(Task):
             x_test, y_test = subset(x_test, y_test, c.test_size, seed)
         return x_train, y_train, x_test, y_test
 
-    def build(self, context: BuildContext) -> Problem:
+    def untrained(self, seed: int) -> Problem:
+        """The problem at its initial parameters (seed ``seed``), before any training: what :meth:`build` trains, and
+        what ``scripts/paper_cost.py`` times a stage on."""
         c = self.config
-        x_train, y_train, x_test, y_test = self._data(context.seed)
-        module = self._initial_module(context.seed)
-        problem = Problem.from_module(
+        x_train, y_train, x_test, y_test = self._data(seed)
+        module = self._initial_module(seed)
+        return Problem.from_module(
             module,
             cross_entropy,
             x_train,
@@ -225,6 +227,10 @@ class VisionTask(Task):
             self.chunk_size,
             loss_module=torch.nn.CrossEntropyLoss(),
         )
+
+    def build(self, context: BuildContext) -> Problem:
+        c = self.config
+        problem = self.untrained(context.seed)
         phases = [Recipe(steps=c.train_steps, lr=c.lr, batch_size=c.batch_size, momentum=c.momentum, seed=context.seed)]
         phases += [
             Recipe(
