@@ -243,17 +243,27 @@ class VisionTask(Task):
             for i, factor in enumerate((0.1, 0.01))
             if c.polish_steps
         ]
-        key = self.problem_key(context.seed)
-        sgd_key = {**key, "version": 2, "config": {k: v for k, v in key["config"].items() if k not in LBFGS_FIELDS}}
-        optimum = self.trained(problem.to(device=context.device), phases, context, key=sgd_key)
+        optimum = self.trained(problem.to(device=context.device), phases, context, key=self._sgd_key(context.seed))
         if not c.lbfgs_steps:
             return optimum
         polish = Polish(max_steps=c.lbfgs_steps, gradient_tol=c.lbfgs_tol)
-        checkpoints = {**sgd_key, "polish": "lbfgs", "history": polish.history}
         if c.lbfgs_dtype != "float32":
-            checkpoints["dtype"] = c.lbfgs_dtype
             optimum = optimum.to(dtype=getattr(torch, c.lbfgs_dtype))
-        return self.trained(optimum, polish, context, checkpoint_key=checkpoints)
+        return self.trained(optimum, polish, context, checkpoint_key=self.polish_checkpoints(context.seed))
+
+    def _sgd_key(self, seed: int) -> dict[str, Any]:
+        """The cache key of the optimum before the L-BFGS phase (without its fields)."""
+        key = self.problem_key(seed)
+        return {**key, "version": 2, "config": {k: v for k, v in key["config"].items() if k not in LBFGS_FIELDS}}
+
+    def polish_checkpoints(self, seed: int) -> dict[str, Any]:
+        """The cache key of the L-BFGS phase's checkpoints (``polish-checkpoints``), without the ``phase`` (0) and
+        ``step`` that :meth:`~benchmark.Task.trained` and :func:`~benchmark.numerics.training.polish` add: what the
+        iterates depend on (the SGD optimum, the L-BFGS memory and precision), not the stopping rule."""
+        checkpoints = {**self._sgd_key(seed), "polish": "lbfgs", "history": Polish.history}
+        if self.config.lbfgs_dtype != "float32":
+            checkpoints["dtype"] = self.config.lbfgs_dtype
+        return checkpoints
 
     def _initial_module(self, seed: int) -> torch.nn.Module:
         with torch.random.fork_rng(devices=[]):
