@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 from stationarity import config_task  # a sibling script: scripts/ is on the path when one runs
 
+from benchmark.common import config as configuration
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.groundtruth.engine import fastest_chunk_size
 from benchmark.numerics.recipes import Recipe
 from benchmark.numerics.training import descend
 from estimators.exact import ExactConfig
+from tasks.vision import PRESETS
 
 TOP_K_SEEDS = 2
 """Ground-truth seeds of a Table 1 row (the noise ceiling)."""
@@ -61,9 +63,8 @@ def sample(task, steps: int) -> dict:
     gradient = seconds(lambda: problem.objective_and_gradient(theta))
     vector = torch.randn(1, problem.n_params, dtype=problem.dtype, generator=torch.Generator().manual_seed(0))
     hvp = seconds(lambda: problem.hvp(vector), repeats=1)
-    exact_limit = ExactConfig().max_params
     hessian = None
-    if problem.n_params <= exact_limit:
+    if problem.n_params <= ExactConfig().max_params:
         block = torch.eye(problem.n_params, dtype=problem.dtype)[:HESSIAN_BLOCK]
         hessian = seconds(lambda: problem.hvp(block), repeats=1) * problem.n_params / HESSIAN_BLOCK
     retrain = task.protocol().retrain
@@ -80,7 +81,6 @@ def sample(task, steps: int) -> dict:
         "gradient": gradient,
         "hvp": hvp,
         "hessian": hessian,
-        "exact_limit": exact_limit,
         "stacked": stacked,
         "loo_step": loo_step,
         "retrain_steps": retrain.steps,
@@ -97,22 +97,21 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", type=Path)
     parser.add_argument("--steps", type=int, default=40, help="SGD steps timed per sample (default 40)")
     parser.add_argument("--output", type=Path, default=Path("leaderboards") / "paper-cost.md")
-    parser.add_argument("--preset", default="paper", help="the preset the configs switch to (default paper)")
+    parser.add_argument(
+        "--preset", default="paper", choices=tuple(PRESETS), help="the preset the configs switch to (default paper)"
+    )
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected a positive number of SGD steps")
     configs = args.configs or sorted(Path("leaderboards/configs").glob("*.yaml"))
     registry = Registry(plugin_manager())
     torch.set_num_threads(1)
     timed: dict[tuple, dict] = {}
+    exact_limit = ExactConfig().max_params
     rows = []
     for path in configs:
-        cpu_task = config_task(registry, path)
-        task = type(cpu_task)(
-            dataclasses.replace(
-                cpu_task.config,
-                preset=args.preset,
-                **{field: None for field in ("train_size", "test_size", "train_steps", "polish_steps", "lbfgs_steps")},
-            )
-        )
+        name = configuration.load_yaml(path)["task"]
+        task = config_task(registry, path, [f"{name}.preset={args.preset}"])  # as `bench run --set TASK.preset=P`
         c = task.config
         shared = (task.name, c.model)
         if shared not in timed:
@@ -123,7 +122,7 @@ def main() -> None:
         training = s["sgd_step"] * schedule
         polish = s["gradient"] * c.lbfgs_steps
         loo = s["loo_step"] * s["retrain_steps"] * s["models"]
-        exact = hours(s["hessian"]) if s["hessian"] is not None else f"skipped (over {s['exact_limit']:,} parameters)"
+        exact = hours(s["hessian"]) if s["hessian"] is not None else f"skipped (over {exact_limit:,} parameters)"
         rows.append(
             f"| `{path.name}` | {task.name} | {c.model} | {c.weight_decay:g} | {s['n_train']:,} | {s['n_params']:,} | "
             f"{s['sgd_step'] * 1000:.1f} | {hours(training)} ({schedule:,} steps) | {s['gradient']:.2f} | "

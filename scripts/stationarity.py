@@ -25,6 +25,7 @@ import torch
 
 from benchmark.common import config as configuration
 from benchmark.common.cache import Cache, default_cache_dir
+from benchmark.common.errors import UsageError
 from benchmark.contracts import records
 from benchmark.contracts.plugins import Registry, plugin_manager
 from benchmark.contracts.task import BuildContext
@@ -124,13 +125,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.trajectory < 0 or args.trajectory % CHECKPOINT_EVERY:
         parser.error(f"--trajectory {args.trajectory}: expected a positive multiple of {CHECKPOINT_EVERY}")
+    try:
+        configuration.parse_set(args.overrides)
+    except UsageError as error:
+        parser.error(str(error))
     configs = args.configs or sorted(Path("leaderboards/configs").glob("*.yaml"))
     cache = Cache(args.cache_dir or default_cache_dir())
     registry = Registry(plugin_manager())
     torch.set_num_threads(1)
     rows = []
-    trajectories: dict[str, list[tuple[int, float, float]]] = {}
-    shared: dict[str, str] = {}
+    # per polish (its checkpoints' key): the configs on it and its trajectory; test points A and B share an optimum
+    trajectories: dict[str, tuple[list[str], list[tuple[int, float, float]]]] = {}
     for path in configs:
         polished = config_task(registry, path, args.overrides)
         name = polished.name
@@ -149,13 +154,9 @@ def main() -> None:
         c = polished.config
         if args.trajectory and c.lbfgs_steps:
             checkpoints = repr(polished.polish_checkpoints(0))
-            if checkpoints in shared:  # configs on one optimum (test points A and B) share its polish
-                label = shared.pop(checkpoints)
-                shared[checkpoints] = f"{label}, {path.stem}"
-                trajectories[shared[checkpoints]] = trajectories.pop(label)
-            else:
-                shared[checkpoints] = path.stem
-                trajectories[path.stem] = trajectory(polished, sgd_only, cache, args.trajectory)
+            if checkpoints not in trajectories:
+                trajectories[checkpoints] = ([], trajectory(polished, sgd_only, cache, args.trajectory))
+            trajectories[checkpoints][0].append(path.stem)
         rows.append(
             f"| `{path.name}` | {name} | {c.model} | {c.weight_decay:g} | {c.train_size} | {c.lbfgs_dtype} | "
             f"{before['gradient_norm']:.2e} | {after['gradient_norm']:.2e} | "
@@ -192,9 +193,11 @@ def main() -> None:
             "",
         ]
     )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     if trajectories:
+        labelled = {", ".join(configs): points for configs, points in trajectories.values()}
         figure = args.output.with_suffix(".png")
-        plot_trajectories({label: points for label, points in trajectories.items() if points}, figure)
+        plot_trajectories({label: points for label, points in labelled.items() if points}, figure)
         lines = [
             "",
             f"## The L-BFGS phase, every {args.trajectory} iterations",
@@ -207,12 +210,11 @@ def main() -> None:
             "| configs | iteration | J | \\|grad J\\| |",
             "|---|---|---|---|",
         ]
-        for label, points in trajectories.items():
+        for label, points in labelled.items():
             lines += [f"| {label} | {step} | {value:.8g} | {norm:.2e} |" for step, value, norm in points]
             if not points:
                 lines.append(f"| {label} | - | no checkpoint in the cache | - |")
         report += "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
     print(report)
 

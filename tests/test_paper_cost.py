@@ -31,3 +31,15 @@ def test_each_stage_is_its_timed_unit_times_the_preset_schedule(tmp_path):
     assert cells[9].endswith("(200 iterations)")
     assert cells[14].endswith("(80 x 5 steps)")
     assert re.fullmatch(r"\d+ (s|min)|\d+\.\d h", cells[12]), cells[12]  # 2,616 parameters: within exact's limit
+
+
+def test_bad_options_are_one_line_errors_naming_the_value():
+    for args, fragment in (
+        (["--steps", "0"], "--steps 0: expected a positive number of SGD steps"),
+        (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 2
+        assert fragment in result.stderr.strip().splitlines()[-1]
