@@ -17,7 +17,7 @@ from torch.func import grad, hessian
 
 from benchmark.common.cache import Cache
 from benchmark.contracts.task import BuildContext
-from benchmark.groundtruth.engine import GroundTruth
+from benchmark.groundtruth.engine import GroundTruth, removal_weights
 from examples.logistic_task import Logistic, LogisticConfig
 
 REMOVED = [0, 7, 19, 101, 240, 333, 454]
@@ -111,3 +111,39 @@ def test_exact_predicts_parameter_changes(bench, tmp_path):
 def test_config_rejects_a_non_convex_setting():
     with pytest.raises(ValueError, match="weight_decay must be > 0"):
         dataclasses.replace(LogisticConfig(), weight_decay=0.0)
+
+
+def test_float32_problem_effects_are_resolved_below_one_float32_step(logistic):
+    """On a float32 problem the test losses are evaluated in float64 (``Problem.losses_float64``): each effect is the
+    float64 loss difference of the re-trained float32 models, not rounded to whole float32 steps of the test loss, and
+    the change is part of the cache key of float32 problems only."""
+    task, problem, cache = logistic
+    test_index = int(problem.test_losses().argmax())
+    x_test = problem.x_test.clone()
+    x_test[test_index] *= 20.0  # a test loss near 100, where a float32 step is 7.6e-6
+    problem32 = dataclasses.replace(problem, x_test=x_test).to(torch.float32)
+    recipe = task.protocol().retrain
+    truth = GroundTruth(problem32, recipe, cache, {**task.problem_key(0), "x_test": "scaled"}, test_index)
+    effects = truth.effects(REMOVED)
+    reference = truth.reference()
+    assert reference.test_loss > 64.0
+    float32_step = 2.0**-17  # the spacing of float32 numbers in [64, 128)
+
+    weights = removal_weights(REMOVED, problem32.n_train, torch.float32, problem32.device)
+    models = truth.retrain(weights, "the same models again")  # deterministic: the models behind the entries
+    problem64 = problem32.to(torch.float64)
+    x, y = problem64.x_test[test_index : test_index + 1], problem64.y_test[test_index : test_index + 1]
+    base = float(problem64.losses(reference.theta.double(), x, y)[0])
+    rounded = []
+    for model, i in zip(models, REMOVED):
+        expected = float(problem64.losses(model.double(), x, y)[0]) - base
+        assert effects[i].loss_change == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        in_float32 = problem32.losses(model, x.float(), y)[0] - problem32.losses(reference.theta, x.float(), y)[0]
+        rounded.append(float(in_float32))
+    # float32 evaluation could only give whole steps; some effects are finer than one step, and not zero
+    assert all(value / float32_step == round(value / float32_step) for value in rounded)
+    fine = [effects[i].loss_change for i in REMOVED if 0 < abs(effects[i].loss_change) < 0.5 * float32_step]
+    assert fine, [effects[i].loss_change for i in REMOVED]
+
+    assert truth.key["test_loss_dtype"] == "float64"
+    assert "test_loss_dtype" not in GroundTruth(problem, recipe, cache, task.problem_key(0), test_index).key

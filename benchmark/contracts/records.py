@@ -237,6 +237,9 @@ class GroundTruthInfo(TypedDict):
     drift_to_effect: NotRequired[float | None]
     """``|reference_drift|`` over the median |leave-one-out effect| (see :data:`DRIFT_DOMINATED`)."""
     reference_test_loss: NotRequired[float]
+    test_loss_dtype: NotRequired[Literal["float64"]]
+    """The precision the test losses were evaluated in (:meth:`~benchmark.numerics.problem.Problem.losses_float64`);
+    absent in records written before it was added, whose test losses were in the problem's precision."""
     reference_drift_per_seed: NotRequired[list[float]]
     median_abs_effect: NotRequired[float | None]
     cached: NotRequired[int]

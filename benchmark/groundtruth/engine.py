@@ -6,6 +6,9 @@ sequence, on the full data, so that the optimiser's own drift is not counted as 
 
     loss_change_i = loss_test(theta_-i) - loss_test(theta_ref)
 
+Test losses are evaluated in float64 whatever the problem's precision (:meth:`Problem.losses_float64`): an effect can
+be smaller than one float32 step of the test loss.
+
 where ``theta_-i`` minimises the training objective with point ``i`` re-weighted to 0 and the ``1/n`` normalisation
 kept, ``(1/n) sum_{j != i} l_j + (weight_decay / 2) ||theta||^2``: the objective whose minimiser the influence
 function linearises (:mod:`benchmark.numerics.training`).
@@ -43,6 +46,15 @@ RECIPE_VERSION = 2
 
 2: a removed point is re-weighted to 0 with the ``1/n`` normalisation kept (:mod:`benchmark.numerics.training`); version
 1 divided by the ``n - 1`` remaining points, which adds a common shift to every leave-one-out model."""
+
+
+def evaluation_key(problem: Problem) -> dict[str, str]:
+    """The cache-key field of the test losses' precision, for a ground truth's :meth:`GroundTruth.method_key`.
+
+    Test losses have been evaluated in float64 (:meth:`Problem.losses_float64`) since this field was added; before,
+    in the problem's precision. That changed only the entries of problems not already in float64, so only theirs get
+    the field (a float64 problem's entries keep their key and stay valid)."""
+    return {} if problem.dtype == torch.float64 else {"test_loss_dtype": "float64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +216,12 @@ class GroundTruth:
         recipe_key = dataclasses.asdict(self.recipe)
         if self.recipe.batch_size is None or self.recipe.batch_size >= self.problem.n_train:
             recipe_key["seed"] = None  # full-batch re-training never uses the minibatch seed: all seeds share entries
-        return {"recipe": recipe_key, "recipe_version": RECIPE_VERSION, "dtype": str(self.problem.dtype)}
+        return {
+            "recipe": recipe_key,
+            "recipe_version": RECIPE_VERSION,
+            "dtype": str(self.problem.dtype),
+            **evaluation_key(self.problem),
+        }
 
     # -- public ------------------------------------------------------------------------------------------------------
     def reference(self) -> Reference:
@@ -328,8 +345,7 @@ class GroundTruth:
     def _test_losses(self, thetas: Tensor) -> Tensor:
         x = self.problem.x_test[self.test_index : self.test_index + 1]
         y = self.problem.y_test[self.test_index : self.test_index + 1]
-        with torch.no_grad():
-            return torch.stack([self.problem.losses(theta, x, y)[0] for theta in thetas])
+        return torch.stack([self.problem.losses_float64(theta, x, y)[0] for theta in thetas])
 
     # -- cache entries -----------------------------------------------------------------------------------------------
     def _entry_key(self, removed: int | str) -> dict[str, Any]:

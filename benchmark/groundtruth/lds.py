@@ -187,12 +187,11 @@ class SubsetGroundTruth:
         index = torch.as_tensor(list(test_indices), dtype=torch.long, device=problem.x_test.device)
         x, y = problem.x_test[index], problem.y_test[index]
         losses = []
-        with torch.no_grad():
-            for m in range(self.design.subsets):
-                theta = models[m] if models[m] is not None else self._load(m)
-                if theta is None:
-                    raise RuntimeError(f"subset model {m} is missing after training it ({self.cache.root / KIND})")
-                losses.append(problem.losses(theta.to(problem.theta), x, y).double().cpu())
+        for m in range(self.design.subsets):
+            theta = models[m] if models[m] is not None else self._load(m)
+            if theta is None:
+                raise RuntimeError(f"subset model {m} is missing after training it ({self.cache.root / KIND})")
+            losses.append(problem.losses_float64(theta.to(problem.theta), x, y).cpu())
         self.stats.seconds += time.perf_counter() - start
         return torch.stack(losses)
 

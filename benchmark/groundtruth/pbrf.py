@@ -265,10 +265,9 @@ class BregmanObjective:
     def test_loss(self, thetas: Tensor, test_index: int) -> Tensor:
         """The test loss of each stacked model (float64)."""
         problem = self.problem
-        x = problem.x_test[test_index : test_index + 1].to(torch.float64)
+        x = problem.x_test[test_index : test_index + 1]
         y = problem.y_test[test_index : test_index + 1]
-        with torch.no_grad():
-            return torch.stack([problem.losses(theta, x, y)[0] for theta in thetas])
+        return torch.stack([problem.losses_float64(theta, x, y)[0] for theta in thetas])
 
 
 class PbrfGroundTruth(GroundTruth):

@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from benchmark.common.cache import Cache
-from benchmark.groundtruth.engine import GroundTruth, fastest_chunk_size
+from benchmark.groundtruth.engine import GroundTruth, evaluation_key, fastest_chunk_size
 from benchmark.groundtruth.lds import SEED_OFFSET, scratch_run
 from benchmark.numerics.problem import Problem
 from benchmark.numerics.recipes import Recipe
@@ -72,6 +72,7 @@ class ScratchGroundTruth(GroundTruth):
             "train_seed": self.train_seed,
             "phases": [dataclasses.asdict(phase) for phase in self.run.phases],
             "dtype": str(self.problem.dtype),
+            **evaluation_key(self.problem),
         }
 
     def choose_chunk_size(self, n_models: int) -> int:

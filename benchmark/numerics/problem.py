@@ -352,6 +352,19 @@ class Problem:
         """Per-example losses ``Tensor[N]`` of the model at ``theta`` on ``(x, y)``."""
         return self.loss(self.model(self.model_params(theta), x), y)
 
+    def losses_float64(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """Per-example losses ``Tensor[N]`` (float64) of the model at ``theta``, evaluated in float64: the parameters
+        and floating-point inputs cast up, so the rounding of the forward pass is far below any loss difference.
+
+        Every ground truth measures test losses with it. A leave-one-out effect is a difference of two test losses,
+        and on a float32 problem it can be as small as one float32 step of the loss (``2**-17`` at a loss of 78: the
+        paper-size LeNet row); evaluated in the problem's precision it would be rounded to whole steps."""
+        params = {name: value.to(torch.float64) for name, value in self.frozen.items()}
+        params.update(self.unflatten(theta.to(torch.float64)))
+        x = x.to(torch.float64) if x.is_floating_point() else x
+        with torch.no_grad():
+            return self.loss(self.model(params, x), y)
+
     def objective(self, theta: Tensor, indices: Tensor | None = None) -> Tensor:
         """The training objective ``J`` at ``theta``; over a minibatch of training ``indices`` if given."""
         x, y = (self.x_train, self.y_train) if indices is None else (self.x_train[indices], self.y_train[indices])
