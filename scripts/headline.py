@@ -63,7 +63,8 @@ def newest_runs(found: list[dict[str, Any]], kind: str = "top") -> dict[tuple, d
         if record["estimator"].get("plugin") not in BUILTIN_PLUGINS:
             continue
         config = tuple(sorted((k, repr(v)) for k, v in record["task"]["config"].items() if k not in IGNORED))
-        out.setdefault((record["task"]["name"], config), {})[name] = record
+        precision = records.test_loss_dtype(record["ground_truth"])  # effects in float32 and float64 never share a row
+        out.setdefault((record["task"]["name"], config, precision), {})[name] = record
     return out
 
 
@@ -80,13 +81,21 @@ def table(results_dir: Path) -> str:
     found = records.load(results_dir)
     runs = newest_runs(found)
     estimators = sorted({name for group in runs.values() for name in group})
-    header = ["task", "setting", *(f"`{name}`" for name in estimators), "ceiling", "paper", "optimum \\|grad\\|"]
+    header = [
+        "task",
+        "setting",
+        *(f"`{name}`" for name in estimators),
+        "ceiling",
+        "paper",
+        "optimum \\|grad\\|",
+        "test losses",
+    ]
     rows = []
 
-    def order(item: tuple[tuple, dict[str, dict[str, Any]]]) -> tuple[str, str]:
-        return item[0][0], setting(next(iter(item[1].values())))
+    def order(item: tuple[tuple, dict[str, dict[str, Any]]]) -> tuple[str, str, str]:
+        return item[0][0], setting(next(iter(item[1].values()))), item[0][2]
 
-    for (task, _), group in sorted(runs.items(), key=order):
+    for (task, _, precision), group in sorted(runs.items(), key=order):
         first = next(r for r in group.values())
         ok = [r for r in group.values() if r["status"] == "ok"]
         ceiling = ok[0]["metrics"]["ceiling"]["spearman"].get("value") if ok else None
@@ -102,6 +111,7 @@ def table(results_dir: Path) -> str:
                 "" if ceiling is None else f"{ceiling:.2f}",
                 "" if paper is None else paper,
                 ("" if norm is None else f"{norm:.1e}") + flag,
+                precision,
             ]
         )
     commits = sorted({r["commit"][:10] for group in runs.values() for r in group.values() if r.get("commit")})
@@ -114,7 +124,9 @@ def table(results_dir: Path) -> str:
             "",
             "Spearman correlation of each estimator's predicted test-loss changes with leave-one-out re-training, "
             "over its top-k training points (the paper's protocol), newest run of each setting; *ceiling*: what a "
-            "noise-free estimator can reach given two ground-truth seeds; *paper*: its Spearman for the setting; runs "
+            "noise-free estimator can reach given two ground-truth seeds; *paper*: its Spearman for the setting; "
+            "*test losses*: the precision the leave-one-out effects were measured in (float64 since the ground truth "
+            "evaluates them so, docs/ground-truth.md; a setting measured both ways has a row for each); runs "
             f"at commits {', '.join(commits)}. Every row, its command and its hyperparameters: "
             "[leaderboards/](leaderboards/).",
             END,
@@ -129,7 +141,7 @@ def lds_table(results_dir: Path) -> str:
     estimators = sorted({name for group in runs.values() for name in group})
     header = ["task", "setting", *(f"`{name}`" for name in estimators), "ceiling", "subsets x seeds, test points"]
     rows = []
-    for (task, _), group in sorted(runs.items(), key=lambda item: (item[0][0], setting(next(iter(item[1].values()))))):
+    for (task, *_), group in sorted(runs.items(), key=lambda item: (item[0][0], setting(next(iter(item[1].values()))))):
         first = next(iter(group.values()))
         ok = [r for r in group.values() if r["status"] == "ok"]
         ceiling = ok[0]["metrics"]["ceiling"]["spearman"].get("value") if ok else None

@@ -78,3 +78,28 @@ def test_a_peer_adapters_run_is_not_a_headline_column(tmp_path):
     assert result.returncode == 0, result.stderr
     text = readme.read_text()
     assert "`exact`" in text and "dattri-explicit" not in text
+
+
+def test_effects_measured_in_float32_and_float64_get_a_row_each(tmp_path):
+    """A setting whose leave-one-out effects were measured in float32 (before the ground truth evaluated test losses
+    in float64) and again in float64 has a row for each, the precision in the last column: never one mixed row."""
+    results = tmp_path / "results" / "iris"
+    results.mkdir(parents=True)
+    source = sorted((RESULTS / "iris").glob("*-exact-top.json"))[0]
+    old = json.loads(source.read_text())
+    old["ground_truth"]["cache_key"]["dtype"] = "torch.float32"
+    old["ground_truth"].pop("test_loss_dtype", None)
+    (results / source.name).write_text(json.dumps(old))
+    new = json.loads(source.read_text())
+    new["date"], new["run_id"] = "2999-01-01T00:00:00Z", "29990101T000000Z-000000"
+    new["ground_truth"]["test_loss_dtype"] = "float64"
+    new["metrics"]["spearman"]["value"] = -0.5
+    (results / "29990101T000000Z-000000-exact-top.json").write_text(json.dumps(new))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- headline:start -->\n<!-- headline:end -->\n")
+    result = run("--readme", readme, "--results-dir", tmp_path / "results")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| iris |")]
+    assert len(rows) == 2
+    assert [row.rstrip(" |").rsplit("| ", 1)[1] for row in rows] == ["float32", "float64"]
+    assert "-0.50" in rows[1] and "-0.50" not in rows[0]

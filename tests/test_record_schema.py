@@ -134,3 +134,22 @@ def test_a_field_added_to_a_config_does_not_show_a_setting_twice() -> None:
     assert leaderboard.render([old, other], "iris", task_defaults, (), estimator_defaults).count("\n## ") == 2
     # without defaults (a task no plugin provides) records are compared as written
     assert leaderboard.render([old, new], "iris").count("\n## ") == 2
+
+
+def test_effects_measured_in_float32_and_float64_are_never_one_section() -> None:
+    """A record whose test losses were evaluated in float32 (the problem's precision, before the ground truth evaluated
+    them in float64) and a newer one in float64 are two ground truths: two sections, each saying its precision; an
+    older float64 problem's record (no field, float64 in its cache key) shares its section with a new one."""
+    task_defaults, estimator_defaults = _defaults()
+    old = json.loads(IRIS_CG_TOP.read_text())
+    assert records.test_loss_dtype(old["ground_truth"]) == "float64"  # Iris is a float64 problem
+    new = copy.deepcopy(old)
+    new["run_id"], new["date"] = "20991231T000000Z-aaaaaa", "2099-12-31T00:00:00+00:00"
+    new["ground_truth"]["test_loss_dtype"] = "float64"
+    assert leaderboard.render([old, new], "iris", task_defaults, (), estimator_defaults).count("\n## ") == 1
+
+    old["ground_truth"]["cache_key"]["dtype"] = "torch.float32"  # as the vision tasks' records before the field
+    assert records.test_loss_dtype(old["ground_truth"]) == "float32"
+    text = leaderboard.render([old, new], "iris", task_defaults, (), estimator_defaults)
+    assert text.count("\n## ") == 2
+    assert "test losses in float32" in text and "test losses in float64" in text

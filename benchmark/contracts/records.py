@@ -57,6 +57,18 @@ def drift_dominated(ground_truth: dict[str, Any]) -> float | None:
     return float(ratio) if ratio is not None and ratio > DRIFT_DOMINATED else None
 
 
+def test_loss_dtype(ground_truth: dict[str, Any]) -> str:
+    """The precision a record's test losses were evaluated in: its ``test_loss_dtype`` (``float64``), else, for records
+    written before the field, ``float64`` for the PBRF and the proximal response (solved in float64) and otherwise the
+    problem's precision from the cache key (``float32`` on the vision tasks), ``unknown`` where the key lacks it."""
+    if "test_loss_dtype" in ground_truth:
+        return str(ground_truth["test_loss_dtype"])
+    if ground_truth.get("kind") in ("pbrf", "prox"):
+        return "float64"
+    dtype = (ground_truth.get("cache_key") or {}).get("dtype")
+    return str(dtype).removeprefix("torch.") if dtype else "unknown"
+
+
 def drift_warning(ratio: float) -> str:
     """The one-line warning of a drift-dominated ground truth (see :data:`DRIFT_DOMINATED`)."""
     return (

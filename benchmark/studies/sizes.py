@@ -69,7 +69,7 @@ def float32_steps(record: dict[str, Any]) -> float | None:
     """The median |leave-one-out effect| in float32 steps of the reference's test loss, for records whose test losses
     were evaluated in float32 (``None`` where they were in float64, or the record lacks the numbers)."""
     truth = record["ground_truth"]
-    if truth.get("test_loss_dtype") == "float64" or truth.get("cache_key", {}).get("dtype") != "torch.float32":
+    if records.test_loss_dtype(truth) != "float32":
         return None
     effect, loss = truth.get("median_abs_effect"), truth.get("reference_test_loss")
     if not effect or not loss:
