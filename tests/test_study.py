@@ -5,6 +5,7 @@ Every sweep here is tiny (a few hundred training steps), so the whole file runs 
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -416,6 +417,54 @@ def test_study_end_to_end_and_resume(bench, tmp_path: Path) -> None:
         r["ground_truth"] for r in again_records if r["estimator"]["hyperparameters"]["max_params"] == 9999
     ]
     assert len(again_records) == 8 and all(gt["computed"] == 0 and gt["cached"] == gt["points"] for gt in again_records)
+
+
+@pytest.mark.parametrize("owner_writes", [True, False])
+def test_a_run_another_process_holds_is_waited_for_not_repeated(bench, tmp_path: Path, owner_writes: bool) -> None:
+    """Processes sharing a cache split a study's runs: a run whose lock another process holds is not started again
+    here; it is waited for, and computed here only if its holder released it without writing its records (it died)."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    path = write_study(tmp_path)
+    args = ("study", path, "--output-dir", tmp_path / "out", "--cache-dir", tmp_path / "cache", "--no-progress")
+    first = bench(*args, "--seeds", "0")
+    assert first.code == 0, first.err
+    table = (tmp_path / "out" / "tiny.csv").read_text()
+    runs = tmp_path / "cache" / "study-runs"
+    (held,) = [
+        p
+        for p in runs.glob("*.json")
+        if json.loads(p.read_text())["payload"]["records"][0]["task"]["config"]["depth"] == 2
+        and json.loads(p.read_text())["payload"]["records"][0]["task"]["config"]["activation"] == "tanh"
+    ]  # run 4/4
+    saved = held.read_bytes()
+    held.unlink()
+    locked = threading.Event()
+
+    def holder() -> None:  # another process in the middle of run 4: it writes its records (or dies) after a while
+        lock = FileLock(held.parent / f".{held.stem}.lock")
+        with lock:
+            locked.set()
+            time.sleep(3)
+            if owner_writes:
+                held.write_bytes(saved)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(timeout=10)
+    again = bench(*args, "--seeds", "0")
+    thread.join(timeout=30)
+    assert again.code == 0, again.err
+    assert again.err.count("its records are cached") == 3
+    assert ("run 4/4 done in" in again.err) is not owner_writes
+    if owner_writes:
+        assert (tmp_path / "out" / "tiny.csv").read_text() == table
+    else:  # run 4 computed again here: its ground truth from the cache, the same scores
+        before, after = pd.read_csv(io.StringIO(table)), pd.read_csv(tmp_path / "out" / "tiny.csv")
+        assert after["spearman"].tolist() == before["spearman"].tolist()
 
 
 def test_study_ground_truth_agrees_with_bench_run(bench, tmp_path: Path, read_records) -> None:

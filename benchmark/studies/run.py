@@ -8,10 +8,13 @@ A study is a YAML declaration shipped by a plugin (hook ``bench_studies``; the b
 Every point and seed is one run: optima and leave-one-out ground truth come from the shared cache, and a finished
 run's records are kept there too (keyed by its options, the settings of its swept estimators and a digest of the
 code), so a rerun after an interruption redoes only the runs that had not finished, and a rerun with other estimator
-options or settings re-trains nothing. A run evaluates each estimator of the study's ``estimator_sweep`` once per
-setting, on the one problem and ground truth it builds (``Run``'s ``variants``): each setting's records are named by
-its label, ``tracin[checkpoints=5]``, and its row of the tables has the estimator's name and the swept values in
-their columns.
+options or settings re-trains nothing. Each run is claimed with a file lock before it starts, so several processes
+running one study on one cache split its runs between them (each takes the next run no one holds, then waits for
+the runs others hold, taking over one whose process died).
+
+A run evaluates each estimator of the study's ``estimator_sweep`` once per setting, on the one problem and ground truth
+it builds (``Run``'s ``variants``): each setting's records are named by its label, ``tracin[checkpoints=5]``, and its
+row of the tables has the estimator's name and the swept values in their columns.
 
 A task may offer two optional speed-ups, both declared on :class:`benchmark.Task` and used when a task overrides them:
 :meth:`Task.train_many <benchmark.contracts.task.Task.train_many>` trains many optima into the cache at once (each equal
@@ -38,6 +41,7 @@ from typing import Any
 
 import pluggy
 import torch
+from filelock import FileLock
 
 from benchmark.common import config as configuration
 from benchmark.common import provenance
@@ -48,7 +52,7 @@ from benchmark.contracts.plugins import Registry
 from benchmark.contracts.run_config import RunConfig
 from benchmark.contracts.task import BuildContext
 from benchmark.evaluation.runner import Run, resolve_device
-from benchmark.groundtruth.engine import GroundTruth
+from benchmark.groundtruth.engine import GroundTruth, compute_claimed
 from benchmark.studies import figures
 from benchmark.studies.declaration import Study, check_estimator_sweep
 from benchmark.studies.tables import check_columns, record_points, record_row, write_csv
@@ -262,19 +266,9 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
         if trained is not None:
             log.info("study %s: %d optima trained, %d cached", study.name, trained, total - trained)
     code = code_digest(registry, estimators, study.task)
-    rows: list[dict[str, Any]] = []
-    point_rows: list[dict[str, Any]] = []
-    for number, ((index, point), seed) in enumerate(itertools.product(enumerate(points), seeds), start=1):
-        swept = {k: point[k] for k in study.sweep}
-        log.info(
-            "study %s: run %d/%d: %sseed %d%s",
-            study.name,
-            number,
-            total,
-            "".join(f"{k}={v}, " for k, v in swept.items()),
-            seed,
-            settings,
-        )
+    runs = list(itertools.product(enumerate(points), seeds))
+    configs, keys, paths = [], [], []
+    for (_, point), seed in runs:
         config = RunConfig(
             task=study.task,
             estimators=estimators,
@@ -296,27 +290,53 @@ def run_study(study: Study, registry: Registry, pm: pluggy.PluginManager, option
             threads=options.threads or study.run.get("threads"),
             plugins=list(options.plugins),
         )
-        started = time.perf_counter()
         key = run_key(config, code, variants)
-        path = cache.root / "study-runs" / f"{digest(key)}.json"
-        stored = cache.read_json(path, key)
-        if stored is not None:
-            written = stored["records"]
-            log.info("study %s: run %d/%d: its records are cached (same config, same code)", study.name, number, total)
-        else:
-            written = StudyRun(config, registry, pm, variants).execute()
-            cache.write_json(path, key, {"records": written})
+        configs.append(config)
+        keys.append(key)
+        paths.append(cache.root / "study-runs" / f"{digest(key)}.json")
+
+    def describe(i: int) -> str:
+        (_, point), seed = runs[i]
+        swept = "".join(f"{k}={point[k]}, " for k in study.sweep)
+        return f"study {study.name}: run {i + 1}/{total}: {swept}seed {seed}{settings}"
+
+    def missing(i: int) -> bool:
+        return cache.read_json(paths[i], keys[i]) is None
+
+    def execute(chunk: list[int]) -> int:
+        for i in chunk:
+            log.info("%s", describe(i))
+            started = time.perf_counter()
+            written = StudyRun(configs[i], registry, pm, variants).execute()
+            cache.write_json(paths[i], keys[i], {"records": written})
             gt = written[0]["ground_truth"] if written else {}
             log.info(
                 "study %s: run %d/%d done in %.1f s (ground truth: %s computed, %s cached)",
                 study.name,
-                number,
+                i + 1,
                 total,
                 time.perf_counter() - started,
                 gt.get("computed"),
                 gt.get("cached"),
             )
-        for record in written:
+        return len(chunk)
+
+    for i in range(total):
+        if not missing(i):
+            log.info("study %s: run %d/%d: its records are cached (same config, same code)", study.name, i + 1, total)
+    # Runs are claimed one at a time with a file lock, as leave-one-out entries are: processes sharing the cache split
+    # the study's runs between them instead of computing the same run (its estimators and ground truth) twice.
+    (cache.root / "study-runs").mkdir(parents=True, exist_ok=True)
+    compute_claimed(
+        range(total), lambda i: FileLock(paths[i].parent / f".{paths[i].stem}.lock"), missing, execute, lambda n: 1
+    )
+    rows: list[dict[str, Any]] = []
+    point_rows: list[dict[str, Any]] = []
+    for i, ((index, _), _) in enumerate(runs):
+        stored = cache.read_json(paths[i], keys[i])
+        if stored is None:
+            raise RuntimeError(f"{describe(i)}: its records are missing after running it ({paths[i]})")
+        for record in stored["records"]:
             rows.append(record_row(record, study.name, index, study.estimator_sweep))
             if study.needs_points:
                 point_rows.extend(record_points(record, study.name, index, list(study.sweep), study.estimator_sweep))
