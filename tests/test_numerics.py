@@ -511,3 +511,23 @@ def test_correlation_matches_scipy(method, reference):
     assert both[method]["value"] == record["value"]
     flipped = correlation(method, (-estimated).tolist(), truth.tolist())
     assert flipped["value"] == pytest.approx(-record["value"], rel=1e-12)
+
+
+def test_losses_float64_casts_parameters_frozen_parameters_inputs_and_buffers():
+    """``Problem.losses_float64`` of a float32 network with BatchNorm in evaluation mode (float32 running statistics)
+    and a frozen layer equals the float64 copy of that network, to float64 rounding: every tensor the forward pass
+    reads is cast up, buffers included."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    module[1].running_mean.uniform_(-1, 1)
+    module[1].running_var.uniform_(0.5, 2)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    problem = Problem.from_module(module, cross_entropy, x, y, x, y).restricted(["3.weight", "3.bias"])
+    assert problem.frozen and problem.dtype == torch.float32
+    reference = copy.deepcopy(module).double()
+    expected = torch.nn.functional.cross_entropy(reference(x.double()), y, reduction="none")
+    got = problem.losses_float64(problem.theta, x, y)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    in_float32 = problem.losses(problem.theta, x, y)
+    assert in_float32.dtype == torch.float32  # the problem's own losses keep its precision

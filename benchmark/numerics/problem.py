@@ -191,7 +191,15 @@ class Problem:
         layer-wise estimators read through :meth:`network_at`."""
 
         def model(params: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(module, params, (x,))
+            dtype = next(iter(params.values())).dtype
+            # buffers (BatchNorm's running statistics) follow parameters given in another precision, as
+            # losses_float64 gives them: functional_call would otherwise mix float64 parameters with float32 buffers
+            cast = {
+                name: buffer.to(dtype)
+                for name, buffer in module.named_buffers()
+                if buffer.is_floating_point() and buffer.dtype != dtype
+            }
+            return functional_call(module, {**cast, **params} if cast else params, (x,))
 
         params: dict[str, Tensor] = {name: p for name, p in module.named_parameters()}
         network = None if loss_module is None else Network(module, loss_module)
