@@ -361,8 +361,9 @@ class Problem:
         return self.loss(self.model(self.model_params(theta), x), y)
 
     def losses_float64(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """Per-example losses ``Tensor[N]`` (float64) of the model at ``theta``, evaluated in float64: the parameters
-        and floating-point inputs cast up, so the rounding of the forward pass is far below any loss difference.
+        """Per-example losses ``Tensor[N]`` (float64) of the model at ``theta``, evaluated in float64: the parameters,
+        frozen parameters and floating-point inputs cast up (a :meth:`from_module` model casts its buffers to match), so
+        the rounding of the forward pass is far below any loss difference.
 
         Every ground truth measures test losses with it. A leave-one-out effect is a difference of two test losses,
         and on a float32 problem it can be as small as one float32 step of the loss (``2**-17`` at a loss of 78: the
