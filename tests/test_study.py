@@ -649,6 +649,26 @@ def test_value_and_fraction_rules() -> None:
     assert evaluate({**fraction, "min_fraction": 0.8}, {"rows": data})[0] == "agrees"
 
 
+def test_verdicts_name_the_rows_on_unstationary_optima_and_drift_dominated_ground_truth() -> None:
+    data = frame(
+        weight_decay=[0.001, 0.001, 0.0, 0.0],
+        spearman=[0.9, 0.8, 0.5, 0.4],
+        converged=[False, True, True, True],
+        drift_to_effect=[3.0, 40.0, np.nan, 12.0],
+    )
+    greater = {"kind": "greater", "y": "spearman", "a": {"weight_decay": 0.001}, "b": {"weight_decay": 0.0}}
+    verdict, measured = evaluate(greater, {"rows": data})
+    assert verdict == "agrees"
+    assert measured.endswith(
+        "; caveat: 1 of 4 rows on a non-stationary optimum (above the convergence check), 2 of 4 rows drift-dominated"
+    )
+    value = {"kind": "value", "y": "spearman", "expect": 0.45, "tolerance": 0.1, "where": {"weight_decay": 0.0}}
+    assert evaluate(value, {"rows": data})[1].endswith("; caveat: 1 of 2 rows drift-dominated")
+    clean = data.assign(converged=True, drift_to_effect=1.0)
+    assert "caveat" not in evaluate(greater, {"rows": clean})[1]
+    assert "caveat" not in evaluate(greater, {"rows": data.drop(columns=["converged", "drift_to_effect"])})[1]
+
+
 def test_rule_declarations_are_checked() -> None:
     assert check_rule({"kind": "trend", "x": "depth", "y": "spearman", "direction": "down"}) is not None
     assert check_rule({"kind": "value", "y": "spearman", "expect": "high", "tolerance": 0.1}) is not None

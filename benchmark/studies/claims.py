@@ -42,6 +42,7 @@ __all__ = [
     "NotEvaluable",
     "Verdict",
     "check_rule",
+    "caveats",
     "evaluate",
     "evaluate_study",
     "matches",
@@ -239,7 +240,8 @@ class Verdict:
 
 
 def evaluate(rule: dict[str, Any], tables: dict[str, pd.DataFrame | None]) -> tuple[str, str]:
-    """``(verdict, measured)`` of ``rule`` on ``tables`` (``rows`` and ``points`` frames, ``None`` when absent)."""
+    """``(verdict, measured)`` of ``rule`` on ``tables`` (``rows`` and ``points`` frames, ``None`` when absent);
+    ``measured`` ends with the rule's :func:`caveats` where it has any."""
     frame = tables.get(rule.get("table", "rows"))
     if frame is None:
         return "not run", "no results"
@@ -249,7 +251,42 @@ def evaluate(rule: dict[str, Any], tables: dict[str, pd.DataFrame | None]) -> tu
         return "not evaluable", str(reason)
     if isinstance(measured, str) and "nan" in measured.split():
         return "not evaluable", measured
-    return ("agrees" if agrees else "disagrees"), measured
+    caveat = caveats(rule, frame)
+    return ("agrees" if agrees else "disagrees"), measured + (f"; {caveat}" if caveat else "")
+
+
+def read_rows(rule: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` that ``rule`` reads: those matching its ``where`` (and its ``a`` or ``b`` side, where it
+    compares two) with a defined ``y``."""
+    frame = _values(select(frame, rule.get("where")), rule["y"])
+    sides = [rule[side] for side in ("a", "b") if side in rule]
+    if not sides:
+        return frame
+    import pandas as pd
+
+    return pd.concat([select(frame, side) for side in sides]).drop_duplicates()
+
+
+def caveats(rule: dict[str, Any], frame: pd.DataFrame) -> str:
+    """What weakens a verdict, counted over the rows ``rule`` reads (:func:`read_rows`): rows on an optimum that fails
+    the runner's convergence check (influence functions assume a stationary point) and rows whose ground truth is
+    drift-dominated (``drift_to_effect`` above :data:`benchmark.contracts.records.DRIFT_DOMINATED`: re-training moves
+    the test loss more than removing a point does). Empty where neither occurs or the table lacks the columns (the
+    ``points`` table)."""
+    import pandas as pd
+
+    rows = read_rows(rule, frame)
+    found = []
+    if "converged" in rows.columns:
+        unconverged = int((rows["converged"].astype(str).str.lower() == "false").sum())
+        if unconverged:
+            found.append(f"{unconverged} of {len(rows)} rows on a non-stationary optimum (above the convergence check)")
+    if "drift_to_effect" in rows.columns:
+        ratios = pd.to_numeric(rows["drift_to_effect"], errors="coerce")  # empty cells: no ratio, no caveat
+        drifting = int((ratios > records_module.DRIFT_DOMINATED).sum())
+        if drifting:
+            found.append(f"{drifting} of {len(rows)} rows drift-dominated")
+    return "caveat: " + ", ".join(found) if found else ""
 
 
 def study_tables(study: Study, studies_dir: Path, results_dir: Path | None = None) -> tuple[dict[str, Any], str]:

@@ -140,7 +140,9 @@ def claims_markdown(verdicts: list[tuple[study_module.Study, list[Verdict]]], si
         "`bench study NAME`; declarations in `tasks/studies/NAME.yaml`) and, for a study without results there, "
         "from the matching result records under `leaderboards/results/<task>/`. Each verdict is computed by the rule "
         "declared with the claim and printed in the *rule* column, on all seeds of the study; none is written by hand. "
-        "A disagreement is a finding, reported as measured.",
+        "A disagreement is a finding, reported as measured. Where some of the rows a rule reads sit on an optimum "
+        "that fails the runner's convergence check (influence functions assume a stationary point) or on "
+        "drift-dominated ground truth, *ours* ends with a caveat that counts them.",
         "",
         "| section | figure | claim | paper | ours | agrees | rule | source |",
         "|---|---|---|---|---|---|---|---|",
