@@ -262,9 +262,8 @@ def read_rows(rule: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     sides = [rule[side] for side in ("a", "b") if side in rule]
     if not sides:
         return frame
-    import pandas as pd
-
-    return pd.concat([select(frame, side) for side in sides]).drop_duplicates()
+    # by index, not by value: two read rows with equal cells are still two rows
+    return frame[frame.index.isin([i for side in sides for i in select(frame, side).index])]
 
 
 def caveats(rule: dict[str, Any], frame: pd.DataFrame) -> str:
