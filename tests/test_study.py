@@ -598,6 +598,16 @@ def test_failed_rows_and_undefined_values_are_left_out() -> None:
     assert evaluate(rule, {"rows": data}) == ("not evaluable", "only 2 x values")
 
 
+def test_a_side_whose_values_are_all_undefined_names_why() -> None:
+    data = frame(wd=[0.01, 0.1], spearman=[0.3, np.nan], undefined=[None, "estimated values are constant (all 0.0008)"])
+    rule = {"kind": "greater", "y": "spearman", "a": {"wd": 0.01}, "b": {"wd": 0.1}}
+    assert evaluate(rule, {"rows": data}) == (
+        "not evaluable",
+        "spearman is undefined in the 1 matching row(s): estimated values are constant (all 0.0008)",
+    )
+    assert evaluate({**rule, "b": {"wd": 1.0}}, {"rows": data}) == ("not evaluable", "no rows match")
+
+
 def test_greater_and_gap_trend_rules() -> None:
     data = frame(
         depth=[1, 2, 3, 1, 2, 3], estimator=["exact"] * 3 + ["lissa"] * 3, spearman=[0.9, 0.85, 0.8, 0.85, 0.6, 0.3]
@@ -731,6 +741,37 @@ def test_a_categorical_x_is_labelled_with_its_values(tmp_path: Path, monkeypatch
     axis = drawn[0].axes[0]
     assert [label.get_text() for label in axis.get_xticklabels()] == ["loo", "loo-scratch"]
     assert list(axis.get_xticks()) == [0.0, 1.0]
+
+
+def test_a_mean_over_a_non_stationary_optimum_is_drawn_hollow(tmp_path: Path, monkeypatch) -> None:
+    """A point whose rows include an optimum that fails the convergence check gets a hollow marker, and the figure's
+    note says what hollow means; a figure without such rows has neither."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
+
+    from benchmark.studies import figures
+
+    study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
+    data = frame(depth=[1, 1, 2, 2, 3], spearman=[0.9, 0.7, 0.5, 0.4, 0.2], estimator="exact", selection="top")
+    data["activation"] = "relu"
+    data["converged"] = [True, True, True, False, False]
+
+    def draw(table: pd.DataFrame) -> tuple[list[float], str]:
+        drawn = []
+        monkeypatch.setattr(plt, "close", drawn.append)
+        figures.plot_panel(study, 0, table, Path("s.csv"), tmp_path / "s.png")
+        hollow = [
+            float(x)
+            for collection in drawn[0].axes[0].collections
+            if isinstance(collection, PathCollection) and (collection.get_facecolor()[:, :3] == 1.0).all()
+            for x, _ in collection.get_offsets()
+        ]
+        return hollow, " ".join(text.get_text() for text in drawn[0].texts)
+
+    hollow, note = draw(data)
+    assert hollow == [2.0, 3.0] and "hollow markers" in note
+    hollow, note = draw(data.assign(converged=True))
+    assert hollow == [] and "hollow" not in note
 
 
 def test_train_many_leaves_an_optimum_another_process_is_training(tmp_path: Path) -> None:

@@ -93,10 +93,14 @@ def select(frame: pd.DataFrame, where: dict[str, Any] | None) -> pd.DataFrame:
 def _values(frame: pd.DataFrame, y: str) -> pd.DataFrame:
     if y not in frame.columns:
         raise NotEvaluable(f"no column {y!r}")
-    frame = frame[frame[y].notna()]
     if frame.empty:
         raise NotEvaluable("no rows match")
-    return frame
+    defined = frame[frame[y].notna()]
+    if defined.empty:
+        reasons = sorted(set(frame["undefined"].dropna().astype(str))) if "undefined" in frame.columns else []
+        why = f": {'; '.join(reasons)}" if reasons else ""
+        raise NotEvaluable(f"{y} is undefined in the {len(frame)} matching row(s){why}")
+    return defined
 
 
 def _describe(where: dict[str, Any]) -> str:
@@ -266,6 +270,16 @@ def read_rows(rule: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame.index.isin([i for side in sides for i in select(frame, side).index])]
 
 
+def unconverged(rows: pd.DataFrame) -> pd.Series:
+    """Which rows sit on an optimum that fails the runner's convergence check (a results table's ``converged``
+    column; a table without it has none)."""
+    import pandas as pd
+
+    if "converged" not in rows.columns:
+        return pd.Series(False, index=rows.index)
+    return rows["converged"].astype(str).str.lower() == "false"
+
+
 def caveats(rule: dict[str, Any], frame: pd.DataFrame) -> str:
     """What weakens a verdict, counted over the rows ``rule`` reads (:func:`read_rows`): rows on an optimum that fails
     the runner's convergence check (influence functions assume a stationary point) and rows whose ground truth is
@@ -276,10 +290,9 @@ def caveats(rule: dict[str, Any], frame: pd.DataFrame) -> str:
 
     rows = read_rows(rule, frame)
     found = []
-    if "converged" in rows.columns:
-        unconverged = int((rows["converged"].astype(str).str.lower() == "false").sum())
-        if unconverged:
-            found.append(f"{unconverged} of {len(rows)} rows on a non-stationary optimum (above the convergence check)")
+    off_optimum = int(unconverged(rows).sum())
+    if off_optimum:
+        found.append(f"{off_optimum} of {len(rows)} rows on a non-stationary optimum (above the convergence check)")
     if "drift_to_effect" in rows.columns:
         ratios = pd.to_numeric(rows["drift_to_effect"], errors="coerce")  # empty cells: no ratio, no caveat
         drifting = int((ratios > records_module.DRIFT_DOMINATED).sum())

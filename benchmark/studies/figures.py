@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmark.common.errors import UsageError
-from benchmark.studies.claims import matches, select
+from benchmark.studies.claims import matches, select, unconverged
 from benchmark.studies.declaration import Panel, Study
 from benchmark.studies.tables import read_table
 
@@ -106,8 +106,11 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
             # overlapping error bars of several series are told apart by a small horizontal shift
             shift = (number - (len(keys) - 1) / 2) * 0.04 * spacing if panel.xscale == "linear" else 0.0
             xs = group[panel.x].map(lambda v: positions[v if ticks is None else str(v)] + shift)
+            stationary = ~unconverged(group)
             if panel.kind == "scatter":
-                ax.scatter(xs, group[panel.y], s=12, alpha=0.7, label=label, **style)
+                ax.scatter(xs[stationary], group[panel.y][stationary], s=12, alpha=0.7, label=label, **style)
+                hollow = {"facecolors": "white", "edgecolors": style["color"]}
+                ax.scatter(xs[~stationary], group[panel.y][~stationary], s=12, **hollow)
                 continue
             stats = group.assign(_x=xs).groupby("_x")[panel.y].agg(["mean", "std", "min", "max"]).sort_index()
             if panel.yscale == "log":  # a standard deviation can reach below zero; the range cannot
@@ -125,6 +128,9 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
                 label=label,
                 **style,
             )
+            # a mean over any row on a non-stationary optimum is drawn hollow: influence assumes a stationary point
+            hollow = group.assign(_x=xs)[~stationary]["_x"].unique()
+            ax.scatter(hollow, stats.loc[hollow, "mean"], s=22, zorder=3, facecolors="white", edgecolors=style["color"])
         part_references = references if facet is None else references[references[panel.facet] == facet]
         reference_groups = list(part_references.groupby(panel.series, sort=True)) if panel.series else []
         if len(part_references) and not panel.series:
@@ -172,6 +178,8 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
         note = f"error bars: {spread_text(panel)} over {seeds} seeds"
         if len(references):
             note += f"; dashed: series without a {panel.x}, mean (band: {spread_text(panel)}) over their seeds"
+    if unconverged(data).any():
+        note += "; hollow markers: an optimum that fails the runner's convergence check (not stationary)"
     if left_out:
         note += f"; {left_out}"
     title = panel.title + (f" ({panel.figure})" if panel.figure else "")
