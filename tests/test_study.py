@@ -743,6 +743,26 @@ def test_a_categorical_x_is_labelled_with_its_values(tmp_path: Path, monkeypatch
     assert list(axis.get_xticks()) == [0.0, 1.0]
 
 
+def test_a_log_x_sweep_is_labelled_with_its_values(tmp_path: Path, monkeypatch) -> None:
+    """A line panel's log-scale x is labelled with the swept values only (its minor ticks unlabelled): over about one
+    decade matplotlib would label minor ticks too, and they overlap."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.studies import figures
+
+    study = parse_study(Path("s.yaml"), configuration.safe_load(TINY_STUDY.format(name="s")))
+    study.panels[0].x, study.panels[0].xscale = "retrain_fraction", "log"
+    data = frame(depth=[1, 1, 1], spearman=[0.9, 0.8, 0.7], estimator="exact", selection="top", activation="relu")
+    data["retrain_fraction"] = [0.02, 0.06, 0.2]
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)
+    figures.plot_panel(study, 0, data, Path("s.csv"), tmp_path / "s.png")
+    axis = drawn[0].axes[0]
+    drawn[0].canvas.draw()
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["0.02", "0.06", "0.2"]
+    assert not any(label.get_text() for label in axis.get_xticklabels(minor=True))
+
+
 def test_a_mean_over_a_non_stationary_optimum_is_drawn_hollow(tmp_path: Path, monkeypatch) -> None:
     """A point whose rows include an optimum that fails the convergence check gets a hollow marker, and the figure's
     note says what hollow means; a figure without such rows has neither."""

@@ -162,6 +162,14 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
             ax.set_xscale(panel.xscale)
         if ticks is not None:  # after the scale, which resets the ticks
             ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0)
+        elif panel.xscale == "log" and panel.kind == "line":
+            # a line panel's x is a sweep: its values, labelled as declared (a log axis over about one decade labels
+            # its minor ticks too, and they overlap)
+            from matplotlib.ticker import NullFormatter
+
+            swept = sorted(set(positions.values()))
+            ax.set_xticks(swept, [f"{v:g}" for v in swept], rotation=30 if len(swept) > 5 else 0)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_yscale(panel.yscale)
         ax.set_xlabel(panel.x)
         ax.set_ylabel(panel.y)
