@@ -348,6 +348,7 @@ def test_drift_threshold_is_strictly_above_ten():
     assert records.drift_dominated({"drift_to_effect": 10.5}) == 10.5
     assert records.drift_dominated({"drift_to_effect": None}) is None
     assert records.drift_dominated({}) is None  # records older than the ratio
+    assert [records.is_drift_dominated(r) for r in (None, float("nan"), 10.0, 10.5)] == [False, False, False, True]
 
 
 # -- (d) an estimator without an iHVP in the leaderboard -------------------------------------------------------------

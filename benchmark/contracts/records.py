@@ -51,10 +51,15 @@ re-training recipe moves the model more than removing one point does, so the cor
 the section."""
 
 
+def is_drift_dominated(ratio: float | None) -> bool:
+    """Whether a drift-to-effect ratio exceeds :data:`DRIFT_DOMINATED` (``None`` or NaN, no ratio: no)."""
+    return ratio is not None and float(ratio) > DRIFT_DOMINATED
+
+
 def drift_dominated(ground_truth: dict[str, Any]) -> float | None:
     """The drift-to-effect ratio of a record's ``ground_truth`` where it exceeds :data:`DRIFT_DOMINATED`, else None."""
     ratio = ground_truth.get("drift_to_effect")
-    return float(ratio) if ratio is not None and ratio > DRIFT_DOMINATED else None
+    return float(ratio) if ratio is not None and is_drift_dominated(ratio) else None
 
 
 def test_loss_dtype(ground_truth: dict[str, Any]) -> str:

@@ -295,7 +295,7 @@ def caveats(rule: dict[str, Any], frame: pd.DataFrame) -> str:
         found.append(f"{off_optimum} of {len(rows)} rows on a non-stationary optimum (above the convergence check)")
     if "drift_to_effect" in rows.columns:
         ratios = pd.to_numeric(rows["drift_to_effect"], errors="coerce")  # empty cells: no ratio, no caveat
-        drifting = int((ratios > records_module.DRIFT_DOMINATED).sum())
+        drifting = int(ratios.map(records_module.is_drift_dominated).sum())
         if drifting:
             found.append(f"{drifting} of {len(rows)} rows drift-dominated")
     return "caveat: " + ", ".join(found) if found else ""
