@@ -106,13 +106,15 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
             # overlapping error bars of several series are told apart by a small horizontal shift
             shift = (number - (len(keys) - 1) / 2) * 0.04 * spacing if panel.xscale == "linear" else 0.0
             xs = group[panel.x].map(lambda v: positions[v if ticks is None else str(v)] + shift)
+            # a point over any row on a non-stationary optimum is drawn hollow: influence assumes a stationary point
             stationary = ~unconverged(group)
+            hollow = {"facecolors": "white", "edgecolors": style["color"]}
             if panel.kind == "scatter":
                 ax.scatter(xs[stationary], group[panel.y][stationary], s=12, alpha=0.7, label=label, **style)
-                hollow = {"facecolors": "white", "edgecolors": style["color"]}
                 ax.scatter(xs[~stationary], group[panel.y][~stationary], s=12, **hollow)
                 continue
-            stats = group.assign(_x=xs).groupby("_x")[panel.y].agg(["mean", "std", "min", "max"]).sort_index()
+            placed = group.assign(_x=xs)
+            stats = placed.groupby("_x")[panel.y].agg(["mean", "std", "min", "max"]).sort_index()
             if panel.yscale == "log":  # a standard deviation can reach below zero; the range cannot
                 spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
             else:
@@ -128,9 +130,8 @@ def plot_panel(study: Study, index: int, frame: pd.DataFrame, table: Path, path:
                 label=label,
                 **style,
             )
-            # a mean over any row on a non-stationary optimum is drawn hollow: influence assumes a stationary point
-            hollow = group.assign(_x=xs)[~stationary]["_x"].unique()
-            ax.scatter(hollow, stats.loc[hollow, "mean"], s=22, zorder=3, facecolors="white", edgecolors=style["color"])
+            off_optimum = placed[~stationary]["_x"].unique()
+            ax.scatter(off_optimum, stats.loc[off_optimum, "mean"], s=22, zorder=3, **hollow)
         part_references = references if facet is None else references[references[panel.facet] == facet]
         reference_groups = list(part_references.groupby(panel.series, sort=True)) if panel.series else []
         if len(part_references) and not panel.series:
